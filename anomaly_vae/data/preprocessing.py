@@ -1,0 +1,237 @@
+"""Fitted preprocessing: frames in the user's columns to arrays the network reads, and back.
+
+Every frame passes :meth:`TabularPreprocessor.transform`, which validates it against the
+schema first. The arrays it returns are plain numpy; the torch side lives in ``nn/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.data.schema import Schema, describe_rows
+from anomaly_vae.exceptions import NotFittedError, SchemaError
+
+#: Smallest scale used for a numeric column (in its own units, relative to its size), so
+#: a constant column does not divide by zero.
+_MIN_SCALE = 1e-6
+
+
+@dataclass
+class TabularArrays:
+    """A validated, encoded block of rows.
+
+    Shapes (N rows): ``num`` [N, n_numeric] float32, standardized, 0 where missing;
+    ``num_mask`` [N, n_numeric] bool, True where observed; ``cat`` [N, n_categorical]
+    int64, the category index, ``len(categories)`` for an unseen category ("unknown"
+    slot) and -1 where missing; ``bin`` [N, n_boolean] float32 in {0, 1}, 0 where
+    missing; ``bin_mask`` [N, n_boolean] bool.
+    """
+
+    num: np.ndarray
+    num_mask: np.ndarray
+    cat: np.ndarray
+    bin: np.ndarray
+    bin_mask: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.num.shape[0])
+
+    def take(self, idx: np.ndarray | slice) -> TabularArrays:
+        return TabularArrays(
+            self.num[idx], self.num_mask[idx], self.cat[idx], self.bin[idx], self.bin_mask[idx]
+        )
+
+
+_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
+_FALSE = {"false", "0", "0.0", "no", "f", "n"}
+
+
+def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Column as float64 with NaN for missing; errors name non-numbers and infinities."""
+    s = frame[name]
+    if pd.api.types.is_bool_dtype(s):
+        values = s.astype("float64").to_numpy()
+    elif pd.api.types.is_numeric_dtype(s):
+        values = s.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        coerced = pd.to_numeric(s, errors="coerce")
+        bad = coerced.isna() & s.notna()
+        if bad.any():
+            first = s[bad].iloc[0]
+            msg = (
+                f"column {name!r} is numeric but has non-numeric values at rows "
+                f"{describe_rows(s.index[bad])} (first: {first!r})"
+            )
+            raise SchemaError(msg)
+        values = coerced.to_numpy(dtype="float64", na_value=np.nan)
+    inf = np.isinf(values)
+    if inf.any():
+        msg = (
+            f"column {name!r} has infinite values at rows {describe_rows(s.index[inf])}; "
+            "replace them with a finite value or NaN (NaN is marginalized out)"
+        )
+        raise SchemaError(msg)
+    return values
+
+
+def _boolean_column(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Column as (values in {0,1} float32, observed mask); other values are errors."""
+    s = frame[name]
+    observed = s.notna().to_numpy()
+    out = np.zeros(len(s), dtype=np.float32)
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        bad = observed & ~np.isin(v, (0.0, 1.0))
+        out[observed] = v[observed]
+    else:
+        text = s.astype("string").str.strip().str.lower()
+        is_true = text.isin(_TRUE).fillna(False).to_numpy(dtype=bool)
+        is_false = text.isin(_FALSE).fillna(False).to_numpy(dtype=bool)
+        bad = observed & ~(is_true | is_false)
+        out[is_true] = 1.0
+    if bad.any():
+        first = s[bad].iloc[0]
+        msg = (
+            f"column {name!r} is boolean but has values other than 0/1/true/false at rows "
+            f"{describe_rows(s.index[bad])} (first: {first!r})"
+        )
+        raise SchemaError(msg)
+    return out, observed
+
+
+class TabularPreprocessor:
+    """Standardizes numeric columns and indexes categories, fitted on training rows.
+
+    Numeric columns are scaled as ``(x - center) / scale``; the log-likelihood the
+    model reports is corrected by ``-sum(log scale)`` so that it is a density in the
+    column's own units (nats), not in standardized units.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.center_: np.ndarray | None = None
+        self.scale_: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
+        self.schema.check_columns(frame, allow_extra=True)
+        num_cols = [c.name for c in self.schema.of_kind("numeric")]
+        centers, scales = [], []
+        for name in num_cols:
+            v = _numeric_column(frame, name)
+            v = v[~np.isnan(v)]
+            if v.size == 0:
+                msg = f"column {name!r} has no observed values in the training data"
+                raise SchemaError(msg)
+            c = float(np.mean(v))
+            s = float(np.std(v))
+            s = max(s, _MIN_SCALE * max(1.0, abs(c)))
+            centers.append(c)
+            scales.append(s)
+        self.center_ = np.asarray(centers, dtype=np.float64)
+        self.scale_ = np.asarray(scales, dtype=np.float64)
+        return self
+
+    def _check_fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.center_ is None or self.scale_ is None:
+            msg = "this TabularPreprocessor is not fitted yet; call fit first"
+            raise NotFittedError(msg)
+        return self.center_, self.scale_
+
+    @property
+    def log_scale(self) -> np.ndarray:
+        """[n_numeric] float64: log of each numeric column's scale (the Jacobian term)."""
+        _, scale = self._check_fitted()
+        return np.log(scale)
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, frame: pd.DataFrame, *, allow_extra: bool = False) -> TabularArrays:
+        """Validate ``frame`` against the schema and encode it.
+
+        Raises:
+            SchemaError: missing or (unless ``allow_extra``) unexpected columns,
+                non-numeric strings or infinities in numeric columns, values other
+                than 0/1/true/false in boolean columns. The message names the column
+                and the first offending row labels.
+        """
+        center, scale = self._check_fitted()
+        self.schema.check_columns(frame, allow_extra=allow_extra)
+        n = frame.shape[0]
+        num_specs = self.schema.of_kind("numeric")
+        num = np.zeros((n, len(num_specs)), dtype=np.float32)
+        num_mask = np.zeros((n, len(num_specs)), dtype=bool)
+        for j, spec in enumerate(num_specs):
+            v = _numeric_column(frame, spec.name)
+            obs = ~np.isnan(v)
+            num_mask[:, j] = obs
+            num[obs, j] = ((v[obs] - center[j]) / scale[j]).astype(np.float32)
+
+        cat_specs = self.schema.of_kind("categorical")
+        cat = np.full((n, len(cat_specs)), -1, dtype=np.int64)
+        for j, spec in enumerate(cat_specs):
+            s = frame[spec.name]
+            obs = s.notna().to_numpy()
+            lookup = {c: i for i, c in enumerate(spec.categories)}
+            unknown = len(spec.categories)
+            labels = s[obs].astype(str).to_numpy()
+            cat[obs, j] = np.fromiter(
+                (lookup.get(v, unknown) for v in labels), dtype=np.int64, count=labels.size
+            )
+
+        bin_specs = self.schema.of_kind("boolean")
+        binv = np.zeros((n, len(bin_specs)), dtype=np.float32)
+        bin_mask = np.zeros((n, len(bin_specs)), dtype=bool)
+        for j, spec in enumerate(bin_specs):
+            binv[:, j], bin_mask[:, j] = _boolean_column(frame, spec.name)
+        return TabularArrays(num, num_mask, cat, binv, bin_mask)
+
+    def inverse_numeric(self, num: np.ndarray) -> np.ndarray:
+        """[N, n_numeric] standardized values -> the columns' own units (float64)."""
+        center, scale = self._check_fitted()
+        return num.astype(np.float64) * scale + center
+
+    def decode(self, num: np.ndarray, cat: np.ndarray, binv: np.ndarray) -> pd.DataFrame:
+        """Arrays in model space (standardized numeric, category indices, 0/1) to a frame
+        with the schema's columns in order; the unknown slot decodes to NaN."""
+        out: dict[str, Any] = {}
+        num_names = [c.name for c in self.schema.of_kind("numeric")]
+        values = self.inverse_numeric(num) if num_names else num
+        for j, name in enumerate(num_names):
+            out[name] = values[:, j]
+        for j, spec in enumerate(self.schema.of_kind("categorical")):
+            cats = np.asarray([*spec.categories, None], dtype=object)
+            out[spec.name] = cats[np.clip(cat[:, j], 0, len(spec.categories))]
+        for j, spec in enumerate(self.schema.of_kind("boolean")):
+            out[spec.name] = binv[:, j].astype(bool)
+        return pd.DataFrame({name: out[name] for name in self.schema.names})
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        center, scale = self._check_fitted()
+        names = [c.name for c in self.schema.of_kind("numeric")]
+        return {
+            "numeric": {
+                n: {"center": float(c), "scale": float(s)}
+                for n, c, s in zip(names, center, scale, strict=True)
+            },
+            "categorical": {
+                c.name: list(c.categories) for c in self.schema.of_kind("categorical")
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, schema: Schema, d: dict[str, Any]) -> TabularPreprocessor:
+        pre = cls(schema)
+        names = [c.name for c in schema.of_kind("numeric")]
+        try:
+            stats = d["numeric"]
+            pre.center_ = np.asarray([stats[n]["center"] for n in names], dtype=np.float64)
+            pre.scale_ = np.asarray([stats[n]["scale"] for n in names], dtype=np.float64)
+        except (KeyError, TypeError) as exc:
+            msg = f"preprocessing.json lacks statistics for numeric column {exc}"
+            raise SchemaError(msg) from exc
+        return pre

@@ -1,0 +1,590 @@
+"""The detector users touch: a tabular VAE with an honest log p(x) and calibrated flags.
+
+It follows scikit-learn's outlier-detector API (``IsolationForest``): ``fit`` returns
+self; fitted state ends in ``_``; ``score_samples`` is higher-is-more-normal (here the
+importance-sampled log-likelihood, in nats); ``decision_function`` is
+``score_samples - offset_``; ``predict`` gives +1 (inlier) / -1 (outlier).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from anomaly_vae.bundle import read_bundle, write_bundle
+from anomaly_vae.data.io import read_table
+from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor
+from anomaly_vae.data.schema import Schema, infer_schema
+from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
+from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
+from anomaly_vae.scoring.calibration import Calibration
+from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
+
+log = logging.getLogger(__name__)
+
+#: Fewest rows ``fit`` accepts: fewer cannot be split into train and calibration rows.
+MIN_ROWS = 10
+
+#: Gradient steps the default schedule aims for; epochs follow from rows and batch size.
+TARGET_STEPS = 3000
+MIN_STEPS = 100
+
+
+def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
+    if isinstance(X, pd.DataFrame):
+        return X
+    if isinstance(X, str | Path):
+        return read_table(X)
+    if isinstance(X, np.ndarray):
+        if X.ndim != 2:
+            msg = f"{what} must be 2-D [rows, columns], got an array of shape {X.shape}"
+            raise SchemaError(msg)
+        return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    msg = f"{what} must be a pandas DataFrame, a 2-D numpy array or a CSV/Parquet path, got {type(X).__name__}"
+    raise SchemaError(msg)
+
+
+class TabularDetector:
+    """Variational-autoencoder outlier detector and density estimator for tables.
+
+    Parameters left as None are sized from the data at ``fit``: see
+    :func:`anomaly_vae.nn.tabular.default_architecture` and :meth:`_schedule`.
+
+    Args:
+        latent_dim: size of z.
+        hidden: encoder hidden widths (the decoder mirrors them).
+        beta: KL weight (beta-VAE); 1 trains on the plain ELBO.
+        kl_warmup_epochs: epochs over which the KL weight rises from 0 to ``beta``.
+        max_epochs, batch_size, lr, patience: training schedule; early stopping watches
+            the validation ELBO with ``patience`` epochs.
+        trim_fraction: robust training; leave out this fraction of each batch's
+            highest-loss rows from the gradient (0 disables).
+        k: importance samples per record when scoring (1 = ELBO).
+        alpha: target false-positive rate of the conformal threshold.
+        contamination: alternatively, the expected outlier fraction; the threshold is
+            that quantile of the calibration rows' scores. Overrides ``alpha``.
+        calibration_fraction: share of the rows held out of training to calibrate on.
+        validation_fraction: share of the remaining rows held out for early stopping.
+        id_column: a column carried through scoring but never modelled.
+        categorical: columns to treat as categorical even if they hold numbers.
+        schema: a :class:`Schema` (or its dict) to use instead of inferring one.
+        seed: seeds the split, the initial weights, shuffling and the scorer's samples.
+        accelerator, devices, strategy: passed to the Lightning Trainer.
+        progress: show progress bars for training and long scoring.
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int | None = None,
+        hidden: list[int] | None = None,
+        beta: float = 1.0,
+        kl_warmup_epochs: int | None = None,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float = 2e-3,
+        patience: int | None = None,
+        trim_fraction: float = 0.0,
+        k: int = 64,
+        alpha: float = 0.05,
+        contamination: float | None = None,
+        calibration_fraction: float = 0.2,
+        validation_fraction: float = 0.1,
+        id_column: str | None = None,
+        categorical: list[str] | None = None,
+        schema: Schema | dict[str, Any] | None = None,
+        seed: int = 0,
+        accelerator: str = "cpu",
+        devices: int | str = 1,
+        strategy: str = "auto",
+        progress: bool = False,
+    ) -> None:
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.beta = beta
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.patience = patience
+        self.trim_fraction = trim_fraction
+        self.k = k
+        self.alpha = alpha
+        self.contamination = contamination
+        self.calibration_fraction = calibration_fraction
+        self.validation_fraction = validation_fraction
+        self.id_column = id_column
+        self.categorical = categorical
+        self.schema = schema
+        self.seed = seed
+        self.accelerator = accelerator
+        self.devices = devices
+        self.strategy = strategy
+        self.progress = progress
+
+    # ================================================================== fitting
+    def _check_params(self) -> None:
+        if not 0.0 < self.calibration_fraction < 1.0:
+            msg = f"calibration_fraction must be in (0, 1), got {self.calibration_fraction!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            msg = f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.trim_fraction < 0.5:
+            msg = f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}"
+            raise ValueError(msg)
+        if self.beta < 0:
+            msg = f"beta must be >= 0, got {self.beta!r}"
+            raise ValueError(msg)
+        ImportanceSampler(k=self.k)  # validates k
+        if self.contamination is None and not 0.0 < self.alpha < 1.0:
+            msg = f"alpha must be in (0, 1), got {self.alpha!r}"
+            raise ValueError(msg)
+        if self.contamination is not None and not 0.0 < self.contamination < 0.5:
+            msg = f"contamination must be in (0, 0.5), got {self.contamination!r}"
+            raise ValueError(msg)
+
+    def _schedule(self, n_train: int) -> dict[str, int]:
+        """Training schedule sized from the row count.
+
+        Batches are about n/16 rows (32..512). The step budget grows with the data,
+        one step per training row between ``MIN_STEPS`` and ``TARGET_STEPS``; an epoch
+        is at least 8 steps (small tables are cycled within an epoch, so per-epoch
+        overhead does not dominate); patience is a tenth of the epochs (at least 5).
+        """
+        bs = self.batch_size or int(min(512, max(32, 2 ** round(math.log2(max(1, n_train / 16))))))
+        rows_per_epoch = max(n_train, 8 * bs)
+        steps_per_epoch = max(1, math.ceil(rows_per_epoch / bs))
+        steps = min(TARGET_STEPS, max(MIN_STEPS, n_train))
+        epochs = self.max_epochs or int(min(200, max(2, math.ceil(steps / steps_per_epoch))))
+        return {
+            "batch_size": bs,
+            "rows_per_epoch": rows_per_epoch,
+            "max_epochs": epochs,
+            "patience": self.patience or max(5, epochs // 10),
+            "kl_warmup_epochs": (
+                self.kl_warmup_epochs if self.kl_warmup_epochs is not None else min(10, epochs // 10)
+            ),
+        }
+
+    def fit(self, X: Any, y: Any = None) -> TabularDetector:
+        """Fit on a DataFrame (or CSV/Parquet path) of mostly normal rows; returns self.
+
+        The rows are split (seeded) into training, validation (early stopping) and
+        calibration rows; the threshold is set on the calibration rows, which the model
+        never trains on. ``y`` is ignored (present for scikit-learn compatibility).
+        """
+        self._check_params()
+        frame = _as_frame(X)
+        if len(frame) < MIN_ROWS:
+            msg = f"fit needs at least {MIN_ROWS} rows, got {len(frame)}"
+            raise ValueError(msg)
+        t0 = time.perf_counter()
+        if self.schema is None:
+            schema = infer_schema(frame, id_column=self.id_column, categorical=self.categorical)
+        elif isinstance(self.schema, Schema):
+            schema = self.schema
+        else:
+            schema = Schema.from_dict(self.schema)
+        schema.check_columns(frame, allow_extra=False)
+
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(frame))
+        n_cal = max(1, int(round(self.calibration_fraction * len(frame))))
+        rest = order[n_cal:]
+        n_val = int(round(self.validation_fraction * len(rest)))
+        if len(rest) - n_val < 2:
+            n_val = 0
+        cal_idx, val_idx, train_idx = order[:n_cal], rest[:n_val], rest[n_val:]
+
+        pre = TabularPreprocessor(schema).fit(frame.iloc[train_idx])
+        arrays = pre.transform(frame, allow_extra=False)
+        tensors = TabularTensors.from_arrays(arrays)
+
+        counts = [len(c.categories) for c in schema.of_kind("categorical")]
+        n_num, n_bin = len(schema.of_kind("numeric")), len(schema.of_kind("boolean"))
+        input_dim = n_num + sum(c + 1 for c in counts) + n_bin
+        auto_latent, auto_hidden = default_architecture(len(train_idx), input_dim)
+        torch.manual_seed(self.seed)
+        net = TabularVAE(
+            n_num,
+            counts,
+            n_bin,
+            latent_dim=self.latent_dim or auto_latent,
+            hidden=list(self.hidden or auto_hidden),
+            log_scale=pre.log_scale.tolist(),
+        )
+        schedule = self._schedule(len(train_idx))
+        history, best_epoch = self._train(
+            net,
+            tensors.index(torch.as_tensor(train_idx)),
+            tensors.index(torch.as_tensor(val_idx)) if n_val else None,
+            schedule,
+        )
+        net.eval()
+        self.schema_ = schema
+        self.preprocessor_ = pre
+        self.net_ = net
+        self.sampler_ = ImportanceSampler(k=self.k, seed=self.seed)
+        self.history_ = history
+        self.training_ = {
+            "n_rows": len(frame),
+            "n_train": len(train_idx),
+            "n_validation": int(n_val),
+            "n_calibration": int(n_cal),
+            **schedule,
+            "epochs_run": len(history),
+            "best_epoch": best_epoch,
+        }
+        cal = self._score_arrays(arrays.take(cal_idx))
+        self._calibrate(cal, alpha=self.alpha, contamination=self.contamination)
+        self.reference_ = self._reference(frame.iloc[train_idx], arrays.take(train_idx))
+        self.training_["fit_seconds"] = time.perf_counter() - t0
+        return self
+
+    def _train(
+        self,
+        net: TabularVAE,
+        train: TabularTensors,
+        val: TabularTensors | None,
+        schedule: dict[str, int],
+    ) -> tuple[list[dict[str, float]], int]:
+        # Lightning is imported here only: it costs seconds, and scoring never needs it.
+        import pytorch_lightning as pl
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        from anomaly_vae.data.datamodule import TabularDataModule
+        from anomaly_vae.models.tabular import KeepBestWeights, TabularVAEModule
+
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.INFO if self.progress else logging.WARNING)
+        pl.seed_everything(self.seed, workers=True, verbose=False)
+        module = TabularVAEModule(
+            net,
+            beta=self.beta,
+            kl_warmup_epochs=schedule["kl_warmup_epochs"],
+            lr=self.lr,
+            trim_fraction=self.trim_fraction,
+        )
+        callbacks: list[pl.Callback] = []
+        keep = KeepBestWeights("val_elbo")
+        if val is not None:
+            callbacks += [EarlyStopping("val_elbo", mode="max", patience=schedule["patience"]), keep]
+        trainer = pl.Trainer(
+            max_epochs=schedule["max_epochs"],
+            accelerator=self.accelerator,
+            devices=self.devices,
+            strategy=self.strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=self.progress,
+            num_sanity_val_steps=0,
+            callbacks=callbacks,
+            deterministic=True,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            dm = TabularDataModule(
+                train, val, schedule["batch_size"], self.seed, schedule["rows_per_epoch"]
+            )
+            trainer.fit(module, datamodule=dm)
+        return module.history, keep.best_epoch
+
+    # ================================================================== calibration
+    def _calibrate(
+        self, cal: ScoreResult, *, alpha: float | None, contamination: float | None
+    ) -> None:
+        if contamination is not None:
+            alpha = None
+        self.calibration_ = Calibration.fit(
+            cal.log_likelihood, alpha=alpha, contamination=contamination
+        )
+        self.offset_ = self.calibration_.threshold
+        # typical per-feature terms on normal rows, so explain() can say which column is
+        # unusually unlikely rather than which column is always costly (many categories)
+        self.feature_baseline_ = np.median(cal.contributions, axis=0)
+
+    def recalibrate(
+        self, X: Any, *, alpha: float | None = None, contamination: float | None = None
+    ) -> TabularDetector:
+        """Re-set the threshold on new normal rows without retraining; returns self.
+
+        With neither rate given, the current method and rate are kept.
+        """
+        self._check_fitted()
+        if alpha is None and contamination is None:
+            alpha, contamination = self.calibration_.alpha, self.calibration_.contamination
+        frame = _as_frame(X)
+        arrays = self.preprocessor_.transform(frame, allow_extra=True)
+        self._calibrate(self._score_arrays(arrays), alpha=alpha, contamination=contamination)
+        return self
+
+    # ================================================================== scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            msg = (
+                f"this {type(self).__name__} is not fitted yet; call fit (or "
+                f"{type(self).__name__}.load) before using it"
+            )
+            raise NotFittedError(msg)
+
+    def _encode_frame(self, X: Any, allow_extra: bool) -> tuple[pd.DataFrame, TabularArrays]:
+        self._check_fitted()
+        frame = _as_frame(X)
+        return frame, self.preprocessor_.transform(frame, allow_extra=allow_extra)
+
+    def _sampler(self, k: int | None) -> ImportanceSampler:
+        if k is None or k == self.sampler_.k:
+            return self.sampler_
+        return ImportanceSampler(k=k, seed=self.sampler_.seed)
+
+    def _score_arrays(
+        self, arrays: TabularArrays, k: int | None = None, progress: bool | None = None
+    ) -> ScoreResult:
+        sampler = self._sampler(k) if hasattr(self, "sampler_") else ImportanceSampler(self.k, self.seed)
+        tensors = TabularTensors.from_arrays(arrays)
+        show = self.progress if progress is None else progress
+        if show and len(arrays) > 10 * sampler.row_chunk:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(arrays), unit="rows", desc="scoring") as bar:
+                return sampler.score(self.net_, tensors, len(arrays), progress=bar.update)
+        return sampler.score(self.net_, tensors, len(arrays))
+
+    def score_samples(self, X: Any, *, k: int | None = None) -> np.ndarray:
+        """Importance-sampled log p(x) per row, [N] float64 nats; higher is more normal."""
+        _, arrays = self._encode_frame(X, allow_extra=False)
+        return self._score_arrays(arrays, k).log_likelihood
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers, [N]."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for inliers, -1 for outliers, [N] int."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def p_values(self, X: Any) -> np.ndarray:
+        """Split-conformal p-values, [N] in (0, 1]; small means unusual."""
+        return self.calibration_.p_values(self.score_samples(X))
+
+    def score(
+        self,
+        X: Any,
+        *,
+        k: int | None = None,
+        allow_extra: bool = False,
+        progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """Everything per row as a frame (index preserved): ``log_likelihood`` and its
+        ``stderr``, ``elbo``, ``kl`` (nats), ``score`` (= -log_likelihood, higher is more
+        anomalous), ``p_value``, ``is_outlier``, and the id column when the schema has one.
+
+        Note: p-values and the threshold were calibrated at the detector's own K; at a
+        different ``k`` log-likelihoods shift (the bound tightens with K), so the flags
+        are approximate.
+        """
+        frame, arrays = self._encode_frame(X, allow_extra=allow_extra)
+        return self._result_frame(frame, self._score_arrays(arrays, k, progress))
+
+    def _result_frame(self, frame: pd.DataFrame, res: ScoreResult) -> pd.DataFrame:
+        out = pd.DataFrame(index=frame.index)
+        sid = self.schema_.id_column
+        if sid is not None and sid in frame.columns:
+            out[sid] = frame[sid].to_numpy()
+        out["log_likelihood"] = res.log_likelihood
+        out["stderr"] = res.stderr
+        out["elbo"] = res.elbo
+        out["kl"] = res.kl
+        out["score"] = -res.log_likelihood
+        out["p_value"] = self.calibration_.p_values(res.log_likelihood)
+        out["is_outlier"] = self.calibration_.is_outlier(res.log_likelihood)
+        return out
+
+    @property
+    def feature_names_(self) -> list[str]:
+        """Column names in the order of the contribution vectors (numeric, categorical, boolean)."""
+        self._check_fitted()
+        return [c.name for k in ("numeric", "categorical", "boolean") for c in self.schema_.of_kind(k)]  # type: ignore[arg-type]
+
+    def contributions(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
+        """Per-feature log-likelihood terms (nats), rows x schema columns; each row sums to
+        the reconstruction part of its log-likelihood."""
+        frame, arrays = self._encode_frame(X, allow_extra=True)
+        res = self._score_arrays(arrays, k)
+        return pd.DataFrame(res.contributions, index=frame.index, columns=self.feature_names_)[
+            self.schema_.names
+        ]
+
+    def explain(self, X: Any, *, top: int = 3, k: int | None = None) -> pd.DataFrame:
+        """The ``top`` features that make each row unusual.
+
+        A feature's excess is its contribution minus its median contribution on the
+        calibration rows (nats; negative means less likely than usual). Returns a long
+        frame: ``row`` (the input index), ``rank``, ``feature``, ``value``,
+        ``contribution`` and ``excess``, most negative excess first.
+        """
+        frame, arrays = self._encode_frame(X, allow_extra=True)
+        res = self._score_arrays(arrays, k)
+        return self._explain_result(frame, res, top)
+
+    def _explain_result(self, frame: pd.DataFrame, res: ScoreResult, top: int) -> pd.DataFrame:
+        names = self.feature_names_
+        top = max(1, min(top, len(names)))
+        excess = res.contributions - self.feature_baseline_
+        order = np.argsort(excess, axis=1, kind="stable")[:, :top]
+        rows = []
+        for i, label in enumerate(frame.index):
+            for r, j in enumerate(order[i]):
+                value = frame.iloc[i][names[j]]
+                rows.append(
+                    {
+                        "row": label,
+                        "rank": r + 1,
+                        "feature": names[j],
+                        "value": value.item() if hasattr(value, "item") else value,
+                        "contribution": float(res.contributions[i, j]),
+                        "excess": float(excess[i, j]),
+                    }
+                )
+        return pd.DataFrame(rows, columns=["row", "rank", "feature", "value", "contribution", "excess"])
+
+    # ================================================================== generative side
+    def encode(self, X: Any) -> np.ndarray:
+        """Posterior means of the latent code, [N, latent_dim] float32."""
+        _, arrays = self._encode_frame(X, allow_extra=True)
+        with torch.inference_mode():
+            mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
+        return mu.numpy()
+
+    def reconstruct(self, X: Any) -> pd.DataFrame:
+        """Each row passed through the posterior mean and the decoder's most likely
+        values, in the original columns and units (index preserved)."""
+        frame, arrays = self._encode_frame(X, allow_extra=True)
+        with torch.inference_mode():
+            mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
+            num, cat, binv = self.net_.decode_mean(mu)
+        out = self.preprocessor_.decode(num.numpy(), cat.numpy(), binv.numpy())
+        out.index = frame.index
+        return out
+
+    def sample(self, n: int, *, seed: int | None = None) -> pd.DataFrame:
+        """Draw ``n`` synthetic rows x ~ p(x) = E_z p(x|z), in the original columns and units."""
+        self._check_fitted()
+        if not isinstance(n, int) or n < 0:
+            msg = f"n must be a non-negative integer, got {n!r}"
+            raise ValueError(msg)
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        with torch.inference_mode():
+            z = torch.randn(n, self.net_.latent_dim, generator=g)
+            num, cat, binv = self.net_.sample_x(z, generator=g)
+        return self.preprocessor_.decode(num.numpy(), cat.numpy(), binv.numpy())
+
+    # ================================================================== drift reference
+    def _reference(self, frame: pd.DataFrame, arrays: TabularArrays) -> dict[str, Any]:
+        """Reference statistics for drift monitoring (training rows)."""
+        cal_ref = self.calibration_.reference
+        edges = np.quantile(cal_ref, np.linspace(0, 1, 21)).tolist()
+        features: dict[str, Any] = {}
+        for j, spec in enumerate(self.schema_.of_kind("numeric")):
+            obs = arrays.num[:, j][arrays.num_mask[:, j]]
+            vals = self.preprocessor_.inverse_numeric(obs[:, None])[:, 0] if obs.size else obs
+            features[spec.name] = {
+                "kind": "numeric",
+                "quantiles": np.quantile(vals, np.linspace(0, 1, 11)).tolist() if vals.size else [],
+                "missing_rate": float(1 - arrays.num_mask[:, j].mean()),
+            }
+        for j, spec in enumerate(self.schema_.of_kind("categorical")):
+            codes = arrays.cat[:, j]
+            freq = np.bincount(codes[codes >= 0], minlength=len(spec.categories) + 1)
+            features[spec.name] = {
+                "kind": "categorical",
+                "frequencies": (freq / max(1, freq.sum())).tolist(),
+                "missing_rate": float((codes < 0).mean()),
+            }
+        for j, spec in enumerate(self.schema_.of_kind("boolean")):
+            m = arrays.bin_mask[:, j]
+            features[spec.name] = {
+                "kind": "boolean",
+                "rate_true": float(arrays.bin[m, j].mean()) if m.any() else None,
+                "missing_rate": float(1 - m.mean()),
+            }
+        with torch.inference_mode():
+            mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
+        return {
+            "score_histogram": {"edges": edges},
+            "features": features,
+            "latent": {"mean": mu.mean(0).tolist(), "std": mu.std(0, correction=0).tolist()},
+        }
+
+    # ================================================================== persistence
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (scikit-learn convention)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        params = {n: getattr(self, n) for n in names}
+        if isinstance(params.get("schema"), Schema):
+            params["schema"] = params["schema"].to_dict()
+        return params
+
+    def save(self, path: str | Path) -> Path:
+        """Write the detector bundle directory (see ``anomaly_vae.bundle``)."""
+        self._check_fitted()
+        docs = {
+            "config.json": {
+                "model": self.net_.config(),
+                "params": self.get_params(),
+                "training": self.training_,
+                "history": self.history_,
+            },
+            "schema.json": self.schema_.to_dict(),
+            "preprocessing.json": self.preprocessor_.to_dict(),
+            "calibration.json": {
+                "scorer": {"k": self.sampler_.k, "seed": self.sampler_.seed},
+                **self.calibration_.to_dict(),
+                "feature_baseline": self.feature_baseline_.tolist(),
+            },
+            "reference.json": self.reference_,
+        }
+        return write_bundle(path, "tabular", docs, self.net_.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> TabularDetector:
+        """Read a bundle written by :meth:`save`; never unpickles."""
+        manifest, docs, weights = read_bundle(path)
+        if manifest.get("kind") != "tabular":
+            msg = f"bundle at {str(path)!r} holds a {manifest.get('kind')!r} detector, not tabular"
+            raise BundleError(msg)
+        try:
+            cfg = docs["config.json"]
+            params = dict(cfg["params"])
+            det = cls(**params)
+            det.schema_ = Schema.from_dict(docs["schema.json"])
+            det.preprocessor_ = TabularPreprocessor.from_dict(det.schema_, docs["preprocessing.json"])
+            net = TabularVAE(**cfg["model"])
+            net.load_state_dict(weights)
+            net.eval()
+            det.net_ = net
+            cal = docs["calibration.json"]
+            det.sampler_ = ImportanceSampler(k=int(cal["scorer"]["k"]), seed=int(cal["scorer"]["seed"]))
+            det.calibration_ = Calibration.from_dict(cal)
+            det.offset_ = det.calibration_.threshold
+            det.feature_baseline_ = np.asarray(cal["feature_baseline"], dtype=np.float64)
+            det.reference_ = docs.get("reference.json", {})
+            det.training_ = cfg.get("training", {})
+            det.history_ = cfg.get("history", [])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            msg = f"bundle at {str(path)!r} is incomplete or inconsistent: {exc}"
+            raise BundleError(msg) from exc
+        det.manifest_ = manifest
+        return det

@@ -1,0 +1,25 @@
+"""Exceptions raised by anomaly_vae; each message names what was wrong."""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SkNotFittedError
+
+
+class AnomalyVAEError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class SchemaError(AnomalyVAEError, ValueError):
+    """A frame does not match the schema: names the column(s) and the first rows."""
+
+
+class NotFittedError(AnomalyVAEError, _SkNotFittedError):
+    """A detector was used before ``fit`` (also an sklearn ``NotFittedError``)."""
+
+
+class BundleError(AnomalyVAEError, ValueError):
+    """A detector bundle on disk is missing a file, corrupt, or of an unknown version."""
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration set is too small or degenerate for the asked false-positive rate."""

@@ -1,0 +1,121 @@
+"""LightningModule around :class:`~anomaly_vae.nn.tabular.TabularVAE`: the training loop only.
+
+The math lives in ``nn/``; this module adds beta and KL warm-up, optional robust
+trimming, the optimizer, logging, and keeping the best weights by validation ELBO.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from anomaly_vae.nn.base import single_sample_elbo
+from anomaly_vae.nn.tabular import TabularTensors, TabularVAE
+
+
+class TabularVAEModule(pl.LightningModule):
+    """Trains an injected :class:`TabularVAE` on the (beta-)ELBO.
+
+    Args:
+        net: the VAE.
+        beta: weight of the KL term (beta-VAE; 1 is the plain ELBO).
+        kl_warmup_epochs: the KL weight rises linearly from 0 to ``beta`` over these epochs.
+        lr, weight_decay: AdamW settings.
+        trim_fraction: fraction of each batch's highest-loss rows left out of the
+            gradient (robust training on contaminated data); 0 disables it.
+    """
+
+    def __init__(
+        self,
+        net: TabularVAE,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        trim_fraction: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.beta = beta
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.trim_fraction = trim_fraction
+        self.history: list[dict[str, float]] = []
+        self._epoch_sums: dict[str, list[float]] = {}
+
+    def current_beta(self) -> float:
+        if self.kl_warmup_epochs <= 0:
+            return self.beta
+        return self.beta * min(1.0, (self.current_epoch + 1) / self.kl_warmup_epochs)
+
+    def training_step(self, batch: TabularTensors, batch_idx: int) -> torch.Tensor:
+        _, _, objective = single_sample_elbo(self.net, batch, beta=self.current_beta())
+        loss_rows = -objective
+        if self.trim_fraction > 0 and loss_rows.numel() > 4:
+            keep = max(1, int(round(loss_rows.numel() * (1.0 - self.trim_fraction))))
+            loss_rows = torch.topk(loss_rows, keep, largest=False).values
+        loss = loss_rows.mean()
+        self._accumulate("train_elbo", float(objective.detach().mean()), len(batch))
+        return loss
+
+    def validation_step(self, batch: TabularTensors, batch_idx: int) -> None:
+        _, _, elbo = single_sample_elbo(self.net, batch, beta=1.0)
+        self._accumulate("val_elbo", float(elbo.mean()), len(batch))
+
+    def _accumulate(self, key: str, value: float, n: int) -> None:
+        s = self._epoch_sums.setdefault(key, [0.0, 0.0])
+        s[0] += value * n
+        s[1] += n
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._epoch_sums.pop("val_elbo", None)
+            return
+        s = self._epoch_sums.pop("val_elbo", None)
+        if s and s[1]:
+            self.log("val_elbo", s[0] / s[1], prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        row: dict[str, float] = {"epoch": float(self.current_epoch)}
+        s = self._epoch_sums.pop("train_elbo", None)
+        if s and s[1]:
+            row["train_elbo"] = s[0] / s[1]
+            self.log("train_elbo", row["train_elbo"], prog_bar=True)
+        val = self.trainer.callback_metrics.get("val_elbo")
+        if val is not None:
+            row["val_elbo"] = float(val)
+        self.history.append(row)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class KeepBestWeights(pl.Callback):
+    """Keeps the weights of the epoch with the best monitored metric (max) and puts them
+    back when training ends, so early stopping returns the best model, not the last."""
+
+    def __init__(self, monitor: str = "val_elbo") -> None:
+        self.monitor = monitor
+        self.best: float = -float("inf")
+        self.best_epoch: int = -1
+        self.state: dict[str, Any] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        v = float(value)
+        if v > self.best:
+            self.best = v
+            self.best_epoch = trainer.current_epoch
+            self.state = copy.deepcopy(pl_module.state_dict())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)

@@ -1,0 +1,202 @@
+"""The tabular VAE: an MLP encoder and a decoder with one likelihood per column kind.
+
+Numeric columns get a Gaussian with a learned, per-record variance; categorical columns a
+categorical distribution over the training categories plus an "unknown" slot; boolean
+columns a Bernoulli. Missing features (mask False) contribute 0 nats: they are
+marginalized out of the likelihood, which a factorized decoder allows exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anomaly_vae.nn.base import LOG_2PI, mlp
+
+
+class TabularTensors(NamedTuple):
+    """N records in model space; see ``anomaly_vae.data.preprocessing.TabularArrays``.
+
+    num [N, n_num] float, num_mask [N, n_num] bool, cat [N, n_cat] long (-1 missing),
+    bin [N, n_bin] float, bin_mask [N, n_bin] bool.
+    """
+
+    num: Tensor
+    num_mask: Tensor
+    cat: Tensor
+    bin: Tensor
+    bin_mask: Tensor
+
+    @classmethod
+    def from_arrays(cls, arrays: object) -> TabularTensors:
+        """From a ``TabularArrays`` (or anything with the same attributes)."""
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(arrays.num)),  # type: ignore[attr-defined]
+            torch.from_numpy(np.ascontiguousarray(arrays.num_mask)),  # type: ignore[attr-defined]
+            torch.from_numpy(np.ascontiguousarray(arrays.cat)),  # type: ignore[attr-defined]
+            torch.from_numpy(np.ascontiguousarray(arrays.bin)),  # type: ignore[attr-defined]
+            torch.from_numpy(np.ascontiguousarray(arrays.bin_mask)),  # type: ignore[attr-defined]
+        )
+
+    def index(self, idx: Tensor | slice) -> TabularTensors:
+        return TabularTensors(*(t[idx] for t in self))
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.num.shape[0])
+
+
+class TabularVAE(torch.nn.Module):
+    """VAE over mixed-type rows.
+
+    Args:
+        n_numeric: number of numeric columns.
+        category_counts: for each categorical column, the number of training categories
+            (the decoder adds one "unknown" slot to each).
+        n_boolean: number of boolean columns.
+        latent_dim: size of z.
+        hidden: widths of the encoder's hidden layers; the decoder mirrors them.
+        log_scale: [n_numeric] log of the preprocessing scale of each numeric column,
+            so that numeric log-likelihoods are densities in the columns' own units.
+        min_sigma: floor of the decoder's standard deviation in standardized units.
+    """
+
+    def __init__(
+        self,
+        n_numeric: int,
+        category_counts: list[int],
+        n_boolean: int,
+        latent_dim: int,
+        hidden: list[int],
+        log_scale: list[float] | None = None,
+        min_sigma: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        self.n_numeric = n_numeric
+        self.category_counts = list(category_counts)
+        self.n_boolean = n_boolean
+        self.latent_dim = latent_dim
+        self.hidden = list(hidden)
+        self.min_sigma = min_sigma
+        self.cat_sizes = [c + 1 for c in self.category_counts]  # + unknown slot
+        self.input_dim = n_numeric + sum(self.cat_sizes) + n_boolean
+        self.n_features = n_numeric + len(self.cat_sizes) + n_boolean
+        if self.n_features == 0:
+            msg = "a TabularVAE needs at least one column"
+            raise ValueError(msg)
+        out_dim = 2 * n_numeric + sum(self.cat_sizes) + n_boolean
+        self.encoder = mlp([self.input_dim, *hidden, 2 * latent_dim])
+        self.decoder = mlp([latent_dim, *reversed(hidden), out_dim])
+        ls = torch.zeros(n_numeric) if log_scale is None else torch.tensor(log_scale)
+        self.register_buffer("log_scale", ls.to(torch.float32))
+        offsets = np.cumsum([0, *self.cat_sizes]).tolist()
+        self._cat_offsets: list[int] = [int(o) for o in offsets]
+
+    # ------------------------------------------------------------------ encoder
+    def encoder_input(self, batch: TabularTensors) -> Tensor:
+        """[N, input_dim]: standardized numerics (0 where missing), one-hot categories
+        (all zero where missing), booleans (0 where missing)."""
+        parts = [batch.num.to(self.log_scale.dtype)]
+        for j, size in enumerate(self.cat_sizes):
+            idx = batch.cat[:, j]
+            onehot = F.one_hot(idx.clamp(min=0), size).to(parts[0].dtype)
+            parts.append(onehot * (idx >= 0).unsqueeze(-1).to(parts[0].dtype))
+        parts.append(batch.bin.to(parts[0].dtype))
+        return torch.cat(parts, dim=-1)
+
+    def encode(self, batch: TabularTensors) -> tuple[Tensor, Tensor]:
+        """q(z|x): (mu, logvar), each [N, latent_dim]; logvar is clamped to [-12, 8]."""
+        h = self.encoder(self.encoder_input(batch))
+        mu, logvar = h.chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    # ------------------------------------------------------------------ decoder
+    def _heads(self, z: Tensor) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+        """Decoder outputs for z [..., L]: numeric mean and sigma [..., n_num], one
+        logits tensor [..., size] per categorical column, boolean logits [..., n_bin]."""
+        out = self.decoder(z)
+        n = self.n_numeric
+        mean = out[..., :n]
+        sigma = F.softplus(out[..., n : 2 * n]) + self.min_sigma
+        base = 2 * n
+        logits = [
+            out[..., base + a : base + b]
+            for a, b in zip(self._cat_offsets[:-1], self._cat_offsets[1:], strict=True)
+        ]
+        bin_logits = out[..., base + self._cat_offsets[-1] :]
+        return mean, sigma, logits, bin_logits
+
+    def feature_log_prob(self, z: Tensor, batch: TabularTensors) -> Tensor:
+        """log p(x_f | z) per column, in the columns' own units: z [S, N, L] -> [S, N, F].
+
+        F orders numeric, then categorical, then boolean columns. Missing features give 0.
+        """
+        mean, sigma, logits, bin_logits = self._heads(z)
+        parts: list[Tensor] = []
+        if self.n_numeric:
+            x = batch.num.to(mean.dtype)
+            lp = -0.5 * LOG_2PI - sigma.log() - 0.5 * ((x - mean) / sigma).pow(2) - self.log_scale
+            parts.append(lp * batch.num_mask.to(lp.dtype))
+        for j, lg in enumerate(logits):
+            idx = batch.cat[:, j]
+            logp = lg.log_softmax(-1)
+            gathered = logp.gather(-1, idx.clamp(min=0).expand(*logp.shape[:-1]).unsqueeze(-1))
+            parts.append(gathered * (idx >= 0).to(logp.dtype).unsqueeze(-1))
+        if self.n_boolean:
+            xb = batch.bin.to(bin_logits.dtype).expand_as(bin_logits)
+            lp = -F.binary_cross_entropy_with_logits(bin_logits, xb, reduction="none")
+            parts.append(lp * batch.bin_mask.to(lp.dtype))
+        return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def decode_mean(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The decoder's most likely record for z [N, L]: numeric means [N, n_num]
+        (standardized), category indices [N, n_cat] (never the unknown slot), booleans
+        [N, n_bin] in {0, 1}."""
+        mean, _, logits, bin_logits = self._heads(z)
+        cats = [lg[..., :-1].argmax(-1) for lg in logits]
+        cat = torch.stack(cats, -1) if cats else torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
+        return mean, cat, (bin_logits > 0).to(mean.dtype)
+
+    @torch.no_grad()
+    def sample_x(self, z: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        """Draw x ~ p(x|z) for z [N, L]; same layout as :meth:`decode_mean`.
+        Categorical draws exclude the unknown slot (it has no label to write)."""
+        mean, sigma, logits, bin_logits = self._heads(z)
+        num = mean + sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        cats = [
+            torch.multinomial(lg[..., :-1].softmax(-1), 1, generator=generator).squeeze(-1)
+            for lg in logits
+        ]
+        cat = torch.stack(cats, -1) if cats else torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
+        u = torch.rand(bin_logits.shape, generator=generator, dtype=bin_logits.dtype)
+        return num, cat, (u < bin_logits.sigmoid()).to(mean.dtype)
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments (without log_scale, which travels in the weights)."""
+        return {
+            "n_numeric": self.n_numeric,
+            "category_counts": self.category_counts,
+            "n_boolean": self.n_boolean,
+            "latent_dim": self.latent_dim,
+            "hidden": self.hidden,
+            "min_sigma": self.min_sigma,
+        }
+
+
+def default_architecture(n_rows: int, input_dim: int) -> tuple[int, list[int]]:
+    """Latent size and hidden widths sized from the data.
+
+    The latent grows with the square root of the input width (2..16); hidden widths are
+    a power of two near twice the input width, 32..256, two layers, halved when rows
+    are too few to fit them.
+    """
+    latent = int(min(16, max(2, math.ceil(math.sqrt(input_dim)))))
+    width = int(min(256, max(32, 2 ** math.ceil(math.log2(max(2, 2 * input_dim))))))
+    if n_rows < 1000:
+        width = max(32, width // 2)
+    return latent, [width, width // 2 if width >= 64 else width]
