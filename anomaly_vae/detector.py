@@ -23,7 +23,7 @@ import torch
 from anomaly_vae.bundle import read_bundle, write_bundle
 from anomaly_vae.data.io import read_table
 from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor
-from anomaly_vae.data.schema import Schema, infer_schema
+from anomaly_vae.data.schema import KINDS, Schema, infer_schema
 from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
 from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
 from anomaly_vae.scoring.calibration import Calibration
@@ -81,6 +81,8 @@ class TabularDetector:
         accelerator, devices, strategy: passed to the Lightning Trainer.
         progress: show progress bars for training and long scoring.
     """
+
+    manifest_: dict[str, Any]
 
     def __init__(
         self,
@@ -172,7 +174,9 @@ class TabularDetector:
             "max_epochs": epochs,
             "patience": self.patience or max(5, epochs // 10),
             "kl_warmup_epochs": (
-                self.kl_warmup_epochs if self.kl_warmup_epochs is not None else min(10, epochs // 10)
+                self.kl_warmup_epochs
+                if self.kl_warmup_epochs is not None
+                else min(10, epochs // 10)
             ),
         }
 
@@ -199,9 +203,9 @@ class TabularDetector:
 
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(frame))
-        n_cal = max(1, int(round(self.calibration_fraction * len(frame))))
+        n_cal = max(1, round(self.calibration_fraction * len(frame)))
         rest = order[n_cal:]
-        n_val = int(round(self.validation_fraction * len(rest)))
+        n_val = round(self.validation_fraction * len(rest))
         if len(rest) - n_val < 2:
             n_val = 0
         cal_idx, val_idx, train_idx = order[:n_cal], rest[:n_val], rest[n_val:]
@@ -226,8 +230,8 @@ class TabularDetector:
         schedule = self._schedule(len(train_idx))
         history, best_epoch = self._train(
             net,
-            tensors.index(torch.as_tensor(train_idx)),
-            tensors.index(torch.as_tensor(val_idx)) if n_val else None,
+            tensors.rows(torch.as_tensor(train_idx)),
+            tensors.rows(torch.as_tensor(val_idx)) if n_val else None,
             schedule,
         )
         net.eval()
@@ -236,7 +240,7 @@ class TabularDetector:
         self.net_ = net
         self.sampler_ = ImportanceSampler(k=self.k, seed=self.seed)
         self.history_ = history
-        self.training_ = {
+        self.training_: dict[str, Any] = {
             "n_rows": len(frame),
             "n_train": len(train_idx),
             "n_validation": int(n_val),
@@ -263,10 +267,10 @@ class TabularDetector:
         from pytorch_lightning.callbacks import EarlyStopping
 
         from anomaly_vae.data.datamodule import TabularDataModule
-        from anomaly_vae.models.tabular import KeepBestWeights, TabularVAEModule
+        from anomaly_vae.models.tabular import EpochProgress, KeepBestWeights, TabularVAEModule
 
         for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-            logging.getLogger(name).setLevel(logging.INFO if self.progress else logging.WARNING)
+            logging.getLogger(name).setLevel(logging.WARNING)
         pl.seed_everything(self.seed, workers=True, verbose=False)
         module = TabularVAEModule(
             net,
@@ -275,10 +279,15 @@ class TabularDetector:
             lr=self.lr,
             trim_fraction=self.trim_fraction,
         )
-        callbacks: list[pl.Callback] = []
+        callbacks: list[pl.Callback] = (
+            [EpochProgress(schedule["max_epochs"])] if self.progress else []
+        )
         keep = KeepBestWeights("val_elbo")
         if val is not None:
-            callbacks += [EarlyStopping("val_elbo", mode="max", patience=schedule["patience"]), keep]
+            callbacks += [
+                EarlyStopping("val_elbo", mode="max", patience=schedule["patience"]),
+                keep,
+            ]
         trainer = pl.Trainer(
             max_epochs=schedule["max_epochs"],
             accelerator=self.accelerator,
@@ -287,7 +296,7 @@ class TabularDetector:
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=self.progress,
+            enable_progress_bar=False,
             num_sanity_val_steps=0,
             callbacks=callbacks,
             deterministic=True,
@@ -352,7 +361,9 @@ class TabularDetector:
     def _score_arrays(
         self, arrays: TabularArrays, k: int | None = None, progress: bool | None = None
     ) -> ScoreResult:
-        sampler = self._sampler(k) if hasattr(self, "sampler_") else ImportanceSampler(self.k, self.seed)
+        sampler = (
+            self._sampler(k) if hasattr(self, "sampler_") else ImportanceSampler(self.k, self.seed)
+        )
         tensors = TabularTensors.from_arrays(arrays)
         show = self.progress if progress is None else progress
         if show and len(arrays) > 10 * sampler.row_chunk:
@@ -416,7 +427,7 @@ class TabularDetector:
     def feature_names_(self) -> list[str]:
         """Column names in the order of the contribution vectors (numeric, categorical, boolean)."""
         self._check_fitted()
-        return [c.name for k in ("numeric", "categorical", "boolean") for c in self.schema_.of_kind(k)]  # type: ignore[arg-type]
+        return [c.name for kind in KINDS for c in self.schema_.of_kind(kind)]
 
     def contributions(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
         """Per-feature log-likelihood terms (nats), rows x schema columns; each row sums to
@@ -458,7 +469,9 @@ class TabularDetector:
                         "excess": float(excess[i, j]),
                     }
                 )
-        return pd.DataFrame(rows, columns=["row", "rank", "feature", "value", "contribution", "excess"])
+        return pd.DataFrame(
+            rows, columns=["row", "rank", "feature", "value", "contribution", "excess"]
+        )
 
     # ================================================================== generative side
     def encode(self, X: Any) -> np.ndarray:
@@ -570,13 +583,17 @@ class TabularDetector:
             params = dict(cfg["params"])
             det = cls(**params)
             det.schema_ = Schema.from_dict(docs["schema.json"])
-            det.preprocessor_ = TabularPreprocessor.from_dict(det.schema_, docs["preprocessing.json"])
+            det.preprocessor_ = TabularPreprocessor.from_dict(
+                det.schema_, docs["preprocessing.json"]
+            )
             net = TabularVAE(**cfg["model"])
             net.load_state_dict(weights)
             net.eval()
             det.net_ = net
             cal = docs["calibration.json"]
-            det.sampler_ = ImportanceSampler(k=int(cal["scorer"]["k"]), seed=int(cal["scorer"]["seed"]))
+            det.sampler_ = ImportanceSampler(
+                k=int(cal["scorer"]["k"]), seed=int(cal["scorer"]["seed"])
+            )
             det.calibration_ = Calibration.from_dict(cal)
             det.offset_ = det.calibration_.threshold
             det.feature_baseline_ = np.asarray(cal["feature_baseline"], dtype=np.float64)

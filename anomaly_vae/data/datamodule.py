@@ -22,7 +22,7 @@ class _BatchDataset(Dataset[TabularTensors]):
         return len(self.tensors)
 
     def __getitem__(self, idx: Any) -> TabularTensors:
-        return self.tensors.index(torch.as_tensor(idx))
+        return self.tensors.rows(torch.as_tensor(idx))
 
 
 class TabularDataModule(pl.LightningDataModule):

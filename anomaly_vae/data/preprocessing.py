@@ -218,9 +218,7 @@ class TabularPreprocessor:
                 n: {"center": float(c), "scale": float(s)}
                 for n, c, s in zip(names, center, scale, strict=True)
             },
-            "categorical": {
-                c.name: list(c.categories) for c in self.schema.of_kind("categorical")
-            },
+            "categorical": {c.name: list(c.categories) for c in self.schema.of_kind("categorical")},
         }
 
     @classmethod

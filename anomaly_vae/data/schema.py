@@ -25,7 +25,9 @@ MAX_ROWS_IN_MESSAGE = 5
 def describe_rows(index: pd.Index | np.ndarray | list[Any]) -> str:
     """Render the first few offending row labels for an error message."""
     labels = list(index)
-    shown = ", ".join(repr(r) if isinstance(r, str) else str(r) for r in labels[:MAX_ROWS_IN_MESSAGE])
+    shown = ", ".join(
+        repr(r) if isinstance(r, str) else str(r) for r in labels[:MAX_ROWS_IN_MESSAGE]
+    )
     more = len(labels) - MAX_ROWS_IN_MESSAGE
     return f"[{shown}]" + (f" and {more} more" if more > 0 else "")
 

@@ -56,7 +56,7 @@ class TabularVAEModule(pl.LightningModule):
         _, _, objective = single_sample_elbo(self.net, batch, beta=self.current_beta())
         loss_rows = -objective
         if self.trim_fraction > 0 and loss_rows.numel() > 4:
-            keep = max(1, int(round(loss_rows.numel() * (1.0 - self.trim_fraction))))
+            keep = max(1, round(loss_rows.numel() * (1.0 - self.trim_fraction)))
             loss_rows = torch.topk(loss_rows, keep, largest=False).values
         loss = loss_rows.mean()
         self._accumulate("train_elbo", float(objective.detach().mean()), len(batch))
@@ -119,3 +119,29 @@ class KeepBestWeights(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is not None:
             pl_module.load_state_dict(self.state)
+
+
+class EpochProgress(pl.Callback):
+    """One progress bar over epochs with the latest train and validation ELBO (nats),
+    instead of Lightning's per-batch bars, which flood logs for small tables."""
+
+    def __init__(self, max_epochs: int) -> None:
+        self.max_epochs = max_epochs
+        self.bar: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.max_epochs, unit="epoch", desc="training", leave=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is None:
+            return
+        metrics = {k: f"{float(v):.2f}" for k, v in trainer.callback_metrics.items() if "elbo" in k}
+        self.bar.set_postfix(metrics)
+        self.bar.update(1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

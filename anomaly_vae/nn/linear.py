@@ -43,7 +43,9 @@ class LinearGaussianVAE(torch.nn.Module):
         self.enc_logvar = enc_logvar
 
     @classmethod
-    def with_exact_posterior(cls, weight: Tensor, bias: Tensor, noise_var: float) -> LinearGaussianVAE:
+    def with_exact_posterior(
+        cls, weight: Tensor, bias: Tensor, noise_var: float
+    ) -> LinearGaussianVAE:
         """Encoder set to the exact posterior; needs W^T W diagonal (orthogonal columns)."""
         wtw = weight.T @ weight
         off = wtw - torch.diag(torch.diagonal(wtw))
@@ -64,9 +66,10 @@ class LinearGaussianVAE(torch.nn.Module):
     def feature_log_prob(self, z: Tensor, x: Tensor) -> Tensor:
         """z [S, N, L] -> log N(x_d; (W z + b)_d, s2) per dimension, [S, N, D] nats."""
         mean = z @ self.weight.T + self.bias
-        return -0.5 * (LOG_2PI + torch.log(torch.tensor(self.noise_var, dtype=z.dtype))) - 0.5 * (
-            x - mean
-        ).pow(2) / self.noise_var
+        return (
+            -0.5 * (LOG_2PI + torch.log(torch.tensor(self.noise_var, dtype=z.dtype)))
+            - 0.5 * (x - mean).pow(2) / self.noise_var
+        )
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         """The exact log p(x) = log N(x; b, W W^T + s2 I): [N, D] -> [N] nats."""

@@ -43,10 +43,10 @@ class TabularTensors(NamedTuple):
             torch.from_numpy(np.ascontiguousarray(arrays.bin_mask)),  # type: ignore[attr-defined]
         )
 
-    def index(self, idx: Tensor | slice) -> TabularTensors:
+    def rows(self, idx: Tensor | slice) -> TabularTensors:
         return TabularTensors(*(t[idx] for t in self))
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return int(self.num.shape[0])
 
 
@@ -64,6 +64,8 @@ class TabularVAE(torch.nn.Module):
             so that numeric log-likelihoods are densities in the columns' own units.
         min_sigma: floor of the decoder's standard deviation in standardized units.
     """
+
+    log_scale: Tensor
 
     def __init__(
         self,

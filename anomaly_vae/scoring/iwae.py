@@ -115,7 +115,7 @@ class ImportanceSampler:
             batch: the model's input for all n records (a tensor or a NamedTuple of them).
             n: number of records.
             index: how to take rows ``slice`` of ``batch``; default ``batch[slice]`` for a
-                tensor, or ``batch.index(slice)``.
+                tensor, or ``batch.rows(slice)``.
             progress: called with the number of records finished after each chunk.
         """
         take = index or _default_index
@@ -190,4 +190,4 @@ class ImportanceSampler:
 def _default_index(batch: Any, sl: slice) -> Any:
     if isinstance(batch, Tensor):
         return batch[sl]
-    return batch.index(sl)
+    return batch.rows(sl)

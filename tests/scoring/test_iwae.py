@@ -48,7 +48,11 @@ def test_perturbed_encoder_gap_shrinks_with_k(ppca):
     )
     gaps = {}
     for k in (1, 10, 100, 1000):
-        gaps[k] = float(np.mean(np.abs(exact - ImportanceSampler(k=k, seed=0).score(perturbed, x, N).log_likelihood)))
+        gaps[k] = float(
+            np.mean(
+                np.abs(exact - ImportanceSampler(k=k, seed=0).score(perturbed, x, N).log_likelihood)
+            )
+        )
     assert gaps[1] > gaps[10] > gaps[100] > gaps[1000], gaps
     assert gaps[1000] < 0.05, gaps
     # Jensen: the mean of log w (the ELBO field) never exceeds log of the mean weight
@@ -68,7 +72,14 @@ def test_score_is_independent_of_batch_and_chunking(ppca):
 
 def test_contributions_sum_to_reconstruction_part(ppca):
     model, x, _ = ppca
-    pert = LinearGaussianVAE(model.weight, model.bias, model.noise_var, model.enc_weight, model.enc_bias + 0.2, model.enc_logvar)
+    pert = LinearGaussianVAE(
+        model.weight,
+        model.bias,
+        model.noise_var,
+        model.enc_weight,
+        model.enc_bias + 0.2,
+        model.enc_logvar,
+    )
     res = ImportanceSampler(k=1, seed=0).score(pert, x, N)
     # with K=1 the weighted reconstruction is log p(x|z_1) and elbo = rec - (log q - log p(z))
     assert res.contributions.shape == (N, D)

@@ -1,0 +1,354 @@
+"""``anomaly-vae``: train, score, evaluate, sample and the end-to-end demo.
+
+Exit codes: 0 success; 2 bad input (the message names the column, row, file or flag);
+1 anything unexpected. This is the one module of the library that may reach into
+``service/`` and ``pipelines/``, lazily, inside a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training (unset: sized from the data)")
+    g.add_argument("--latent-dim", type=int, help="size of the latent code z")
+    g.add_argument("--hidden", type=int, nargs="+", help="encoder hidden widths, e.g. 128 64")
+    g.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE), default 1")
+    g.add_argument("--kl-warmup-epochs", type=int, help="epochs of linear KL warm-up")
+    g.add_argument(
+        "--max-epochs", type=int, help="upper bound on epochs (early stopping may end sooner)"
+    )
+    g.add_argument("--batch-size", type=int, help="rows per gradient step")
+    g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, default 2e-3")
+    g.add_argument(
+        "--trim-fraction",
+        type=float,
+        default=0.0,
+        help="robust training: drop this fraction of each batch's highest-loss rows from the gradient",
+    )
+    g.add_argument(
+        "--k",
+        type=int,
+        default=64,
+        help="importance samples per record when scoring, default 64 (1 = ELBO)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="target false-positive rate of the conformal threshold, default 0.05",
+    )
+    g.add_argument(
+        "--contamination",
+        type=float,
+        help="alternatively, the expected outlier fraction (quantile threshold)",
+    )
+    g.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.2,
+        help="rows held out to calibrate on, default 0.2",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--accelerator", default="cpu", help="Lightning accelerator: cpu (default), gpu, auto, ..."
+    )
+    g.add_argument("--devices", default="1", help="Lightning devices, e.g. 1, 2 or auto")
+    g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-vae",
+        description="Anomaly detection and density estimation with variational autoencoders.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a detector on a CSV/Parquet table and save its bundle",
+        description="Train a tabular VAE detector; writes a bundle directory.",
+    )
+    p.add_argument("data", help="training table (.csv or .parquet), mostly normal rows")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--id-column", help="column carried through scoring but never modelled")
+    p.add_argument("--drop", nargs="+", default=[], help="columns to ignore (e.g. a label)")
+    p.add_argument("--categorical", nargs="+", help="columns to treat as categorical")
+    _add_training_flags(p)
+
+    p = sub.add_parser(
+        "score",
+        help="score a table with a saved detector",
+        description="Write per-row log_likelihood, stderr, elbo, kl, score, p_value, is_outlier.",
+    )
+    p.add_argument("bundle", help="detector bundle directory")
+    p.add_argument("data", help="table to score (.csv or .parquet)")
+    p.add_argument("--out", required=True, help="output table (.csv or .parquet)")
+    p.add_argument("--k", type=int, help="importance samples (default: the detector's own)")
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="add the TOP most unusual features per row",
+    )
+    p.add_argument(
+        "--allow-extra",
+        action="store_true",
+        help="ignore columns the model does not know (default: error)",
+    )
+    p.add_argument(
+        "--keep-columns", action="store_true", help="copy the input columns into the output"
+    )
+
+    p = sub.add_parser(
+        "evaluate",
+        help="AUROC/AUPRC/precision/recall against a labels column, with a plot",
+        description="Evaluate a detector on a labelled table; prints JSON, writes a PNG.",
+    )
+    p.add_argument("bundle", help="detector bundle directory")
+    p.add_argument("data", help="labelled table (.csv or .parquet)")
+    p.add_argument(
+        "--labels", required=True, help="column with 1 (or -1) for outliers, 0 (or +1) for inliers"
+    )
+    p.add_argument("--plot", help="PNG to write: score histogram, threshold, ROC curve")
+    p.add_argument("--json", dest="json_out", help="write the metrics to this JSON file too")
+
+    p = sub.add_parser("sample", help="generate synthetic rows from a detector's VAE")
+    p.add_argument("bundle")
+    p.add_argument("-n", type=int, default=10, help="rows to draw, default 10")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output table; default: print CSV")
+
+    p = sub.add_parser("encode", help="latent means of each row")
+    p.add_argument("bundle")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="output table (.csv or .parquet)")
+
+    p = sub.add_parser(
+        "demo",
+        help="the README's main job: train on real data, score, report",
+        description="Train on ADBench's WDBC (breast-cancer data shipped with scikit-learn), "
+        "score a held-out 30%%, evaluate and print a report.",
+    )
+    p.add_argument("--workdir", default="runs/demo", help="where the bundle, scores and plot go")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ---------------------------------------------------------------------- commands
+def _cmd_train(args: argparse.Namespace) -> int:
+    from anomaly_vae.data.io import read_table
+    from anomaly_vae.detector import TabularDetector
+    from anomaly_vae.exceptions import SchemaError
+
+    frame = read_table(args.data)
+    missing = [c for c in args.drop if c not in frame.columns]
+    if missing:
+        msg = f"--drop names columns not in {args.data!r}: {missing}"
+        raise SchemaError(msg)
+    frame = frame.drop(columns=args.drop)
+    devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
+    det = TabularDetector(
+        latent_dim=args.latent_dim,
+        hidden=args.hidden,
+        beta=args.beta,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        trim_fraction=args.trim_fraction,
+        k=args.k,
+        alpha=args.alpha,
+        contamination=args.contamination,
+        calibration_fraction=args.calibration_fraction,
+        id_column=args.id_column,
+        categorical=args.categorical,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=devices,
+        strategy=args.strategy,
+        progress=not args.quiet,
+    ).fit(frame)
+    path = det.save(args.out)
+    summary = {"bundle": str(path), **det.training_, "calibration": det.calibration_.summary()}
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from anomaly_vae.data.io import read_table, write_table
+    from anomaly_vae.detector import TabularDetector
+
+    det = TabularDetector.load(args.bundle)
+    frame = read_table(args.data)
+    out = det.score(frame, k=args.k, allow_extra=args.allow_extra, progress=not args.quiet)
+    if args.explain:
+        res_expl = det.explain(frame, top=args.explain, k=args.k)
+        wide = res_expl.pivot(index="row", columns="rank", values="feature")
+        wide.columns = [f"top{r}_feature" for r in wide.columns]
+        out = out.join(wide)
+    if args.keep_columns:
+        out = pd.concat(
+            [frame.drop(columns=[c for c in out.columns if c in frame.columns]), out], axis=1
+        )
+    write_table(out, args.out)
+    print(f"scored {len(out)} rows, {int(out['is_outlier'].sum())} flagged -> {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from anomaly_vae.data.io import read_table
+    from anomaly_vae.detector import TabularDetector
+    from anomaly_vae.evaluation import detection_metrics, labels_as_outlier_flags, plot_evaluation
+    from anomaly_vae.exceptions import SchemaError
+
+    det = TabularDetector.load(args.bundle)
+    frame = read_table(args.data)
+    if args.labels not in frame.columns:
+        msg = f"labels column {args.labels!r} is not in {args.data!r} (columns: {list(frame.columns)})"
+        raise SchemaError(msg)
+    y = labels_as_outlier_flags(frame[args.labels], args.labels)
+    res = det.score(frame.drop(columns=[args.labels]), progress=not args.quiet)
+    metrics = detection_metrics(y, res["score"].to_numpy(), res["is_outlier"].to_numpy())
+    metrics["calibration"] = det.calibration_.summary()
+    if args.plot:
+        plot_evaluation(
+            y, res["score"].to_numpy(), -det.offset_, args.plot, title=Path(args.data).name
+        )
+        metrics["plot"] = args.plot
+    text = json.dumps(metrics, indent=1)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    print(text)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from anomaly_vae.data.io import write_table
+    from anomaly_vae.detector import TabularDetector
+
+    rows = TabularDetector.load(args.bundle).sample(args.n, seed=args.seed)
+    if args.out:
+        write_table(rows, args.out)
+        print(f"wrote {len(rows)} synthetic rows -> {args.out}")
+    else:
+        print(rows.to_csv(index=False), end="")
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from anomaly_vae.data.io import read_table, write_table
+    from anomaly_vae.detector import TabularDetector
+
+    det = TabularDetector.load(args.bundle)
+    frame = read_table(args.data)
+    z = det.encode(frame)
+    out = pd.DataFrame(z, columns=[f"z{i}" for i in range(z.shape[1])], index=frame.index)
+    sid = det.schema_.id_column
+    if sid and sid in frame.columns:
+        out.insert(0, sid, frame[sid])
+    write_table(out, args.out)
+    print(f"encoded {len(out)} rows to {z.shape[1]} latent dimensions -> {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sklearn.model_selection import train_test_split
+
+    from anomaly_vae.demo_data import wdbc
+    from anomaly_vae.detector import TabularDetector
+    from anomaly_vae.evaluation import detection_metrics, plot_evaluation
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = wdbc(seed=args.seed)
+    train, test = train_test_split(
+        data, test_size=0.3, stratify=data["is_outlier"], random_state=args.seed
+    )
+    print(
+        f"data: ADBench WDBC from scikit-learn's breast-cancer set, {len(data)} rows, "
+        f"{int(data['is_outlier'].sum())} outliers; training on {len(train)} unlabeled rows"
+    )
+    det = TabularDetector(id_column="row_id", seed=args.seed, progress=not args.quiet)
+    det.fit(train.drop(columns=["is_outlier"]))
+    bundle = det.save(work / "detector")
+    scored = det.score(test.drop(columns=["is_outlier"]))
+    scored["is_outlier_label"] = test["is_outlier"].to_numpy()
+    scored.to_csv(work / "test_scores.csv", index=False)
+    y = test["is_outlier"].to_numpy().astype(bool)
+    m = detection_metrics(y, scored["score"].to_numpy(), scored["is_outlier"].to_numpy())
+    plot = plot_evaluation(
+        y,
+        scored["score"].to_numpy(),
+        -det.offset_,
+        work / "evaluation.png",
+        title="WDBC held-out 30%",
+    )
+    t = det.training_
+    print(
+        f"trained {t['epochs_run']} epochs (best {t['best_epoch']}) in {t['fit_seconds']:.1f} s; "
+        f"calibrated on {t['n_calibration']} held-out rows, alpha={det.calibration_.alpha}"
+    )
+    print(
+        f"held-out: AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  flagged {m['n_flagged']}/{m['n']}  "
+        f"precision {m['precision']:.2f}  recall {m['recall']:.2f}  FPR {m['false_positive_rate']:.3f}"
+    )
+    worst = scored.sort_values("score", ascending=False).head(3)
+    expl = det.explain(test.loc[worst.index].drop(columns=["is_outlier"]), top=2)
+    print("most anomalous held-out rows:")
+    for idx, row in worst.iterrows():
+        feats = expl[expl["row"] == idx]
+        why = ", ".join(
+            f"{f.feature}={f.value:.4g} ({f.excess:+.1f} nats)" for f in feats.itertuples()
+        )
+        print(
+            f"  {row['row_id']}: log p(x) = {row['log_likelihood']:.2f} ± {row['stderr']:.2f} nats, "
+            f"p = {row['p_value']:.3f}, label {'outlier' if row['is_outlier_label'] else 'inlier'}; {why}"
+        )
+    print(f"bundle: {bundle}\nscores: {work / 'test_scores.csv'}\nplot:   {plot}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "score": _cmd_score,
+    "evaluate": _cmd_evaluate,
+    "sample": _cmd_sample,
+    "encode": _cmd_encode,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from anomaly_vae.exceptions import AnomalyVAEError, CalibrationWarning
+
+    def _show(message: Any, category: Any, *_: Any, **__: Any) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = _show
+    warnings.simplefilter("default", CalibrationWarning)
+    try:
+        return COMMANDS[args.command](args)
+    except (AnomalyVAEError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
