@@ -46,6 +46,11 @@ class TabularArrays:
         )
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value, so messages read 2, not np.int64(2)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 _TRUE = {"true", "1", "1.0", "yes", "t", "y"}
 _FALSE = {"false", "0", "0.0", "no", "f", "n"}
 
@@ -61,7 +66,7 @@ def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
         coerced = pd.to_numeric(s, errors="coerce")
         bad = coerced.isna() & s.notna()
         if bad.any():
-            first = s[bad].iloc[0]
+            first = _plain(s[bad].iloc[0])
             msg = (
                 f"column {name!r} is numeric but has non-numeric values at rows "
                 f"{describe_rows(s.index[bad])} (first: {first!r})"
@@ -94,7 +99,7 @@ def _boolean_column(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndar
         bad = observed & ~(is_true | is_false)
         out[is_true] = 1.0
     if bad.any():
-        first = s[bad].iloc[0]
+        first = _plain(s[bad].iloc[0])
         msg = (
             f"column {name!r} is boolean but has values other than 0/1/true/false at rows "
             f"{describe_rows(s.index[bad])} (first: {first!r})"

@@ -1,0 +1,167 @@
+"""Schema inference and the exact outcome of every bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.data.preprocessing import TabularPreprocessor
+from anomaly_vae.data.schema import Schema, infer_schema
+from anomaly_vae.exceptions import NotFittedError, SchemaError
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e", "f"],
+            "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "n": [1, 5, 2, 8, 3, 0],
+            "color": ["red", "blue", "red", "green", "blue", "red"],
+            "ok": [True, False, True, True, False, True],
+            "bit": [0, 1, 1, 0, 0, 1],
+        }
+    )
+
+
+@pytest.fixture
+def pre(frame) -> TabularPreprocessor:
+    return TabularPreprocessor(infer_schema(frame, id_column="id")).fit(frame)
+
+
+def test_infer_kinds(frame):
+    s = infer_schema(frame, id_column="id")
+    assert [(c.name, c.kind) for c in s.columns] == [
+        ("x", "numeric"),
+        ("n", "numeric"),
+        ("color", "categorical"),
+        ("ok", "boolean"),
+        ("bit", "boolean"),
+    ]
+    assert s.of_kind("categorical")[0].categories == ("blue", "green", "red")
+    assert s.id_column == "id"
+
+
+def test_schema_round_trips_through_dict(frame):
+    s = infer_schema(frame, id_column="id", categorical=["n"])
+    assert Schema.from_dict(s.to_dict()) == s
+    assert s.of_kind("categorical")[0].name == "n"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"id_column": "nope"}, "id column 'nope' is not in the frame"),
+        ({"categorical": ["zz"]}, r"columns declared categorical are not in the frame: \['zz'\]"),
+    ],
+)
+def test_infer_argument_errors(frame, kwargs, message):
+    with pytest.raises(SchemaError, match=message):
+        infer_schema(frame, **kwargs)
+
+
+def test_infer_refuses_empty_all_missing_and_high_cardinality():
+    with pytest.raises(SchemaError, match="empty frame"):
+        infer_schema(pd.DataFrame({"x": []}))
+    with pytest.raises(SchemaError, match="column 'y' has no values"):
+        infer_schema(pd.DataFrame({"x": [1.0, 2.0], "y": [None, None]}))
+    with pytest.raises(SchemaError, match="column 'name' looks categorical but has 300 distinct"):
+        infer_schema(pd.DataFrame({"name": [f"n{i}" for i in range(300)]}))
+
+
+def test_schema_from_dict_errors():
+    with pytest.raises(SchemaError, match="kind must be one of"):
+        Schema.from_dict({"columns": [{"name": "x", "kind": "text"}]})
+    with pytest.raises(SchemaError, match=r"duplicate column names in schema: \['x'\]"):
+        Schema.from_dict({"columns": [{"name": "x", "kind": "numeric"}] * 2})
+    with pytest.raises(SchemaError, match="at least one modelled column"):
+        Schema.from_dict({"columns": []})
+
+
+def test_missing_columns_named(pre, frame):
+    with pytest.raises(SchemaError, match=r"missing columns: \['color', 'bit'\]"):
+        pre.transform(frame.drop(columns=["color", "bit"]))
+
+
+def test_unexpected_columns_named_unless_allowed(pre, frame):
+    extra = frame.assign(label=1, note="x")
+    with pytest.raises(SchemaError, match=r"unexpected columns: \['label', 'note'\]"):
+        pre.transform(extra)
+    assert len(pre.transform(extra, allow_extra=True)) == len(frame)
+
+
+def test_non_numeric_string_names_column_rows_and_value(pre, frame):
+    bad = frame.astype({"x": object})
+    bad.loc[[1, 4], "x"] = ["abc", "1,5"]
+    with pytest.raises(
+        SchemaError,
+        match=r"column 'x' is numeric but has non-numeric values at rows \[1, 4\] \(first: 'abc'\)",
+    ):
+        pre.transform(bad)
+
+
+def test_numeric_strings_are_accepted(pre, frame):
+    as_text = frame.astype({"x": str})
+    np.testing.assert_allclose(pre.transform(as_text).num, pre.transform(frame).num)
+
+
+def test_infinity_names_column_and_rows(pre, frame):
+    bad = frame.copy()
+    bad.loc[2, "x"] = np.inf
+    bad.loc[5, "x"] = -np.inf
+    with pytest.raises(SchemaError, match=r"column 'x' has infinite values at rows \[2, 5\]"):
+        pre.transform(bad)
+
+
+def test_many_bad_rows_are_summarized(pre):
+    bad = pd.DataFrame(
+        {"id": range(9), "x": ["q"] * 9, "n": 1, "color": "red", "ok": True, "bit": 0}
+    )
+    with pytest.raises(SchemaError, match=r"at rows \[0, 1, 2, 3, 4\] and 4 more"):
+        pre.transform(bad)
+
+
+def test_bad_boolean_values_named(pre, frame):
+    bad = frame.copy()
+    bad["bit"] = [0, 1, 2, 0, 0, 1]
+    with pytest.raises(
+        SchemaError,
+        match=r"column 'bit' is boolean but has values other than 0/1/true/false at rows \[2\] \(first: 2",
+    ):
+        pre.transform(bad)
+    text = frame.assign(ok=["yes", "no", "true", "FALSE", "0", "1"])
+    np.testing.assert_array_equal(pre.transform(text).bin[:, 0], [1, 0, 1, 0, 0, 1])
+
+
+def test_unseen_category_maps_to_unknown_slot(pre, frame):
+    new = frame.assign(color=["red", "purple", "blue", "green", "teal", "red"])
+    cat = pre.transform(new).cat[:, 0]
+    assert cat.tolist() == [2, 3, 0, 1, 3, 2]  # 3 == len(categories): the unknown slot
+
+
+def test_nan_is_marginalized_not_an_error(pre, frame):
+    holes = frame.astype({"color": object, "ok": object})
+    holes.loc[1, "x"] = np.nan
+    holes.loc[2, "color"] = None
+    holes.loc[3, "ok"] = None
+    arr = pre.transform(holes)
+    assert not arr.num_mask[1, 0] and arr.num[1, 0] == 0.0
+    assert arr.cat[2, 0] == -1
+    assert not arr.bin_mask[3, 0]
+    assert arr.num_mask.sum() == arr.num_mask.size - 1
+
+
+def test_not_a_frame_and_not_fitted(frame):
+    s = infer_schema(frame, id_column="id")
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        TabularPreprocessor(s).transform(frame)
+    with pytest.raises(SchemaError, match="expected a pandas DataFrame, got list"):
+        TabularPreprocessor(s).fit([[1, 2]])  # type: ignore[arg-type]
+
+
+def test_constant_column_gets_a_floor_scale():
+    f = pd.DataFrame({"x": [3.0] * 5, "y": [1.0, 2, 3, 4, 5]})
+    pre = TabularPreprocessor(infer_schema(f)).fit(f)
+    assert np.all(np.isfinite(pre.transform(f).num))
+    assert pre.scale_ is not None and pre.scale_[0] > 0

@@ -1,0 +1,149 @@
+"""The command line: every command end to end on a tiny CSV, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from anomaly_vae.cli import COMMANDS, main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mixed_train):
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "train.csv"
+    mixed_train.assign(label=0).to_csv(data, index=False)
+    bundle = root / "bundle"
+    rc = main(
+        [
+            "--quiet",
+            "train",
+            str(data),
+            "--out",
+            str(bundle),
+            "--id-column",
+            "id",
+            "--drop",
+            "label",
+            "--k",
+            "8",
+        ]
+    )
+    assert rc == 0
+    return root, bundle
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: anomaly-vae " + command in capsys.readouterr().out
+
+
+def test_score_and_evaluate(trained, mixed_test, capsys):
+    root, bundle = trained
+    frame, y = mixed_test
+    data = root / "test.parquet"
+    frame.assign(is_outlier=y.astype(int)).to_parquet(data)
+    out = root / "scores.parquet"
+    assert (
+        main(
+            [
+                "--quiet",
+                "score",
+                str(bundle),
+                str(data),
+                "--out",
+                str(out),
+                "--allow-extra",
+                "--explain",
+                "2",
+            ]
+        )
+        == 0
+    )
+    scores = pd.read_parquet(out)
+    assert {"id", "log_likelihood", "p_value", "is_outlier", "top1_feature", "top2_feature"} <= set(
+        scores.columns
+    )
+    assert len(scores) == len(frame)
+    capsys.readouterr()
+    plot = root / "eval.png"
+    assert (
+        main(
+            [
+                "--quiet",
+                "evaluate",
+                str(bundle),
+                str(data),
+                "--labels",
+                "is_outlier",
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 300 and metrics["n_outliers"] == 15
+    assert metrics["auroc"] > 0.9
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_and_encode(trained, mixed_train, capsys):
+    root, bundle = trained
+    assert main(["sample", str(bundle), "-n", "4"]) == 0
+    text = capsys.readouterr().out.strip().splitlines()
+    assert text[0] == "a,b,c,color,flag" and len(text) == 5
+    data = root / "enc.csv"
+    mixed_train.head(5).to_csv(data, index=False)
+    out = root / "z.csv"
+    assert main(["encode", str(bundle), str(data), "--out", str(out)]) == 0
+    z = pd.read_csv(out)
+    assert z.columns[0] == "id" and len(z) == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["score", "{bundle}", "{root}/nope.csv", "--out", "{root}/o.csv"],
+            "no such file: '.*nope.csv'",
+        ),
+        (
+            ["score", "{root}", "{root}/train.csv", "--out", "{root}/o.csv"],
+            "manifest.json is missing",
+        ),
+        (
+            ["score", "{bundle}", "{root}/train.csv", "--out", "{root}/o.csv"],
+            r"unexpected columns: \['label'\]",
+        ),
+        (
+            ["evaluate", "{bundle}", "{root}/train.csv", "--labels", "zzz"],
+            "labels column 'zzz' is not in",
+        ),
+        (
+            ["evaluate", "{bundle}", "{root}/train.csv", "--labels", "label"],
+            "labels column 'label' has only one class",
+        ),
+        (
+            ["train", "{root}/train.csv", "--out", "{root}/b2", "--drop", "nope"],
+            r"--drop names columns not in .*: \['nope'\]",
+        ),
+        (
+            ["score", "{bundle}", "{root}/train.txt", "--out", "{root}/o.csv"],
+            "unsupported table format '.txt'",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_a_named_culprit(trained, args, message, capsys):
+    root, bundle = trained
+    (root / "train.txt").write_text("x")
+    argv = [a.format(root=root, bundle=bundle) for a in args]
+    assert main(["--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert pytest.importorskip("re").search(message, err), err

@@ -1,0 +1,188 @@
+"""The detector facade: sklearn-style API, detection on known outliers, bundle, VAE tools."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae import TabularDetector
+from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
+
+
+def test_not_fitted_raises_sklearn_not_fitted_error(mixed_train):
+    from sklearn.exceptions import NotFittedError as SkNotFitted
+
+    det = TabularDetector()
+    for call in (det.score_samples, det.predict, det.decision_function, det.encode, det.explain):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            call(mixed_train)
+    with pytest.raises(SkNotFitted):
+        det.sample(3)
+
+
+def test_finds_the_known_outliers(fitted, mixed_test):
+    frame, y = mixed_test
+    res = fitted.score(frame)
+    assert list(res.columns) == [
+        "id",
+        "log_likelihood",
+        "stderr",
+        "elbo",
+        "kl",
+        "score",
+        "p_value",
+        "is_outlier",
+    ]
+    assert res["id"].tolist() == frame["id"].tolist()
+    assert roc_auc_score(y, res["score"]) > 0.95
+    assert res.loc[y, "is_outlier"].mean() > 0.8
+    assert res.loc[~y, "is_outlier"].mean() < 0.15
+    assert np.all(res["stderr"] >= 0) and np.all(res["kl"] >= 0)
+    assert np.all(res["elbo"] <= res["log_likelihood"] + 1e-9)
+
+
+def test_sklearn_api_is_consistent(fitted, mixed_test):
+    frame, _ = mixed_test
+    s = fitted.score_samples(frame)
+    np.testing.assert_allclose(fitted.decision_function(frame), s - fitted.offset_)
+    pred = fitted.predict(frame)
+    assert set(np.unique(pred)) <= {-1, 1}
+    np.testing.assert_array_equal(pred == -1, fitted.score(frame)["is_outlier"].to_numpy())
+    p = fitted.p_values(frame)
+    assert np.all((p > 0) & (p <= 1))
+
+
+def test_score_is_batch_independent_and_deterministic(fitted, mixed_test):
+    frame, _ = mixed_test
+    whole = fitted.score_samples(frame)
+    one = np.concatenate([fitted.score_samples(frame.iloc[[i]]) for i in (0, 17, 299)])
+    np.testing.assert_allclose(one, whole[[0, 17, 299]], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(fitted.score_samples(frame), whole)
+
+
+def test_same_seed_same_model(mixed_train, mixed_test):
+    frame, _ = mixed_test
+    a = TabularDetector(id_column="id", seed=3, k=8, max_epochs=3).fit(mixed_train)
+    b = TabularDetector(id_column="id", seed=3, k=8, max_epochs=3).fit(mixed_train)
+    np.testing.assert_array_equal(a.score_samples(frame), b.score_samples(frame))
+
+
+def test_unseen_category_and_missing_values(fitted, mixed_test):
+    frame, y = mixed_test
+    normal = frame[~y].head(20).reset_index(drop=True)
+    base = fitted.score_samples(normal)
+    odd = normal.assign(color="purple")
+    assert np.all(fitted.score_samples(odd) < base)  # unknown slot is improbable
+    holes = normal.copy()
+    holes.loc[:, "c"] = np.nan
+    with_holes = fitted.score_samples(holes)
+    assert np.all(np.isfinite(with_holes))
+    contrib = fitted.contributions(holes)
+    assert np.all(contrib["c"] == 0.0)  # marginalized: contributes nothing
+
+
+def test_bad_frames_fail_with_named_columns(fitted, mixed_test):
+    frame, _ = mixed_test
+    with pytest.raises(SchemaError, match=r"missing columns: \['c'\]"):
+        fitted.score(frame.drop(columns=["c"]))
+    with pytest.raises(SchemaError, match=r"unexpected columns: \['label'\]"):
+        fitted.score(frame.assign(label=0))
+    assert len(fitted.score(frame.assign(label=0), allow_extra=True)) == len(frame)
+    with pytest.raises(
+        SchemaError,
+        match="must be a pandas DataFrame, a 2-D numpy array or a CSV/Parquet path, got dict",
+    ):
+        fitted.score({"a": [1]})
+
+
+def test_fit_argument_errors(mixed_train):
+    with pytest.raises(ValueError, match="fit needs at least 10 rows, got 4"):
+        TabularDetector().fit(mixed_train.head(4))
+    with pytest.raises(ValueError, match=r"calibration_fraction must be in \(0, 1\)"):
+        TabularDetector(calibration_fraction=1.5).fit(mixed_train)
+    with pytest.raises(ValueError, match="k must be an integer"):
+        TabularDetector(k=0).fit(mixed_train)
+
+
+def test_explain_names_the_broken_column(fitted, mixed_test):
+    frame, y = mixed_test
+    out = fitted.explain(frame[y], top=2)
+    assert list(out.columns) == ["row", "rank", "feature", "value", "contribution", "excess"]
+    top1 = out[out["rank"] == 1]
+    # the outliers break b = 2a: b (or a) must be the first culprit for most of them
+    assert top1["feature"].isin(["a", "b"]).mean() > 0.8
+    assert np.all(top1["excess"] < 0)
+
+
+def test_contributions_sum_to_reconstruction(fitted, mixed_test):
+    frame, _ = mixed_test
+    c = fitted.contributions(frame.head(10))
+    assert list(c.columns) == ["a", "b", "c", "color", "flag"]
+    # log p(x) = weighted reconstruction + weighted (log p(z) - log q); the latter is <= KL-sized
+    assert np.all(np.isfinite(c.to_numpy()))
+
+
+def test_sample_encode_reconstruct(fitted, mixed_train):
+    rows = fitted.sample(500, seed=1)
+    assert list(rows.columns) == ["a", "b", "c", "color", "flag"]
+    assert set(rows["color"].unique()) <= {"red", "green", "blue"}
+    assert rows["flag"].dtype == bool
+    # the structure is learned: sampled b follows 2a
+    assert np.corrcoef(rows["a"], rows["b"])[0, 1] > 0.8
+    z = fitted.encode(mixed_train.head(7))
+    assert z.shape == (7, fitted.net_.latent_dim)
+    rec = fitted.reconstruct(mixed_train.head(50))
+    assert np.mean(np.abs(rec["a"] - mixed_train["a"].head(50))) < 0.5
+
+
+def test_recalibrate_changes_threshold_without_retraining(mixed_train, mixed_test):
+    frame, _ = mixed_test
+    det = TabularDetector(id_column="id", seed=0, k=8, max_epochs=3).fit(mixed_train)
+    before = det.score_samples(frame)
+    det.recalibrate(mixed_train, contamination=0.2)
+    assert det.calibration_.method == "contamination"
+    np.testing.assert_array_equal(det.score_samples(frame), before)
+    assert abs(det.predict(mixed_train).tolist().count(-1) / len(mixed_train) - 0.2) < 0.01
+
+
+def test_bundle_round_trip_and_tamper_detection(fitted, mixed_test, tmp_path):
+    frame, _ = mixed_test
+    path = fitted.save(tmp_path / "det")
+    names = sorted(p.name for p in path.iterdir())
+    assert names == [
+        "calibration.json",
+        "config.json",
+        "manifest.json",
+        "preprocessing.json",
+        "reference.json",
+        "schema.json",
+        "weights.safetensors",
+    ]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["kind"] == "tabular" and manifest["format_version"] == 1
+    loaded = TabularDetector.load(path)
+    pd.testing.assert_frame_equal(loaded.score(frame), fitted.score(frame))
+    (path / "calibration.json").write_text(
+        (path / "calibration.json").read_text().replace("0", "1", 1)
+    )
+    with pytest.raises(BundleError, match="calibration.json does not match its sha256"):
+        TabularDetector.load(path)
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        TabularDetector.load(tmp_path)
+    with pytest.raises(BundleError, match="not a directory"):
+        TabularDetector.load(tmp_path / "nowhere")
+
+
+def test_numpy_input_and_boolean_only_table():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    det = TabularDetector(seed=0, k=4, max_epochs=2).fit(x)
+    assert det.score_samples(x[:5]).shape == (5,)
+    bits = pd.DataFrame(rng.integers(0, 2, size=(200, 5)).astype(bool), columns=list("abcde"))
+    det = TabularDetector(seed=0, k=4, max_epochs=2).fit(bits)
+    ll = det.score_samples(bits)
+    assert np.all(ll <= 0)  # a probability of a discrete record
