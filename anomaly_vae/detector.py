@@ -38,6 +38,9 @@ MIN_ROWS = 10
 TARGET_STEPS = 3000
 MIN_STEPS = 100
 
+#: Most rows held out for calibration; p-values resolve to 1/20,001 with this many.
+MAX_CALIBRATION = 20_000
+
 
 def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
