@@ -71,6 +71,8 @@ class TabularDetector:
             the validation ELBO with ``patience`` epochs.
         trim_fraction: robust training; leave out this fraction of each batch's
             highest-loss rows from the gradient (0 disables).
+        min_sigma: floor of the decoder's standard deviation for numeric columns, in
+            standardized units; keeps integer-valued columns from collapsing into spikes.
         k: importance samples per record when scoring (1 = ELBO).
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
@@ -99,6 +101,7 @@ class TabularDetector:
         lr: float = 2e-3,
         patience: int | None = None,
         trim_fraction: float = 0.0,
+        min_sigma: float = 0.01,
         k: int = 64,
         alpha: float = 0.05,
         contamination: float | None = None,
@@ -122,6 +125,7 @@ class TabularDetector:
         self.lr = lr
         self.patience = patience
         self.trim_fraction = trim_fraction
+        self.min_sigma = min_sigma
         self.k = k
         self.alpha = alpha
         self.contamination = contamination
@@ -229,6 +233,7 @@ class TabularDetector:
             latent_dim=self.latent_dim or auto_latent,
             hidden=list(self.hidden or auto_hidden),
             log_scale=pre.log_scale.tolist(),
+            min_sigma=self.min_sigma,
         )
         schedule = self._schedule(len(train_idx))
         history, best_epoch = self._train(

@@ -106,7 +106,7 @@ class ImportanceSampler:
         n: int,
         *,
         index: Callable[[Any, slice], Any] | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> ScoreResult:
         """Score ``n`` records held in ``batch``.
 
