@@ -36,6 +36,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         help="robust training: drop this fraction of each batch's highest-loss rows from the gradient",
     )
     g.add_argument(
+        "--min-sigma",
+        type=float,
+        default=1.0,
+        help="floor of numeric columns' decoder std in standardized units, default 1.0; "
+        "lower it (e.g. 0.05) when columns are tightly determined by others",
+    )
+    g.add_argument(
         "--k",
         type=int,
         default=64,
@@ -168,6 +175,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         trim_fraction=args.trim_fraction,
+        min_sigma=args.min_sigma,
         k=args.k,
         alpha=args.alpha,
         contamination=args.contamination,

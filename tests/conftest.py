@@ -55,4 +55,4 @@ def mixed_test() -> tuple[pd.DataFrame, np.ndarray]:
 def fitted(mixed_train):
     from anomaly_vae import TabularDetector
 
-    return TabularDetector(id_column="id", seed=0, k=32).fit(mixed_train)
+    return TabularDetector(id_column="id", seed=0, k=32, min_sigma=0.05).fit(mixed_train)

@@ -29,6 +29,8 @@ def trained(tmp_path_factory, mixed_train):
             "label",
             "--k",
             "8",
+            "--min-sigma",
+            "0.05",
         ]
     )
     assert rc == 0
