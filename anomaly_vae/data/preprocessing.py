@@ -194,6 +194,56 @@ class TabularPreprocessor:
             binv[:, j], bin_mask[:, j] = _boolean_column(frame, spec.name)
         return TabularArrays(num, num_mask, cat, binv, bin_mask)
 
+    def transform_matrix(self, matrix: np.ndarray) -> TabularArrays:
+        """Encode a numeric matrix [N, D] whose columns are the schema's, in order.
+
+        The fast path for numpy input: the same checks as :meth:`transform` (infinities
+        and non-0/1 booleans are errors naming the column and rows; NaN is marginalized)
+        without building a DataFrame. Needs a schema with no categorical columns.
+        """
+        center, scale = self._check_fitted()
+        specs = self.schema.columns
+        if matrix.ndim != 2 or matrix.shape[1] != len(specs):
+            msg = f"expected a matrix with {len(specs)} columns {self.schema.names}, got shape {matrix.shape}"
+            raise SchemaError(msg)
+        if self.schema.of_kind("categorical"):
+            return self.transform(pd.DataFrame(matrix, columns=self.schema.names))
+        x = np.asarray(matrix, dtype=np.float64)
+        inf = np.isinf(x)
+        if inf.any():
+            j = int(np.flatnonzero(inf.any(0))[0])
+            msg = (
+                f"column {specs[j].name!r} has infinite values at rows "
+                f"{describe_rows(np.flatnonzero(inf[:, j]))}; replace them with a finite value "
+                "or NaN (NaN is marginalized out)"
+            )
+            raise SchemaError(msg)
+        kinds = np.array([c.kind for c in specs])
+        num_idx = np.flatnonzero(kinds == "numeric")
+        bin_idx = np.flatnonzero(kinds == "boolean")
+        xn = x[:, num_idx]
+        num_mask = ~np.isnan(xn)
+        num = np.where(num_mask, (xn - center) / scale, 0.0).astype(np.float32)
+        xb = x[:, bin_idx]
+        bin_mask = ~np.isnan(xb)
+        bad = bin_mask & (xb != 0.0) & (xb != 1.0)
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(0))[0])
+            rows = np.flatnonzero(bad[:, j])
+            msg = (
+                f"column {specs[bin_idx[j]].name!r} is boolean but has values other than "
+                f"0/1/true/false at rows {describe_rows(rows)} (first: {xb[rows[0], j]!r})"
+            )
+            raise SchemaError(msg)
+        n = x.shape[0]
+        return TabularArrays(
+            num,
+            num_mask,
+            np.zeros((n, 0), dtype=np.int64),
+            np.where(bin_mask, xb, 0.0).astype(np.float32),
+            bin_mask,
+        )
+
     def inverse_numeric(self, num: np.ndarray) -> np.ndarray:
         """[N, n_numeric] standardized values -> the columns' own units (float64)."""
         center, scale = self._check_fitted()

@@ -107,6 +107,7 @@ class ImportanceSampler:
         *,
         index: Callable[[Any, slice], Any] | None = None,
         progress: Callable[[int], object] | None = None,
+        contributions: bool = True,
     ) -> ScoreResult:
         """Score ``n`` records held in ``batch``.
 
@@ -117,6 +118,8 @@ class ImportanceSampler:
             index: how to take rows ``slice`` of ``batch``; default ``batch[slice]`` for a
                 tensor, or ``batch.rows(slice)``.
             progress: called with the number of records finished after each chunk.
+            contributions: compute per-feature contributions; without them the result's
+                ``contributions`` is [N, 0] and scoring is cheaper.
         """
         take = index or _default_index
         was_training = getattr(model, "training", False)
@@ -128,7 +131,7 @@ class ImportanceSampler:
             with torch.inference_mode():
                 for start in range(0, n, self.row_chunk):
                     sl = slice(start, min(n, start + self.row_chunk))
-                    res = self._score_chunk(model, take(batch, sl))
+                    res = self._score_chunk(model, take(batch, sl), contributions)
                     n_features = res.contributions.shape[1]
                     parts.append(res)
                     if progress is not None:
@@ -143,7 +146,7 @@ class ImportanceSampler:
         for s in range(0, self.k, self.sample_chunk):
             yield eps[s : s + self.sample_chunk]
 
-    def _score_chunk(self, model: VAEProtocol, batch: Any) -> ScoreResult:
+    def _score_chunk(self, model: VAEProtocol, batch: Any, with_contrib: bool) -> ScoreResult:
         mu, logvar = model.encode(batch)  # [n, L]
         std = (0.5 * logvar).exp()
         n = mu.shape[0]
@@ -156,8 +159,9 @@ class ImportanceSampler:
         for e in self._sample_chunks(model.latent_dim, mu.dtype):
             z = mu.unsqueeze(0) + std.unsqueeze(0) * e.unsqueeze(1)  # [s, n, L]
             log_q = standard_normal_log_prob(e).unsqueeze(1) - (0.5 * logvar).sum(-1)  # [s, n]
-            feat = model.feature_log_prob(z, batch).to(f64)  # [s, n, F]
-            log_w = feat.sum(-1) + standard_normal_log_prob(z).to(f64) - log_q.to(f64)
+            feat = model.feature_log_prob(z, batch)  # [s, n, F]
+            # the sum over features in the model's dtype; only [s, n] goes to float64
+            log_w = (feat.sum(-1) + standard_normal_log_prob(z) - log_q).to(f64)
             sum_logw += log_w.sum(0)
             new_max = torch.maximum(run_max, log_w.max(0).values)
             # rescale what was summed under the old maximum; exp(-inf) = 0 on the first chunk
@@ -165,8 +169,9 @@ class ImportanceSampler:
             w = (log_w - new_max).exp()  # [s, n]
             sum_w = sum_w * shift + w.sum(0)
             sum_w2 = sum_w2 * shift.pow(2) + w.pow(2).sum(0)
-            wf = (w.unsqueeze(-1) * feat).sum(0)
-            contrib = wf if contrib is None else contrib * shift.unsqueeze(-1) + wf
+            if with_contrib:
+                wf = (w.unsqueeze(-1) * feat.to(f64)).sum(0)
+                contrib = wf if contrib is None else contrib * shift.unsqueeze(-1) + wf
             run_max = new_max
         k = self.k
         log_lik = run_max + sum_w.log() - math.log(k)
@@ -176,8 +181,10 @@ class ImportanceSampler:
             stderr = (var_w / k).sqrt() / mean_w
         else:
             stderr = torch.full((n,), math.nan, dtype=f64)
-        assert contrib is not None
-        contributions = contrib / sum_w.unsqueeze(-1)
+        if contrib is None:
+            contributions = torch.zeros(n, 0, dtype=f64)
+        else:
+            contributions = contrib / sum_w.unsqueeze(-1)
         return ScoreResult(
             log_likelihood=log_lik.numpy(),
             stderr=stderr.numpy(),
