@@ -143,6 +143,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output table (.csv or .parquet)")
 
     p = sub.add_parser(
+        "register",
+        help="log a bundle to MLflow as a new registered model version",
+        description="Log a detector bundle as a run and a registered pyfunc model version.",
+    )
+    p.add_argument("bundle", help="detector bundle directory")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
+    p.add_argument(
+        "--store",
+        default="mlruns",
+        help="embedded MLflow store directory (ignored when MLFLOW_TRACKING_URI is set)",
+    )
+
+    p = sub.add_parser("models", help="list registered versions, promote an alias, roll back")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    q = msub.add_parser("list", help="versions of a registered model, newest first")
+    q.add_argument("name")
+    q = msub.add_parser("promote", help="point an alias at a version")
+    q.add_argument("name")
+    q.add_argument("version", type=int)
+    q.add_argument("--alias", default="champion")
+    q = msub.add_parser("rollback", help="point an alias back at its previous version")
+    q.add_argument("name")
+    q.add_argument("--alias", default="champion")
+    for q in msub.choices.values():
+        q.add_argument("--store", default="mlruns", help="embedded MLflow store directory")
+
+    p = sub.add_parser(
+        "serve",
+        help="run the scoring service (FastAPI on uvicorn)",
+        description="Serve a registered model (--model NAME, --alias) or a bundle (--bundle).",
+    )
+    p.add_argument("--model", help="registered model name")
+    p.add_argument("--alias", default="champion", help="alias to serve and poll, default champion")
+    p.add_argument("--bundle", help="serve this bundle directory instead of a registered model")
+    p.add_argument("--store", default="mlruns", help="embedded MLflow store directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument(
+        "--poll-seconds", type=float, default=30.0, help="alias polling period (0: no hot reload)"
+    )
+
+    p = sub.add_parser(
         "demo",
         help="the README's main job: train on real data, score, report",
         description="Train on ADBench's WDBC (breast-cancer data shipped with scikit-learn), "
@@ -150,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", default="runs/demo", help="where the bundle, scores and plot go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also log and register the model in MLflow as NAME (alias champion)",
+    )
+    p.add_argument("--store", default="mlruns", help="embedded MLflow store directory")
     return parser
 
 
@@ -329,6 +379,84 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"p = {row['p_value']:.3f}, label {'outlier' if row['is_outlier_label'] else 'inlier'}; {why}"
         )
     print(f"bundle: {bundle}\nscores: {work / 'test_scores.csv'}\nplot:   {plot}")
+    if args.register:
+        from anomaly_vae import registry
+
+        uri = registry.configure(args.store)
+        info = registry.log_detector(
+            det,
+            name=args.register,
+            example=test.drop(columns=["is_outlier"]),
+            metrics={"test_auroc": m["auroc"], "test_auprc": m["auprc"]},
+            plots=[plot],
+            alias=registry.CHAMPION,
+        )
+        print(f"registered {info.name} version {info.version} as @champion in {uri}")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from anomaly_vae import registry
+    from anomaly_vae.detector import TabularDetector
+
+    det = TabularDetector.load(args.bundle)
+    uri = registry.configure(args.store)
+    info = registry.log_detector(det, name=args.name, example=det.sample(5), alias=args.alias)
+    print(
+        f"registered {info.name} version {info.version} (run {info.run_id}) in {uri}"
+        + (f"; alias {args.alias} -> {info.version}" if args.alias else "")
+    )
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from anomaly_vae import registry
+
+    registry.configure(args.store)
+    try:
+        if args.models_command == "list":
+            for v in registry.list_versions(args.name):
+                aliases = ",".join(v.aliases) or "-"
+                print(f"{v.name}\tversion {v.version}\taliases {aliases}\trun {v.run_id}")
+        elif args.models_command == "promote":
+            registry.promote(args.name, args.version, args.alias)
+            print(f"{args.name}@{args.alias} -> version {args.version}")
+        else:
+            version = registry.rollback(args.name, args.alias)
+            print(f"{args.name}@{args.alias} -> version {version} (rolled back)")
+    except LookupError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
+    import uvicorn
+
+    if (args.model is None) == (args.bundle is None):
+        msg = "give exactly one of --model NAME or --bundle PATH"
+        raise ValueError(msg)
+    env = {
+        "ANOMALY_VAE_MODEL_ALIAS": args.alias,
+        "ANOMALY_VAE_TRACKING_STORE": str(Path(args.store).resolve()),
+        "ANOMALY_VAE_POLL_SECONDS": str(args.poll_seconds),
+    }
+    if args.model:
+        env["ANOMALY_VAE_MODEL_NAME"] = args.model
+    else:
+        env["ANOMALY_VAE_BUNDLE_PATH"] = str(Path(args.bundle).resolve())
+    os.environ.update(env)
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-vae-metrics-")
+    from service.settings import Settings
+
+    Settings()  # fail fast, with the message, on bad settings
+    uvicorn.run(
+        "service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+    )
     return 0
 
 
@@ -339,6 +467,9 @@ COMMANDS = {
     "sample": _cmd_sample,
     "encode": _cmd_encode,
     "demo": _cmd_demo,
+    "register": _cmd_register,
+    "models": _cmd_models,
+    "serve": _cmd_serve,
 }
 
 

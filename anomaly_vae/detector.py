@@ -402,6 +402,18 @@ class TabularDetector:
                 )
         return sampler.score(self.net_, tensors, len(arrays), contributions=contributions)
 
+    def encode_rows(self, X: Any, *, allow_extra: bool = False) -> TabularArrays:
+        """Validate and encode rows for :meth:`score_encoded` (the service's batching path:
+        requests are validated one by one, then scored together)."""
+        return self._encode_frame(X, allow_extra=allow_extra)[1]
+
+    def score_encoded(
+        self, arrays: TabularArrays, *, k: int | None = None, contributions: bool = False
+    ) -> ScoreResult:
+        """Score rows from :meth:`encode_rows`; contributions are [N, F] when asked for,
+        in the order of :attr:`feature_names_`."""
+        return self._score_arrays(arrays, k, progress=False, contributions=contributions)
+
     def score_samples(self, X: Any, *, k: int | None = None) -> np.ndarray:
         """Importance-sampled log p(x) per row, [N] float64 nats; higher is more normal."""
         _, arrays = self._encode_frame(X, allow_extra=False)

@@ -40,6 +40,13 @@ class TabularArrays:
     def __len__(self) -> int:
         return int(self.num.shape[0])
 
+    @classmethod
+    def concat(cls, parts: list[TabularArrays]) -> TabularArrays:
+        """Rows of several blocks, in order."""
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
+        )
+
     def take(self, idx: np.ndarray | slice) -> TabularArrays:
         return TabularArrays(
             self.num[idx], self.num_mask[idx], self.cat[idx], self.bin[idx], self.bin_mask[idx]

@@ -1,0 +1,200 @@
+"""MLflow: log a trained detector as a run and a registered model version, manage aliases,
+and fetch a version's bundle for serving.
+
+The embedded default is a sqlite tracking and registry store plus an artifact folder
+under one directory (``mlruns/`` in the working directory unless told otherwise);
+``MLFLOW_TRACKING_URI`` points everything at a real MLflow server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anomaly_vae.detector import TabularDetector
+
+EXPERIMENT = "anomaly-vae"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_PREVIOUS_TAG = "previous_champion"
+_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One registered version: number, run, creation time (ms), aliases, tags."""
+
+    name: str
+    version: int
+    run_id: str
+    created_ms: int
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+
+
+def configure(store: str | Path | None = None) -> str:
+    """Point MLflow at ``MLFLOW_TRACKING_URI`` if set, else at an embedded sqlite store in
+    ``store`` (default ``./mlruns``); returns the tracking URI. Creates the experiment
+    with a local artifact folder on first use."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    artifacts: str | None = None
+    if not uri:
+        root = Path(store or "mlruns").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        artifacts = (root / "artifacts").as_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def log_detector(
+    detector: TabularDetector,
+    *,
+    name: str,
+    example: Any,
+    metrics: dict[str, float] | None = None,
+    plots: list[Path] | None = None,
+    alias: str | None = None,
+) -> ModelVersionInfo:
+    """Log a fitted detector as a run (parameters, per-epoch ELBO, calibration, metrics,
+    plots) and a pyfunc model from code with the bundle as its artifact, register it as
+    a new version of ``name`` and optionally point ``alias`` at it.
+
+    Args:
+        example: a few input rows (DataFrame) for the signature and input example.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    detector._check_fitted()
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        params = {k: v for k, v in detector.get_params().items() if k != "schema"}
+        mlflow.log_params({k: str(v)[:500] for k, v in {**params, **detector.training_}.items()})
+        for row in detector.history_:
+            step = int(row["epoch"])
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+        cal = detector.calibration_.summary()
+        mlflow.log_metrics(
+            {
+                "calibration_threshold": cal["threshold"],
+                "calibration_n": float(cal["n"]),
+                **{f"calibration_{k}": v for k, v in cal["reference_quantiles"].items()},
+                **(metrics or {}),
+            }
+        )
+        for plot in plots or []:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        bundle = detector.save(Path(tmp) / "bundle")
+        sample = example.head(5).reset_index(drop=True)
+        output = detector.score(sample, allow_extra=True).reset_index(drop=True)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(_MODEL_CODE),
+            artifacts={"bundle": str(bundle)},
+            signature=infer_signature(sample, output, params={"k": detector.sampler_.k}),
+            input_example=sample,
+            registered_model_name=name,
+            pip_requirements=["anomaly-vae"],
+        )
+        version = int(info.registered_model_version)
+        run_id = run.info.run_id
+    if alias:
+        promote(name, version, alias)
+    return get_version(name, version, run_id=run_id)
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def get_version(name: str, version: int, run_id: str | None = None) -> ModelVersionInfo:
+    mv = _client().get_model_version(name, str(version))
+    return ModelVersionInfo(
+        name=name,
+        version=int(mv.version),
+        run_id=run_id or mv.run_id,
+        created_ms=int(mv.creation_timestamp),
+        aliases=tuple(mv.aliases or ()),
+        tags=dict(mv.tags or {}),
+    )
+
+
+def list_versions(name: str) -> list[ModelVersionInfo]:
+    """All versions of ``name``, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        msg = f"no registered model named {name!r}"
+        raise LookupError(msg) from exc
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted((get_version(name, int(m.version)) for m in found), key=lambda v: -v.version)
+
+
+def resolve(name: str, alias: str) -> ModelVersionInfo:
+    """The version an alias points at; LookupError naming the alias if it is unset."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        msg = f"model {name!r} has no version with alias {alias!r}"
+        raise LookupError(msg) from exc
+    return get_version(name, int(mv.version))
+
+
+def promote(name: str, version: int, alias: str = CHAMPION) -> None:
+    """Point ``alias`` at ``version``; remembers the version it pointed at before, so that
+    :func:`rollback` can return to it."""
+    client = _client()
+    get_version(name, version)  # raises for an unknown version
+    try:
+        previous = resolve(name, alias).version
+    except LookupError:
+        previous = None
+    client.set_registered_model_alias(name, alias, str(version))
+    if previous is not None and previous != version:
+        client.set_registered_model_tag(name, f"{_PREVIOUS_TAG}.{alias}", str(previous))
+
+
+def rollback(name: str, alias: str = CHAMPION) -> int:
+    """Point ``alias`` back at the version it had before the last promotion; returns it."""
+    client = _client()
+    tags = client.get_registered_model(name).tags or {}
+    previous = tags.get(f"{_PREVIOUS_TAG}.{alias}")
+    if previous is None:
+        msg = f"model {name!r}: no earlier version recorded for alias {alias!r}, nothing to roll back to"
+        raise LookupError(msg)
+    promote(name, int(previous), alias)
+    return int(previous)
+
+
+def download_bundle(name: str, version: int, dest: str | Path | None = None) -> Path:
+    """Fetch version ``version``'s bundle directory to ``dest`` (a temporary directory by
+    default) and return its path."""
+    import mlflow
+
+    target = Path(dest) if dest else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
+    )
+    bundle = Path(local) / "artifacts" / "bundle"
+    if not (bundle / "manifest.json").exists():
+        msg = f"model {name!r} version {version} has no detector bundle in its artifacts"
+        raise LookupError(msg)
+    return bundle

@@ -1,0 +1,118 @@
+"""Adaptive batching: requests arriving within a short window are scored in one pass.
+
+A request is validated on its own (so a bad one cannot fail its neighbours), then queued
+with the model that validated it. The worker takes the first waiting job, collects more
+for up to ``batch_window_ms`` or ``max_batch_records``, and scores each group (same
+model, K and contribution setting) in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from anomaly_vae.data.preprocessing import TabularArrays
+from anomaly_vae.scoring.iwae import ScoreResult
+from service import metrics
+from service.model_store import LoadedModel
+from service.settings import Settings
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``max_queue``: answer 503 with Retry-After."""
+
+
+@dataclass
+class _Job:
+    model: LoadedModel
+    arrays: TabularArrays
+    k: int | None
+    contributions: bool
+    future: asyncio.Future[ScoreResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Batcher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def score(
+        self, model: LoadedModel, arrays: TabularArrays, k: int | None, contributions: bool
+    ) -> ScoreResult:
+        if self.queue.qsize() >= self.settings.max_queue:
+            raise QueueFull
+        job = _Job(model, arrays, k, contributions)
+        await self.queue.put(job)
+        return await job.future
+
+    async def _run(self) -> None:
+        window = self.settings.batch_window_ms / 1000.0
+        while True:
+            first = await self.queue.get()
+            jobs = [first]
+            n = len(first.arrays)
+            deadline = time.monotonic() + window
+            while n < self.settings.max_batch_records:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                jobs.append(job)
+                n += len(job.arrays)
+            groups: dict[tuple[int, int | None, bool], list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault((id(job.model), job.k, job.contributions), []).append(job)
+            for group in groups.values():
+                await self._score_group(group)
+
+    async def _score_group(self, group: list[_Job]) -> None:
+        head = group[0]
+        arrays = TabularArrays.concat([j.arrays for j in group]) if len(group) > 1 else head.arrays
+        metrics.BATCH.observe(len(arrays))
+        try:
+            res = await run_in_threadpool(
+                head.model.detector.score_encoded,
+                arrays,
+                k=head.k,
+                contributions=head.contributions,
+            )
+        except Exception as exc:  # hand the failure to every waiting request
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        start = 0
+        for job in group:
+            stop = start + len(job.arrays)
+            part = ScoreResult(
+                *(getattr(res, f)[start:stop] for f in ScoreResult.__dataclass_fields__)
+            )
+            start = stop
+            if not job.future.done():
+                job.future.set_result(part)
+
+
+def outlier_flags(model: LoadedModel, res: ScoreResult) -> tuple[np.ndarray, np.ndarray]:
+    """(p-values, is_outlier) for a result under the model's calibration."""
+    cal = model.detector.calibration_
+    return cal.p_values(res.log_likelihood), cal.is_outlier(res.log_likelihood)

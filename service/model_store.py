@@ -1,0 +1,111 @@
+"""The model the service scores with: loaded from the MLflow registry (name + alias) or a
+bundle directory, swapped atomically on reload, kept when a new version fails to load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anomaly_vae.detector import TabularDetector
+from service import metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A detector and where it came from. ``version`` is None for a plain bundle."""
+
+    detector: TabularDetector
+    name: str
+    version: int | None
+    alias: str | None
+    source: str
+    loaded_at: str
+
+    def describe(self) -> dict[str, Any]:
+        det = self.detector
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "source": self.source,
+            "loaded_at": self.loaded_at,
+            "k": det.sampler_.k,
+            "columns": [c.to_dict() for c in det.schema_.columns],
+            "id_column": det.schema_.id_column,
+            "calibration": det.calibration_.summary(),
+        }
+
+
+class ModelStore:
+    """Holds the current :class:`LoadedModel`; ``reload`` replaces it in one assignment,
+    so a request sees either the old or the new model, never a half-loaded one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        if settings.model_name is not None:
+            from anomaly_vae import registry
+
+            registry.configure(settings.tracking_store)
+
+    def _now(self) -> str:
+        return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def _load(self) -> LoadedModel:
+        s = self.settings
+        if s.bundle_path is not None:
+            det = TabularDetector.load(s.bundle_path)
+            return LoadedModel(det, s.bundle_path.name, None, None, str(s.bundle_path), self._now())
+        from anomaly_vae import registry
+
+        assert s.model_name is not None
+        info = registry.resolve(s.model_name, s.model_alias)
+        if self.current is not None and self.current.version == info.version:
+            return self.current
+        dest = None
+        if s.cache_dir is not None:
+            dest = Path(s.cache_dir) / f"{s.model_name}-v{info.version}"
+        bundle = registry.download_bundle(s.model_name, info.version, dest)
+        det = TabularDetector.load(bundle)
+        return LoadedModel(
+            det,
+            s.model_name,
+            info.version,
+            s.model_alias,
+            f"models:/{s.model_name}/{info.version}",
+            self._now(),
+        )
+
+    def reload(self) -> tuple[bool, LoadedModel | None]:
+        """Load what the settings point at now. Returns (changed, current model). On
+        failure the previous model stays and the error is kept in ``last_error``."""
+        with self._lock:
+            old = self.current
+            try:
+                new = self._load()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                metrics.LOADS.labels("failure").inc()
+                log.warning(
+                    "model load failed, keeping %s: %s", old and old.version, self.last_error
+                )
+                raise
+            self.last_error = None
+            if new is old:
+                return False, old
+            self.current = new
+            metrics.LOADS.labels("success").inc()
+            if old is not None:
+                metrics.MODEL_INFO.labels(old.name, str(old.version), str(old.alias)).set(0)
+            metrics.MODEL_INFO.labels(new.name, str(new.version), str(new.alias)).set(1)
+            log.info("serving %s version %s", new.name, new.version)
+            return True, new

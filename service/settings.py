@@ -1,0 +1,56 @@
+"""Service settings: one pydantic-settings class, read from ``ANOMALY_VAE_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+INSECURE_TOKENS = {"", "change-me", "changeme", "admin", "secret"}
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment.
+
+    Serve a registered model (``model_name`` + ``model_alias``, resolved in the MLflow
+    store at ``tracking_store`` or ``MLFLOW_TRACKING_URI``) or a bundle directory
+    (``bundle_path``). Outside ``environment=development`` an admin token is required.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ANOMALY_VAE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    model_name: str | None = None
+    model_alias: str = "champion"
+    bundle_path: Path | None = None
+    tracking_store: Path = Path("mlruns")
+    poll_seconds: float = Field(
+        default=30.0, ge=0.0, description="alias polling period; 0 disables hot reload"
+    )
+    admin_token: str = ""
+    max_records: int = Field(default=10_000, ge=1, description="most records in one request")
+    max_k: int = Field(default=5_000, ge=1, description="largest K a request may ask for")
+    max_contributions: int = Field(default=20, ge=0, description="most top features per record")
+    batch_window_ms: float = Field(
+        default=2.0, ge=0.0, description="how long a batch waits for company"
+    )
+    max_batch_records: int = Field(
+        default=4_096, ge=1, description="records scored in one batch at most"
+    )
+    max_queue: int = Field(default=256, ge=1, description="queued requests before 503")
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.model_name is None and self.bundle_path is None:
+            msg = "set ANOMALY_VAE_MODEL_NAME (a registered model) or ANOMALY_VAE_BUNDLE_PATH (a bundle directory)"
+            raise ValueError(msg)
+        if (
+            self.environment != "development"
+            and self.admin_token.strip().lower() in INSECURE_TOKENS
+        ):
+            msg = "ANOMALY_VAE_ADMIN_TOKEN must be set to a non-default secret outside development"
+            raise ValueError(msg)
+        return self
