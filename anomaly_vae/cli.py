@@ -392,6 +392,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             alias=registry.CHAMPION,
         )
         print(f"registered {info.name} version {info.version} as @champion in {uri}")
+        example = test.drop(columns=["is_outlier"]).head(2)
+        request = work / "example_request.json"
+        request.write_text(
+            json.dumps(
+                {"records": json.loads(example.to_json(orient="records")), "contributions": 3}
+            )
+        )
+        print("once the service is up (anomaly-vae serve --model " + args.register + "), try:")
+        for line in (
+            "curl -s localhost:8000/readyz",
+            f"curl -s -X POST localhost:8000/v1/score -H 'content-type: application/json' -d @{request}",
+            "curl -s localhost:8000/v1/models",
+            "curl -s localhost:8000/metrics | grep anomaly_vae_records",
+            "open http://localhost:8000/docs for the OpenAPI documentation",
+        ):
+            print("  " + line)
     return 0
 
 
