@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,78 +13,9 @@ import numpy as np
 import pytest
 
 from anomaly_vae import TabularDetector, registry
+from tests.integration.conftest import TOKEN, Server, records
 
 pytestmark = pytest.mark.integration
-TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, store: Path, model: str, poll: float = 0.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "ANOMALY_VAE_MODEL_NAME": model,
-            "ANOMALY_VAE_TRACKING_STORE": str(store),
-            "ANOMALY_VAE_ADMIN_TOKEN": TOKEN,
-            "ANOMALY_VAE_POLL_SECONDS": str(poll),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-        }
-        env.pop("MLFLOW_TRACKING_URI", None)
-        self.log = store / f"server-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if self.proc.poll() is not None:
-                break
-        raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, mixed_train) -> Iterator[tuple[Path, TabularDetector]]:
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root = tmp_path_factory.mktemp("svc")
-    registry.configure(root)
-    det = TabularDetector(id_column="id", seed=0, k=16, max_epochs=4, min_sigma=0.05).fit(
-        mixed_train
-    )
-    registry.log_detector(det, name="mixed", example=mixed_train, alias="champion")
-    yield root, det
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +23,6 @@ def server(store) -> Iterator[Server]:
     srv = Server(store[0], "mixed")
     yield srv
     srv.stop()
-
-
-def records(frame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
 
 
 def test_score_records_and_columns(server, store, mixed_test):
