@@ -26,7 +26,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, store: Path, model: str, poll: float = 0.0) -> None:
+    """``uvicorn service.app:create_app`` in a subprocess on a free loopback port."""
+
+    def __init__(
+        self,
+        store: Path,
+        model: str,
+        poll: float = 0.0,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -36,6 +45,7 @@ class Server:
             "ANOMALY_VAE_ADMIN_TOKEN": TOKEN,
             "ANOMALY_VAE_POLL_SECONDS": str(poll),
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            **(extra_env or {}),
         }
         env.pop("MLFLOW_TRACKING_URI", None)
         self.log = store / f"server-{self.port}.log"
@@ -50,6 +60,8 @@ class Server:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--workers",
+                str(workers),
             ],
             env=env,
             stdout=self.log.open("w"),
