@@ -177,6 +177,12 @@ Model = Annotated[LoadedModel, Depends(current_model)]
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` default to the environment (``ANOMALY_VAE_*``)."""
     settings = settings or Settings()
+    if settings.torch_threads:
+        import torch
+
+        # small scoring batches lose more to thread hand-offs than they gain, most of all
+        # when several requests or workers already keep the cores busy
+        torch.set_num_threads(settings.torch_threads)
     store = ModelStore(settings)
     batcher = Batcher(settings)
 

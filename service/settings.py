@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(default=256, ge=1, description="queued requests before 503")
     cache_dir: Path | None = None
+    torch_threads: int = Field(
+        default=1,
+        ge=0,
+        description="intra-op threads per worker process (0: torch's default); run one worker per core",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

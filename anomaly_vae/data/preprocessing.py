@@ -174,13 +174,24 @@ class TabularPreprocessor:
         self.schema.check_columns(frame, allow_extra=allow_extra)
         n = frame.shape[0]
         num_specs = self.schema.of_kind("numeric")
-        num = np.zeros((n, len(num_specs)), dtype=np.float32)
-        num_mask = np.zeros((n, len(num_specs)), dtype=bool)
-        for j, spec in enumerate(num_specs):
-            v = _numeric_column(frame, spec.name)
-            obs = ~np.isnan(v)
-            num_mask[:, j] = obs
-            num[obs, j] = ((v[obs] - center[j]) / scale[j]).astype(np.float32)
+        num_names = [c.name for c in num_specs]
+        block = frame[num_names]
+        if all(
+            pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)
+            for t in block.dtypes
+        ):
+            # all numeric dtypes: one vectorized pass; only an infinity needs the per-column path
+            v = block.to_numpy(dtype=np.float64, na_value=np.nan)
+            if np.isinf(v).any():
+                v = np.column_stack([_numeric_column(frame, c) for c in num_names])
+        else:
+            v = (
+                np.column_stack([_numeric_column(frame, c) for c in num_names])
+                if num_names
+                else np.zeros((n, 0))
+            )
+        num_mask = ~np.isnan(v)
+        num = np.where(num_mask, (v - center) / scale, 0.0).astype(np.float32)
 
         cat_specs = self.schema.of_kind("categorical")
         cat = np.full((n, len(cat_specs)), -1, dtype=np.int64)

@@ -1,0 +1,166 @@
+"""This service against `mlflow models serve`, same model version, same machine, one run.
+
+Trains a detector on ADBench's WDBC (scikit-learn's breast-cancer data), registers it in
+a temporary sqlite MLflow store, starts both servers on loopback (one process each, the
+service at its default K), then alternates requests between them so that both see the
+same machine load:
+
+* single-record latency: sequential 1-record requests on a kept-alive connection, p50/p99;
+* throughput: sequential 1000-record requests, records per second.
+
+Writes the figures and the ratios into benchmarks/RESULTS.md ("## Service").
+
+    python benchmarks/service.py [--single 300] [--bulk 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--single", type=int, default=300, help="1-record requests per server")
+    p.add_argument("--bulk", type=int, default=20, help="1000-record requests per server")
+    args = p.parse_args(argv)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import subprocess
+
+    from anomaly_vae import TabularDetector, registry
+    from anomaly_vae.demo_data import wdbc
+    from tests.integration.conftest import Server, free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="svc-bench-"))
+    registry.configure(tmp)
+    data = wdbc().drop(columns=["is_outlier"])
+    det = TabularDetector(id_column="row_id", seed=0).fit(data)
+    registry.log_detector(det, name="bench", example=data, alias="champion")
+    ours = Server(tmp, "bench")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    theirs_proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            "models:/bench/1",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    theirs = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(theirs + "/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        rows = json.loads(data.to_json(orient="records"))
+        bulk = [rows[i % len(rows)] for i in range(1000)]
+        one_ours = {"records": rows[:1]}
+        one_theirs = {"dataframe_records": rows[:1]}
+        bulk_ours = {"records": bulk}
+        bulk_theirs = {"dataframe_records": bulk}
+        lat: dict[str, list[float]] = {"ours": [], "mlflow": []}
+        thr: dict[str, list[float]] = {"ours": [], "mlflow": []}
+        with httpx.Client(timeout=120) as c:
+            for _ in range(10):  # warm both
+                c.post(ours.url + "/v1/score", json=one_ours).raise_for_status()
+                c.post(theirs + "/invocations", json=one_theirs).raise_for_status()
+            for _ in range(args.single):
+                t = time.perf_counter()
+                c.post(ours.url + "/v1/score", json=one_ours).raise_for_status()
+                lat["ours"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                c.post(theirs + "/invocations", json=one_theirs).raise_for_status()
+                lat["mlflow"].append(time.perf_counter() - t)
+            for _ in range(args.bulk):
+                t = time.perf_counter()
+                c.post(ours.url + "/v1/score", json=bulk_ours).raise_for_status()
+                thr["ours"].append(1000 / (time.perf_counter() - t))
+                t = time.perf_counter()
+                c.post(theirs + "/invocations", json=bulk_theirs).raise_for_status()
+                thr["mlflow"].append(1000 / (time.perf_counter() - t))
+    finally:
+        theirs_proc.terminate()
+        theirs_proc.wait(10)
+        ours.stop()
+
+    def ms(v: list[float], q: float) -> float:
+        return float(np.percentile(v, q) * 1000)
+
+    fig = {
+        name: {
+            "p50_ms": ms(lat[name], 50),
+            "p99_ms": ms(lat[name], 99),
+            "records_per_s": float(np.median(thr[name])),
+        }
+        for name in lat
+    }
+    ratio_thr = fig["ours"]["records_per_s"] / fig["mlflow"]["records_per_s"]
+    ratio_p50 = fig["ours"]["p50_ms"] / fig["mlflow"]["p50_ms"]
+    lines = [
+        "## Service: this service against `mlflow models serve`",
+        "",
+        "Reproduce: `python benchmarks/service.py`",
+        "",
+        f"Same registered version (WDBC detector, K={det.sampler_.k}), both on loopback with one process, requests alternated between them "
+        f"in one run: {args.single} sequential 1-record requests each (kept-alive connection), then {args.bulk} sequential 1000-record requests each.",
+        "",
+        "| server | p50 latency, 1 record (ms) | p99 latency, 1 record (ms) | throughput, 1000-record requests (records/s) |",
+        "|---|---:|---:|---:|",
+        f"| anomaly-vae `/v1/score` | {fig['ours']['p50_ms']:.2f} | {fig['ours']['p99_ms']:.2f} | {fig['ours']['records_per_s']:,.0f} |",
+        f"| `mlflow models serve` `/invocations` | {fig['mlflow']['p50_ms']:.2f} | {fig['mlflow']['p99_ms']:.2f} | {fig['mlflow']['records_per_s']:,.0f} |",
+        "",
+        f"Throughput ratio (ours / mlflow): {ratio_thr:.2f}x. p50 latency ratio (ours / mlflow): {ratio_p50:.2f}.",
+        "",
+    ]
+    section = "\n".join(lines)
+    results = ROOT / "RESULTS.md"
+    text = (
+        results.read_text()
+        if results.exists()
+        else "# Benchmark results\n\nEvery figure here is regenerated by the command above its table.\n\n"
+    )
+    start = text.find("## Service:")
+    if start >= 0:
+        end = text.find("\n## ", start + 5)
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    results.write_text(text)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
