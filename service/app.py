@@ -301,8 +301,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Score records: log-likelihood (nats) with its standard error, anomaly score,
         p-value, outlier flag and, on request, the features that made each record unusual.
         Every response names the model version that scored it."""
-        frame = _frame_from_request(req, settings)
-        return await _score_frame(model, frame, req.k, req.contributions)
+        with batcher.request():
+            frame = _frame_from_request(req, settings)
+            return await _score_frame(model, frame, req.k, req.contributions)
 
     @app.post(
         "/invocations",
@@ -328,6 +329,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``,
         ``instances`` or ``inputs`` JSON, or CSV), so clients of ``mlflow models serve``
         work unchanged. Answers ``{"predictions": [...]}`` with the detector's columns."""
+        with batcher.request():
+            return await _invocations(model, request)
+
+    async def _invocations(model: LoadedModel, request: Request) -> dict[str, Any]:
         body = await request.body()
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
         params: dict[str, Any] = {}

@@ -1,9 +1,11 @@
 """Adaptive batching: requests arriving within a short window are scored in one pass.
 
 A request is validated on its own (so a bad one cannot fail its neighbours), then queued
-with the model that validated it. The worker takes the first waiting job, collects more
-for up to ``batch_window_ms`` or ``max_batch_records``, and scores each group (same
-model, K and contribution setting) in a worker thread, off the event loop.
+with the model that validated it. The worker takes the first waiting job and, only while
+other requests are in flight (parsed but not yet queued), waits up to ``batch_window_ms``
+for them, up to ``max_batch_records``; a lone request is scored at once, so sequential
+traffic pays no window. Each group (same model, K and contribution setting) is scored in
+a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +46,7 @@ class Batcher:
         self.settings = settings
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.inflight = 0  # requests between entering a scoring route and getting a result
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -52,6 +56,16 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Mark a request in flight for its whole handling (parsing included), so the
+        worker knows whether waiting for company can pay off."""
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     async def score(
         self, model: LoadedModel, arrays: TabularArrays, k: int | None, contributions: bool
@@ -69,7 +83,7 @@ class Batcher:
             jobs = [first]
             n = len(first.arrays)
             deadline = time.monotonic() + window
-            while n < self.settings.max_batch_records:
+            while n < self.settings.max_batch_records and self.inflight > len(jobs):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
