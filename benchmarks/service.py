@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     registry.log_detector(det, name="bench", example=data, alias="champion")
     ours = Server(tmp, "bench")
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, activated or not
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     theirs_proc = subprocess.Popen(
         [

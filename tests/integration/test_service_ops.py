@@ -79,6 +79,8 @@ def test_mlflow_models_serve_gives_the_same_scores(store, mixed_test):
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, activated or not
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     proc = subprocess.Popen(
@@ -96,8 +98,8 @@ def test_mlflow_models_serve_gives_the_same_scores(store, mixed_test):
             str(port),
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(root / "mlflow-serve.log").open("w"),
+        stderr=subprocess.STDOUT,
     )
     srv = Server(root, "mixed")
     try:
@@ -109,6 +111,10 @@ def test_mlflow_models_serve_gives_the_same_scores(store, mixed_test):
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
+        else:
+            pytest.fail(
+                f"mlflow models serve did not start: {(root / 'mlflow-serve.log').read_text()[-3000:]}"
+            )
         payload = {"dataframe_records": records(frame)}
         theirs = httpx.post(url + "/invocations", json=payload, timeout=60)
         assert theirs.status_code == 200, theirs.text[:500]
