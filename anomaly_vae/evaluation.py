@@ -103,3 +103,27 @@ def plot_evaluation(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_training(history: list[dict[str, float]], path: str | Path) -> Path:
+    """PNG of the per-epoch training and validation ELBO (nats per row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("train_elbo", "train ELBO"), ("val_elbo", "validation ELBO")):
+        pts = [(r["epoch"], r[key]) for r in history if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO per row [nats]")
+    ax.set_title("training curves")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -93,7 +93,10 @@ def log_detector(
                 **(metrics or {}),
             }
         )
-        for plot in plots or []:
+        from anomaly_vae.evaluation import plot_training
+
+        curves = plot_training(detector.history_, Path(tmp) / "training_curves.png")
+        for plot in [curves, *(plots or [])]:
             mlflow.log_artifact(str(plot), artifact_path="plots")
         bundle = detector.save(Path(tmp) / "bundle")
         sample = example.head(5).reset_index(drop=True)

@@ -246,8 +246,12 @@ def write_results(command: str, ablation_md: str | None = None) -> str:
     lines.append(
         f"Scoring rows/s, anomaly-vae at K=64 / PyOD-VAE decision_function on the same rows: min {speed_ratio.min():.2f}x ({speed_ratio.idxmin()}), median {speed_ratio.median():.2f}x; at least as fast on {int((speed_ratio >= 1).sum())}/{len(order)} sets."
     )
-    pooled = df[df["dataset"].isin(complete)].assign(score_s=lambda d: d["n_test"] / d["rows_per_s"])
-    tot = pooled.groupby("method").agg(rows=("n_test", "sum"), secs=("score_s", "sum"), fit=("fit_s", "sum"))
+    pooled = df[df["dataset"].isin(complete)].assign(
+        score_s=lambda d: d["n_test"] / d["rows_per_s"]
+    )
+    tot = pooled.groupby("method").agg(
+        rows=("n_test", "sum"), secs=("score_s", "sum"), fit=("fit_s", "sum")
+    )
     lines.append(
         f"Pooled over every complete set and seed: scoring {tot.loc['anomaly-vae', 'rows'] / tot.loc['anomaly-vae', 'secs']:,.0f} rows/s for anomaly-vae "
         f"against {tot.loc['PyOD-VAE', 'rows'] / tot.loc['PyOD-VAE', 'secs']:,.0f} for PyOD-VAE; total fit time {tot.loc['anomaly-vae', 'fit']:.0f} s against {tot.loc['PyOD-VAE', 'fit']:.0f} s."

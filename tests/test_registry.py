@@ -38,6 +38,20 @@ def test_versions_aliases_and_rollback(store):
     assert registry.resolve("mixed", "champion").version == 1
 
 
+def test_run_has_params_curves_and_calibration(store):
+    import mlflow
+
+    _, det, v1, _ = store
+    run = mlflow.get_run(v1.run_id)
+    assert run.data.params["k"] == "8"
+    assert "calibration_threshold" in run.data.metrics
+    assert run.data.metrics["auroc"] == 0.5
+    history = mlflow.MlflowClient().get_metric_history(v1.run_id, "train_elbo")
+    assert len(history) == len(det.history_)
+    plots = [a.path for a in mlflow.MlflowClient().list_artifacts(v1.run_id, "plots")]
+    assert plots == ["plots/training_curves.png"]
+
+
 def test_unknown_names_are_lookup_errors(store):
     with pytest.raises(LookupError, match="no registered model named 'nope'"):
         registry.list_versions("nope")
