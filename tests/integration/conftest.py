@@ -100,5 +100,46 @@ def store(tmp_path_factory, mixed_train) -> Iterator[tuple[Path, TabularDetector
     mp.undo()
 
 
+class MlflowServe:
+    """``mlflow models serve`` for ``model_uri`` from the sqlite store in ``store``, on a
+    free loopback port, with the local environment (no conda or virtualenv build)."""
+
+    def __init__(self, store: Path, model_uri: str, timeout: float = 120.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = store / f"mlflow-serve-{self.port}.log"
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, activated or not
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        }
+        mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+        cmd = [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        self.proc = subprocess.Popen(
+            [*cmd, "-h", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(self.url + "/ping", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow models serve did not start: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def records(frame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))

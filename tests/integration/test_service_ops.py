@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 
 import httpx
@@ -13,7 +10,7 @@ import numpy as np
 import pytest
 
 from anomaly_vae import TabularDetector, registry
-from tests.integration.conftest import Server, free_port, records
+from tests.integration.conftest import MlflowServe, Server, records
 
 pytestmark = pytest.mark.integration
 
@@ -74,47 +71,10 @@ def test_two_workers_report_metrics_across_processes(store, mixed_test, tmp_path
 def test_mlflow_models_serve_gives_the_same_scores(store, mixed_test):
     root, det = store
     frame, _ = mixed_test
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, activated or not
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-    }
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(
-        [
-            mlflow_bin,
-            "models",
-            "serve",
-            "-m",
-            "models:/mixed/1",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        stdout=(root / "mlflow-serve.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    theirs_server = MlflowServe(root, "models:/mixed/1")
     srv = Server(root, "mixed")
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(
-                f"mlflow models serve did not start: {(root / 'mlflow-serve.log').read_text()[-3000:]}"
-            )
+        url = theirs_server.url
         payload = {"dataframe_records": records(frame)}
         theirs = httpx.post(url + "/invocations", json=payload, timeout=60)
         assert theirs.status_code == 200, theirs.text[:500]
@@ -128,6 +88,5 @@ def test_mlflow_models_serve_gives_the_same_scores(store, mixed_test):
             p["is_outlier"] for p in ours.json()["predictions"]
         ]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        theirs_server.stop()
         srv.stop()
