@@ -25,7 +25,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Server:
+class _Process:
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Server(_Process):
     """``uvicorn service.app:create_app`` in a subprocess on a free loopback port."""
 
     def __init__(
@@ -78,13 +89,6 @@ class Server:
                 break
         raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, mixed_train) -> Iterator[tuple[Path, TabularDetector]]:
@@ -100,7 +104,7 @@ def store(tmp_path_factory, mixed_train) -> Iterator[tuple[Path, TabularDetector
     mp.undo()
 
 
-class MlflowServe:
+class MlflowServe(_Process):
     """``mlflow models serve`` for ``model_uri`` from the sqlite store in ``store``, on a
     free loopback port, with the local environment (no conda or virtualenv build)."""
 
@@ -132,13 +136,6 @@ class MlflowServe:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"mlflow models serve did not start: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def records(frame) -> list[dict]:
