@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -444,7 +445,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(
                 403, detail="reload is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured"
             )
-        if authorization != f"Bearer {settings.admin_token}":
+        if not secrets.compare_digest(authorization or "", f"Bearer {settings.admin_token}"):
             raise HTTPException(
                 401, detail="missing or wrong admin token (Authorization: Bearer <token>)"
             )
