@@ -58,6 +58,18 @@ def detection_metrics(
     }
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_evaluation(
     y_outlier: np.ndarray,
     score: np.ndarray,
@@ -97,12 +109,7 @@ def plot_evaluation(
     ax2.legend(loc="lower right")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_training(history: list[dict[str, float]], path: str | Path) -> Path:
@@ -121,9 +128,4 @@ def plot_training(history: list[dict[str, float]], path: str | Path) -> Path:
     ax.set_ylabel("ELBO per row [nats]")
     ax.set_title("training curves")
     ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)

@@ -107,19 +107,20 @@ class RequestError(Exception):
         self.status, self.field, self.msg, self.kind = status, field, msg, kind
 
 
+def _check_count(n: int, field: str, settings: Settings) -> None:
+    """413 above the record limit, 422 for an empty request; both name ``field``."""
+    if n > settings.max_records:
+        msg = f"{n} records is more than the limit of {settings.max_records}"
+        raise RequestError(413, ["body", field], msg)
+    if n == 0:
+        raise RequestError(422, ["body", field], "no records to score")
+
+
 def _frame_from_request(req: ScoreRequest, settings: Settings) -> pd.DataFrame:
     if (req.records is None) == (req.columns is None):
         raise RequestError(422, ["body"], "give exactly one of 'records' or 'columns'")
     if req.records is not None:
-        n = len(req.records)
-        if n > settings.max_records:
-            raise RequestError(
-                413,
-                ["body", "records"],
-                f"{n} records is more than the limit of {settings.max_records}",
-            )
-        if n == 0:
-            raise RequestError(422, ["body", "records"], "no records to score")
+        _check_count(len(req.records), "records", settings)
         keys = list(req.records[0])
         for i, rec in enumerate(req.records):
             if list(rec) != keys and set(rec) != set(keys):
@@ -135,15 +136,7 @@ def _frame_from_request(req: ScoreRequest, settings: Settings) -> pd.DataFrame:
     lengths = {name: len(v) for name, v in req.columns.items()}
     if len(set(lengths.values())) > 1:
         raise RequestError(422, ["body", "columns"], f"columns have different lengths: {lengths}")
-    n = next(iter(lengths.values()), 0)
-    if n > settings.max_records:
-        raise RequestError(
-            413,
-            ["body", "columns"],
-            f"{n} records is more than the limit of {settings.max_records}",
-        )
-    if n == 0:
-        raise RequestError(422, ["body", "columns"], "no records to score")
+    _check_count(next(iter(lengths.values()), 0), "columns", settings)
     return pd.DataFrame(req.columns)
 
 
