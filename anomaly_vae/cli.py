@@ -1,8 +1,20 @@
 """``anomaly-vae``: train, score, evaluate, sample and the end-to-end demo.
 
-Exit codes: 0 success; 2 bad input (the message names the column, row, file or flag);
-1 anything unexpected. This is the one module of the library that may reach into
-``service/`` and ``pipelines/``, lazily, inside a command.
+Exit codes, the same for every command, so a scheduler can tell failures apart:
+
+- 0: success (for ``score-batch``, also when every partition was already done);
+- 1: anything unexpected (a bug: the traceback is printed);
+- 2: bad input: data, configuration or flags (the message names the column, row, file
+  or flag); re-running will fail the same way;
+- 3: the model is unavailable: the URI, alias, version or bundle cannot be resolved or
+  loaded;
+- 4: no input: the input path or glob matched no data files (for a scheduled run:
+  the partition has not landed yet; retry later);
+- 5: output could not be written (disk full, permissions); nothing partial is left;
+- 6: ``pipeline train`` trained and registered a model but the promotion gate refused it.
+
+This is the one module of the library that may reach into ``service/`` and
+``pipelines/``, lazily, inside a command.
 """
 
 from __future__ import annotations
@@ -16,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+EXIT_MODEL_UNAVAILABLE = 3
+EXIT_NO_INPUT = 4
+EXIT_OUTPUT = 5
+EXIT_GATE_REFUSED = 6
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -185,6 +201,71 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--poll-seconds", type=float, default=30.0, help="alias polling period (0: no hot reload)"
     )
+
+    p = sub.add_parser(
+        "score-batch",
+        help="score CSV/Parquet files, directories or partitions into Parquet, streaming",
+        description="Stream-score a file, a directory (partitioned layouts such as "
+        "date=2026-11-22/ are kept), or a glob, into OUTPUT with the same partition "
+        "directories: the id column (or every input column) plus log_likelihood, stderr, "
+        "score, p_value, is_outlier. Each partition is written atomically; re-running skips "
+        "partitions already done. {today} and {yesterday} in --input/--output become ISO "
+        "dates (UTC). Exit codes: 0 ok, 2 bad data or flags, 3 model unavailable, 4 no input "
+        "files, 5 output not writable.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, or a bundle directory",
+    )
+    p.add_argument("--input", required=True, help="file, directory or glob (quote it)")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--engine", choices=["local", "spark"], default="local")
+    p.add_argument("--k", type=int, help="importance samples (default: the detector's own)")
+    p.add_argument(
+        "--keep-columns", action="store_true", help="copy every input column into the output"
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=65_536,
+        help="rows per scoring batch (local engine), default 65536; memory grows with it",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="re-score partitions that are already done"
+    )
+    p.add_argument(
+        "--store",
+        help="embedded MLflow store directory for models:/ URIs and run logging "
+        "(default mlruns; ignored when MLFLOW_TRACKING_URI is set)",
+    )
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log the run's manifest to MLflow (logged by default when the model is a "
+        "models:/ URI, --store is given or MLFLOW_TRACKING_URI is set)",
+    )
+    p.add_argument(
+        "--spark-master", help="Spark master URL (default: local[*], or spark-submit's own)"
+    )
+
+    p = sub.add_parser(
+        "pipeline",
+        help="configured pipelines: train, calibrate, evaluate, register, gated promotion",
+    )
+    psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="PIPELINE")
+    q = psub.add_parser(
+        "train",
+        help="train from a YAML config; promote to champion only when the gate passes",
+        description="Read data, model and gate settings from CONFIG (YAML; see "
+        "pipelines/train.py and docs in README), train, calibrate, evaluate on held-out rows, "
+        "register a new version, and point the alias at it only if the gate passes. Exit "
+        "codes: 0 promoted, 6 refused by the gate, 2 bad config or data, 3 champion "
+        "unavailable.",
+    )
+    q.add_argument("config", help="pipeline YAML file")
+    q.add_argument("--store", help="embedded MLflow store (overrides the config's)")
+    q.add_argument("--report", help="also write the gate's decision as JSON here")
 
     p = sub.add_parser(
         "demo",
@@ -446,6 +527,52 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score_batch(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.batch import expand_dates, log_run, score_batch
+    from pipelines.models import is_model_uri, load_detector, resolve_model
+
+    store = args.store or "mlruns"
+    ref = resolve_model(args.model, store)
+    det = load_detector(ref)
+    report = score_batch(
+        det,
+        ref,
+        expand_dates(args.input),
+        expand_dates(args.output),
+        engine=args.engine,
+        k=args.k,
+        keep_columns=args.keep_columns,
+        batch_rows=args.batch_rows,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        spark_master=args.spark_master,
+    )
+    totals = report.totals()
+    print(
+        f"{totals['partitions_scored']} partition(s) scored, {totals['partitions_skipped']} "
+        f"already done; {totals['rows_out']} rows, {totals['outliers']} flagged; "
+        f"{report.duration_s:.1f} s -> {report.output}"
+    )
+    track = is_model_uri(args.model) or args.store or os.environ.get("MLFLOW_TRACKING_URI")
+    if track and not args.no_track:
+        run_id = log_run(report, store)
+        print(f"manifest logged to MLflow run {run_id}")
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from pipelines.train import run_pipeline
+
+    decision = run_pipeline(args.config, store=args.store)
+    doc = json.dumps(decision, indent=1, default=str)
+    print(doc)
+    if args.report:
+        Path(args.report).write_text(doc + "\n")
+    return 0 if decision["promoted"] else EXIT_GATE_REFUSED
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
     import tempfile
@@ -486,12 +613,20 @@ COMMANDS = {
     "register": _cmd_register,
     "models": _cmd_models,
     "serve": _cmd_serve,
+    "score-batch": _cmd_score_batch,
+    "pipeline": _cmd_pipeline,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from anomaly_vae.exceptions import AnomalyVAEError, CalibrationWarning
+    from anomaly_vae.exceptions import (
+        AnomalyVAEError,
+        CalibrationWarning,
+        InputNotFoundError,
+        ModelUnavailableError,
+        OutputError,
+    )
 
     def _show(message: Any, category: Any, *_: Any, **__: Any) -> None:
         print(f"warning: {message}", file=sys.stderr)
@@ -500,6 +635,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default", CalibrationWarning)
     try:
         return COMMANDS[args.command](args)
+    except ModelUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL_UNAVAILABLE
+    except InputNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_INPUT
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     except (AnomalyVAEError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

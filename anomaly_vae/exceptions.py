@@ -23,3 +23,15 @@ class BundleError(AnomalyVAEError, ValueError):
 
 class CalibrationWarning(UserWarning):
     """The calibration set is too small or degenerate for the asked false-positive rate."""
+
+
+class ModelUnavailableError(AnomalyVAEError, LookupError):
+    """A model URI or bundle path could not be resolved or loaded (names the URI)."""
+
+
+class InputNotFoundError(AnomalyVAEError, FileNotFoundError):
+    """No input files matched (names the path or pattern); a scheduler may retry later."""
+
+
+class OutputError(AnomalyVAEError, OSError):
+    """Output could not be written (names the path); nothing partial is left behind."""

@@ -1,0 +1,253 @@
+"""The Spark engine of ``score-batch``: the same partitions, the same output columns and
+the same atomic commit as the local engine, with the scoring spread over Spark executors.
+
+Each partition is read by Spark (CSV with the same column typing as the local engine,
+Parquet as stored), scored with ``mapInPandas`` over the detector bundle, and written as
+Parquet into the hidden temporary directory that :func:`pipelines.batch.commit_partition`
+renames into place. The bundle travels to executors with ``SparkContext.addFile``, so
+on a cluster only the driver needs the bundle (or the registry): submit with
+``spark-submit --master spark://HOST:7077 $(which anomaly-vae) score-batch --engine spark
+...`` with anomaly-vae installed on the executors' Python.
+
+Output files are Spark's ``part-*.parquet`` (their number follows Spark's partitioning),
+next to ``_partition.json``; readers see the same rows and columns as from the local
+engine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from anomaly_vae.detector import TabularDetector
+from anomaly_vae.exceptions import OutputError, SchemaError
+from pipelines.batch import (
+    PARTITION_MANIFEST,
+    SCORE_COLUMNS,
+    Partition,
+    _clear_stale,
+    _file_entries,
+    _write_json,
+    commit_partition,
+    csv_column_types,
+    csv_header,
+)
+from pipelines.models import ModelRef
+
+_DETECTORS: dict[str, TabularDetector] = {}
+
+
+def _executor_detector(bundle_name: str) -> TabularDetector:
+    """The detector of a shipped bundle, loaded once per Python worker."""
+    if bundle_name not in _DETECTORS:
+        import torch
+        from pyspark import SparkFiles
+
+        torch.set_num_threads(1)  # one Python worker per core already
+        _DETECTORS[bundle_name] = TabularDetector.load(SparkFiles.get(bundle_name))
+    return _DETECTORS[bundle_name]
+
+
+def _score_batches(
+    bundle_name: str, k: int | None, columns: list[str]
+) -> Any:  # returns the function mapInPandas calls
+    def score(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        det = _executor_detector(bundle_name)
+        for frame in frames:
+            scored = det.score(frame, k=k, allow_extra=True, progress=False)
+            out = frame.reset_index(drop=True)
+            for name in SCORE_COLUMNS:
+                out[name] = scored[name].to_numpy()
+            yield out[columns]
+
+    return score
+
+
+class SparkScorer:
+    """A Spark session (local mode unless ``master`` or spark-submit says otherwise) that
+    scores partitions; use as a context manager."""
+
+    def __init__(self, ref: ModelRef, master: str | None = None) -> None:
+        self.ref = ref
+        self.master = master
+        self.spark: Any = None
+        self.bundle_name = Path(ref.bundle).name
+
+    def __enter__(self) -> SparkScorer:
+        # PySpark 4.x warns about pandas 3 on import; mapInPandas over Arrow works (tested)
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            msg = "--engine spark needs pyspark: pip install 'anomaly-vae[spark]'"
+            raise SchemaError(msg) from exc
+        # executors run the same Python as the driver unless the cluster says otherwise
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = SparkSession.builder.appName("anomaly-vae score-batch")
+        if self.master or "SPARK_MASTER" not in os.environ:
+            builder = builder.master(self.master or os.environ.get("SPARK_MASTER", "local[*]"))
+        self.spark = (
+            builder.config("spark.ui.enabled", "false")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.ui.showConsoleProgress", "false")
+            .getOrCreate()
+        )
+        self.spark.sparkContext.setLogLevel("ERROR")
+        self.spark.sparkContext.addFile(self.ref.bundle, recursive=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spark is not None:
+            self.spark.stop()
+            self.spark = None
+
+    def _read(self, detector: TabularDetector, files: tuple[Path, ...]) -> Any:
+        from pyspark.sql import types as T
+
+        paths = [str(f) for f in files]
+        if files[0].suffix.lower() == ".csv":
+            header = csv_header(files[0])
+            for f in files[1:]:
+                if csv_header(f) != header:
+                    msg = f"{f}: header differs from {files[0]}'s; the Spark engine reads a partition's CSV files as one table"
+                    raise SchemaError(msg)
+            types = csv_column_types(detector, header)
+            struct = T.StructType(
+                [
+                    T.StructField(
+                        n, T.DoubleType() if str(types[n]) == "double" else T.StringType()
+                    )
+                    for n in header
+                ]
+            )
+            return self.spark.read.csv(paths, header=True, schema=struct, mode="FAILFAST")
+        return self.spark.read.parquet(*paths)
+
+    def score_partition(
+        self,
+        detector: TabularDetector,
+        part: Partition,
+        root: Path,
+        output: Path,
+        *,
+        k: int | None,
+        keep_columns: bool,
+        overwrite: bool,
+    ) -> dict[str, Any]:
+        """Score one partition with Spark and commit it atomically; returns its manifest."""
+        t0 = time.perf_counter()
+        target = part.target(output)
+        _clear_stale(target)
+        tmp = target.parent / f".{target.name}.inprogress-{os.getpid()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        csvs = tuple(f for f in part.files if f.suffix.lower() == ".csv")
+        others = tuple(f for f in part.files if f.suffix.lower() != ".csv")
+        rows_in = 0
+        try:
+            for group in (g for g in (csvs, others) if g):  # one Spark job per format
+                rows_in += self._score_group(detector, group, tmp, k=k, keep_columns=keep_columns)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self._commit(detector, part, root, tmp, target, rows_in, t0, k, overwrite)
+
+    def _score_group(
+        self,
+        detector: TabularDetector,
+        files: tuple[Path, ...],
+        tmp: Path,
+        *,
+        k: int | None,
+        keep_columns: bool,
+    ) -> int:
+        """Score files of one format into ``tmp`` (appending); returns rows read."""
+        from pyspark.sql import types as T
+
+        df = self._read(detector, files)
+        id_col = detector.schema_.id_column
+        if keep_columns:
+            clash = [c for c in SCORE_COLUMNS if c in df.columns]
+            if clash:
+                msg = f"--keep-columns: input columns {clash} clash with score columns; rename them"
+                raise SchemaError(msg)
+            carried = list(df.schema.fields)
+        else:
+            carried = [f for f in df.schema.fields if f.name == id_col]
+        out_schema = T.StructType(
+            [
+                *carried,
+                *[T.StructField(n, T.DoubleType()) for n in SCORE_COLUMNS[:-1]],
+                T.StructField("is_outlier", T.BooleanType()),
+            ]
+        )
+        columns = [f.name for f in out_schema.fields]
+        scored = df.mapInPandas(_score_batches(self.bundle_name, k, columns), schema=out_schema)
+        try:
+            scored.write.mode("append").parquet(str(tmp))
+        except Exception as exc:
+            text = str(exc)
+            if "SchemaError" in text or "Malformed" in text or "NumberFormat" in text:
+                first = next((ln for ln in text.splitlines() if "Error" in ln), text[:500])
+                msg = f"{files[0].parent}: {first.strip()}"
+                raise SchemaError(msg) from exc
+            msg = f"Spark could not score {files[0].parent}: {text[:2000]}"
+            raise OutputError(msg) from exc
+        return int(df.count())
+
+    def _commit(
+        self,
+        detector: TabularDetector,
+        part: Partition,
+        root: Path,
+        tmp: Path,
+        target: Path,
+        rows_in: int,
+        t0: float,
+        k: int | None,
+        overwrite: bool,
+    ) -> dict[str, Any]:
+        try:
+            import pyarrow.parquet as pq
+
+            outputs = sorted(tmp.glob("part-*.parquet"))
+            rows_out = sum(pq.ParquetFile(f).metadata.num_rows for f in outputs)
+            outliers = sum(
+                int(pq.read_table(f, columns=["is_outlier"])["is_outlier"].to_numpy().sum())
+                for f in outputs
+            )
+            manifest = {
+                "partition": part.rel,
+                "status": "scored",
+                "engine": "spark",
+                "model": self.ref.to_dict(),
+                "k": k or detector.sampler_.k,
+                "rows_in": rows_in,
+                "rows_out": int(rows_out),
+                "outliers": int(outliers),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "inputs": _file_entries(list(part.files), root),
+                "outputs": [
+                    {**e, "path": (Path(part.rel) / e["path"]).as_posix()}
+                    for e in _file_entries(outputs, tmp)
+                ],
+            }
+            if manifest["rows_in"] != manifest["rows_out"]:
+                msg = f"partition {part.rel!r}: {manifest['rows_in']} rows in, {manifest['rows_out']} out"
+                raise OutputError(msg)
+            _write_json(tmp / PARTITION_MANIFEST, manifest)
+            commit_partition(tmp, target, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
