@@ -319,6 +319,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         progress=not args.quiet,
     ).fit(frame)
+    if det.global_rank_ != 0:
+        return 0  # distributed training: rank 0 writes the bundle and the summary
     path = det.save(args.out)
     summary = {"bundle": str(path), **det.training_, "calibration": det.calibration_.summary()}
     print(json.dumps(summary, indent=1, default=str))

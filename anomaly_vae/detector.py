@@ -243,7 +243,7 @@ class TabularDetector:
             min_sigma=self.min_sigma,
         )
         schedule = self._schedule(len(train_idx))
-        history, best_epoch = self._train(
+        history, best_epoch, rank, world = self._train(
             net,
             tensors.rows(torch.as_tensor(train_idx)),
             tensors.rows(torch.as_tensor(val_idx)) if n_val else None,
@@ -263,7 +263,11 @@ class TabularDetector:
             **schedule,
             "epochs_run": len(history),
             "best_epoch": best_epoch,
+            "world_size": world,
         }
+        #: this process's rank in a distributed (e.g. DDP) fit; 0 otherwise. Every rank
+        #: ends with the same weights; only rank 0 should write files.
+        self.global_rank_ = rank
         cal = self._score_arrays(arrays.take(cal_idx))
         self._calibrate(cal, alpha=self.alpha, contamination=self.contamination)
         self.reference_ = self._reference(frame.iloc[train_idx], arrays.take(train_idx))
@@ -276,7 +280,8 @@ class TabularDetector:
         train: TabularTensors,
         val: TabularTensors | None,
         schedule: dict[str, int],
-    ) -> tuple[list[dict[str, float]], int]:
+    ) -> tuple[list[dict[str, float]], int, int, int]:
+        """Fit ``net`` with Lightning; returns (history, best epoch, global rank, world size)."""
         # Lightning is imported here only: it costs seconds, and scoring never needs it.
         import pytorch_lightning as pl
         from pytorch_lightning.callbacks import EarlyStopping
@@ -323,7 +328,7 @@ class TabularDetector:
                 train, val, schedule["batch_size"], self.seed, schedule["rows_per_epoch"]
             )
             trainer.fit(module, datamodule=dm)
-        return module.history, keep.best_epoch
+        return module.history, keep.best_epoch, trainer.global_rank, trainer.world_size
 
     # ================================================================== calibration
     def _calibrate(

@@ -22,6 +22,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 _PREVIOUS_TAG = "previous_champion"
 _MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+#: The URI :func:`configure` last set. ``mlflow.set_tracking_uri`` exports it as
+#: MLFLOW_TRACKING_URI, which must not be mistaken for the user's setting on the next call.
+_configured_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,13 @@ def configure(store: str | Path | None = None) -> str:
     """Point MLflow at ``MLFLOW_TRACKING_URI`` if set, else at an embedded sqlite store in
     ``store`` (default ``./mlruns``); returns the tracking URI. Creates the experiment
     with a local artifact folder on first use."""
+    global _configured_uri
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is not None and uri == _configured_uri:
+        uri = None  # our own export from an earlier call, not the user's choice
     artifacts: str | None = None
     if not uri:
         root = Path(store or "mlruns").resolve()
@@ -52,6 +58,7 @@ def configure(store: str | Path | None = None) -> str:
         artifacts = (root / "artifacts").as_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _configured_uri = uri if artifacts is not None else None  # only the embedded store is ours
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     mlflow.set_experiment(EXPERIMENT)

@@ -14,3 +14,7 @@ fi
 .venv/bin/python -m ruff format --check .
 .venv/bin/python -m mypy
 .venv/bin/python -m pytest "$@"
+# CI has room for the slow tests (DDP training with 2 processes, ...): run them there
+if [ "${CI:-}" = "true" ] && [ $# -eq 0 ]; then
+  .venv/bin/python -m pytest -m slow
+fi

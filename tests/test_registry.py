@@ -75,3 +75,21 @@ def test_bundle_and_pyfunc_score_like_the_detector(store, mixed_test, tmp_path):
     got = model.predict(frame)
     np.testing.assert_allclose(got["log_likelihood"], expected["log_likelihood"], rtol=0, atol=1e-9)
     assert got["is_outlier"].tolist() == expected["is_outlier"].tolist()
+
+
+def test_configure_switches_embedded_stores_but_keeps_the_users_uri(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second embedded store must
+    still be used, and a URI the user set must win every time."""
+    import os
+
+    from anomaly_vae import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = registry.configure(tmp_path / "a")
+    second = registry.configure(tmp_path / "b")
+    assert first != second and second.endswith("b/mlflow.db")
+    user = f"sqlite:///{tmp_path / 'user.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", user)
+    assert registry.configure(tmp_path / "c") == user
+    assert registry.configure(tmp_path / "d") == user
+    assert os.environ["MLFLOW_TRACKING_URI"] == user

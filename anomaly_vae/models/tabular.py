@@ -77,14 +77,16 @@ class TabularVAEModule(pl.LightningModule):
             return
         s = self._epoch_sums.pop("val_elbo", None)
         if s and s[1]:
-            self.log("val_elbo", s[0] / s[1], prog_bar=True)
+            # sync_dist: under DDP every rank sees the mean over ranks, so early stopping
+            # and the kept best epoch agree across processes
+            self.log("val_elbo", s[0] / s[1], prog_bar=True, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         row: dict[str, float] = {"epoch": float(self.current_epoch)}
         s = self._epoch_sums.pop("train_elbo", None)
         if s and s[1]:
             row["train_elbo"] = s[0] / s[1]
-            self.log("train_elbo", row["train_elbo"], prog_bar=True)
+            self.log("train_elbo", row["train_elbo"], prog_bar=True, sync_dist=True)
         val = self.trainer.callback_metrics.get("val_elbo")
         if val is not None:
             row["val_elbo"] = float(val)
@@ -134,6 +136,8 @@ class EpochProgress(pl.Callback):
         self.bar: Any = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return  # one bar per run, not per process
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=self.max_epochs, unit="epoch", desc="training", leave=True)
