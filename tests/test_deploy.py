@@ -94,3 +94,36 @@ def test_dockerfile_is_cpu_nonroot_and_healthchecked():
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "HEALTHCHECK" in text
     assert "/healthz" in text
+
+
+def _cron_command() -> list[str]:
+    line = next(
+        ln
+        for ln in (DEPLOY / "cron" / "anomaly-vae").read_text().splitlines()
+        if ln and not ln.startswith("#") and "=" not in ln.split()[0]
+    )
+    fields = line.split(">>")[0].split()
+    assert len(fields[:5]) == 5 and fields[5] == "anomaly"  # m h dom mon dow user
+    return fields[6:]
+
+
+def test_cronjob_and_cron_line_run_the_same_valid_command():
+    """The Kubernetes CronJob and the cron line run one command, and that command parses
+    with the real CLI parser (a typo in a flag would only show at 02:30)."""
+    from anomaly_vae.cli import _parser
+
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "score-batch-cronjob.yaml").read_text())
+    assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    args = pod["containers"][0]["args"]
+    cron = _cron_command()
+    assert Path(cron[0]).name == args[0] == "anomaly-vae"
+    assert cron[1:] == args[1:]
+    parsed = _parser().parse_args(args[1:])
+    assert parsed.command == "score-batch" and "{yesterday}" in parsed.input
+    # the exit codes the Job fails fast on are the ones the CLI documents as final
+    from anomaly_vae import cli
+
+    rules = job["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["onExitCodes"]["values"] == [cli.EXIT_BAD_INPUT, cli.EXIT_MODEL_UNAVAILABLE]
