@@ -140,7 +140,7 @@ def main() -> None:
 
     small_src = work / f"in-{args.small}" / "rows.parquet"
     print("bare scoring loop on the small input", flush=True)
-    _, bare_rss, bare_out = run_measured(
+    _, _, bare_out = run_measured(
         [sys.executable, "-c", BARE_LOOP, str(bundle), str(small_src), str(args.batch_rows)]
     )
     bare = json.loads(bare_out)
