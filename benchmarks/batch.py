@@ -95,6 +95,7 @@ print(json.dumps({"rows": n, "seconds": time.perf_counter() - t0}))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", type=int, default=600_000)
+    ap.add_argument("--medium", type=int, default=2_000_000)
     ap.add_argument("--large", type=int, default=10_000_000)
     ap.add_argument("--batch-rows", type=int, default=65_536)
     ap.add_argument("--spark", action="store_true", help="also time the Spark engine (small input)")
@@ -113,7 +114,8 @@ def main() -> None:
     det = TabularDetector.load(bundle)
     exe = str(Path(sys.executable).with_name("anomaly-vae"))
     figures: dict[str, dict[str, float]] = {}
-    for label, rows in (("small", args.small), ("large", args.large)):
+    sizes = (("small", args.small), ("medium", args.medium), ("large", args.large))
+    for label, rows in sizes:
         src = work / f"in-{rows}" / "rows.parquet"
         if not src.exists():
             print(f"generating {rows:,} rows", flush=True)
@@ -171,7 +173,7 @@ def main() -> None:
         "| rows | input (MB) | peak RSS (MB) | rows/s (pipeline) | wall (s) |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for f in (s, lg):
+    for f in (figures[label] for label, _ in sizes):
         lines.append(
             f"| {f['rows']:,} | {f['input_mb']:.0f} | {f['rss_mb']:.0f} | {f['rows_per_s']:,.0f} |"
             f" {f['wall_s']:.1f} |"

