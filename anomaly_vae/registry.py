@@ -22,9 +22,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 _PREVIOUS_TAG = "previous_champion"
 _MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-#: The URI :func:`configure` last set. ``mlflow.set_tracking_uri`` exports it as
-#: MLFLOW_TRACKING_URI, which must not be mistaken for the user's setting on the next call.
-_configured_uri: str | None = None
+#: Embedded-store URIs :func:`configure` has set. ``mlflow.set_tracking_uri`` exports each
+#: as MLFLOW_TRACKING_URI, which must not be mistaken for the user's setting later on.
+_exported_uris: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,11 @@ def configure(store: str | Path | None = None) -> str:
     """Point MLflow at ``MLFLOW_TRACKING_URI`` if set, else at an embedded sqlite store in
     ``store`` (default ``./mlruns``); returns the tracking URI. Creates the experiment
     with a local artifact folder on first use."""
-    global _configured_uri
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is not None and uri == _configured_uri:
+    if uri in _exported_uris:
         uri = None  # our own export from an earlier call, not the user's choice
     artifacts: str | None = None
     if not uri:
@@ -58,7 +57,8 @@ def configure(store: str | Path | None = None) -> str:
         artifacts = (root / "artifacts").as_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    _configured_uri = uri if artifacts is not None else None  # only the embedded store is ours
+    if artifacts is not None:  # only the embedded store is ours
+        _exported_uris.add(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     mlflow.set_experiment(EXPERIMENT)

@@ -12,6 +12,12 @@ from tests.conftest import make_mixed
 DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
 
 
+@pytest.fixture(autouse=True)
+def _own_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test names its own embedded store; none inherits another test's URI."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from anomaly_vae import TabularDetector
