@@ -588,6 +588,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "ANOMALY_VAE_MODEL_ALIAS": args.alias,
         "ANOMALY_VAE_TRACKING_STORE": str(Path(args.store).resolve()),
         "ANOMALY_VAE_POLL_SECONDS": str(args.poll_seconds),
+        "ANOMALY_VAE_WORKERS": str(args.workers),
     }
     if args.model:
         env["ANOMALY_VAE_MODEL_NAME"] = args.model

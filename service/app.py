@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import pandas as pd
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from anomaly_vae.exceptions import AnomalyVAEError
@@ -101,10 +102,16 @@ class RequestError(Exception):
     """A request problem found after parsing: answers ``status`` naming ``field``."""
 
     def __init__(
-        self, status: int, field: list[str | int], msg: str, kind: str = "value_error"
+        self,
+        status: int,
+        field: list[str | int],
+        msg: str,
+        kind: str = "value_error",
+        detail: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(msg)
         self.status, self.field, self.msg, self.kind = status, field, msg, kind
+        self.detail = detail  # several errors in FastAPI's shape, when validation found them
 
 
 def _check_count(n: int, field: str, settings: Settings) -> None:
@@ -140,8 +147,18 @@ def _frame_from_request(req: ScoreRequest, settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(req.columns)
 
 
-def _finite(v: float) -> float | None:
-    return None if math.isnan(v) else float(v)
+def parse_score_request(body: bytes) -> ScoreRequest:
+    """Parse and validate a ``/v1/score`` body in one pass (pydantic-core's JSON parser:
+    about 4x faster than ``json.loads`` followed by validation on 1000-record bodies).
+    Errors become 422s in FastAPI's own shape, ``loc`` starting with ``body``."""
+    try:
+        return ScoreRequest.model_validate_json(body)
+    except ValidationError as exc:
+        detail = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise RequestError(422, ["body"], "invalid request", detail=detail) from exc
 
 
 def _plain(v: Any) -> Any:
@@ -150,6 +167,34 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
+
+
+class _Observe:
+    """Requests by route, method and status, and latency by route, as a plain ASGI
+    middleware (Starlette's ``BaseHTTPMiddleware`` cost about 0.4 ms per request)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_and_record(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.REQUESTS.labels(path, scope["method"], str(status[0])).inc()
+            metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
 
 
 def current_model(request: Request) -> LoadedModel:
@@ -175,7 +220,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import torch
 
         # small scoring batches lose more to thread hand-offs than they gain, most of all
-        # when several requests or workers already keep the cores busy
+        # when several requests or workers already keep the cores busy; large batches
+        # get ``bulk_threads`` (see service.batching)
         torch.set_num_threads(settings.torch_threads)
     store = ModelStore(settings)
     batcher = Batcher(settings)
@@ -210,18 +256,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-        metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_Observe)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        if exc.detail is not None:
+            return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
         return _error(exc.status, exc.field, exc.msg, exc.kind)
 
     @app.exception_handler(AnomalyVAEError)
@@ -251,23 +291,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         p, flag = outlier_flags(model, res)
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(int(flag.sum()))
-        for s in -res.log_likelihood:
-            metrics.SCORES.observe(float(s))
+        metrics.observe_scores(-res.log_likelihood)
         sid = det.schema_.id_column
-        ids = frame[sid].tolist() if sid and sid in frame.columns else [None] * len(res)
-        names = det.feature_names_
-        results = []
-        excess = res.contributions - det.feature_baseline_ if top else None
-        for i in range(len(res)):
-            item: dict[str, Any] = {
-                "id": _plain(ids[i]),
-                "log_likelihood": float(res.log_likelihood[i]),
-                "stderr": _finite(float(res.stderr[i])),
-                "score": float(-res.log_likelihood[i]),
-                "p_value": float(p[i]),
-                "is_outlier": bool(flag[i]),
+        ids = (
+            [_plain(v) for v in frame[sid].tolist()]
+            if sid and sid in frame.columns
+            else [None] * len(res)
+        )
+        # columns to Python lists once (C loops), then one dict per record
+        ll = res.log_likelihood.tolist()
+        se = [None if math.isnan(v) else v for v in res.stderr.tolist()]
+        pv, fl = p.tolist(), flag.tolist()
+        results = [
+            {
+                "id": ids[i],
+                "log_likelihood": ll[i],
+                "stderr": se[i],
+                "score": -ll[i],
+                "p_value": pv[i],
+                "is_outlier": fl[i],
             }
-            if excess is not None:
+            for i in range(len(res))
+        ]
+        if top:
+            names = det.feature_names_
+            excess = res.contributions - det.feature_baseline_
+            for i, item in enumerate(results):
                 order = np.argsort(excess[i], kind="stable")[: min(top, len(names))]
                 item["contributions"] = [
                     {
@@ -278,26 +327,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     }
                     for j in order
                 ]
-            results.append(item)
+        for item in results:  # response_model_exclude_none, as declared in the schema
+            if item["id"] is None:
+                del item["id"]
+            if item["stderr"] is None:
+                del item["stderr"]
         return {
             "model": {"name": model.name, "version": model.version, "alias": model.alias},
             "k": k or det.sampler_.k,
             "results": results,
         }
 
+    score_schema = ScoreRequest.model_json_schema()
+
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
         response_model_exclude_none=True,
         tags=["scoring"],
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": score_schema}},
+                "required": True,
+            }
+        },
     )
-    async def score(model: Model, req: Annotated[ScoreRequest, Body()]) -> dict[str, Any]:
+    async def score(model: Model, request: Request) -> Response:
         """Score records: log-likelihood (nats) with its standard error, anomaly score,
         p-value, outlier flag and, on request, the features that made each record unusual.
-        Every response names the model version that scored it."""
+        Every response names the model version that scored it.
+
+        The body is a ``ScoreRequest``: ``{"records": [{column: value, ...}, ...]}`` or
+        ``{"columns": {column: [values...]}}``, with optional ``k`` and ``contributions``.
+        """
         with batcher.request():
+            req = parse_score_request(await request.body())
             frame = _frame_from_request(req, settings)
-            return await _score_frame(model, frame, req.k, req.contributions)
+            doc = await _score_frame(model, frame, req.k, req.contributions)
+        # serialized directly (the declared response_model documents the shape): pydantic
+        # validation of 1000 result objects cost more than the JSON encoding itself
+        return Response(content=orjson.dumps(doc), media_type="application/json")
 
     @app.post(
         "/invocations",

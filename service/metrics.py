@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -48,6 +49,23 @@ MODEL_INFO = Gauge(
     ["name", "version", "alias"],
     multiprocess_mode="livemax",
 )
+
+
+def observe_scores(scores: np.ndarray) -> None:
+    """``SCORES.observe`` for a whole batch: one increment per bucket instead of one
+    locked update per record. Same result as observing each value (tested), using the
+    histogram's own bucket bounds and value cells (prometheus-client keeps per-bucket,
+    non-cumulative counts, ``+Inf`` last; its ``observe`` does exactly this per value)."""
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return
+    bounds = np.asarray(SCORES._upper_bounds, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    SCORES._sum.inc(float(values.sum()))
+    for i, c in enumerate(counts.tolist()):
+        if c:
+            SCORES._buckets[i].inc(c)
 
 
 def render() -> tuple[bytes, str]:

@@ -44,8 +44,27 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=1,
         ge=0,
-        description="intra-op threads per worker process (0: torch's default); run one worker per core",
+        description="intra-op threads per worker process for small batches (0: torch's default)",
     )
+    bulk_records: int = Field(
+        default=256, ge=1, description="batches of at least this many records use bulk_threads"
+    )
+    bulk_threads: int = Field(
+        default=0,
+        ge=0,
+        description="intra-op threads for bulk batches; 0: the cores this process may use "
+        "divided by the number of workers (ANOMALY_VAE_WORKERS)",
+    )
+    workers: int = Field(default=1, ge=1, description="worker processes serving (set by serve)")
+
+    def bulk_thread_count(self) -> int:
+        """Threads for bulk batches: ``bulk_threads``, or this worker's share of the cores."""
+        import os
+
+        if self.bulk_threads:
+            return self.bulk_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // self.workers)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

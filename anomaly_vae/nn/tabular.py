@@ -119,17 +119,26 @@ class TabularVAE(torch.nn.Module):
     # ------------------------------------------------------------------ decoder
     def _heads(self, z: Tensor) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
         """Decoder outputs for z [..., L]: numeric mean and sigma [..., n_num], one
-        logits tensor [..., size] per categorical column, boolean logits [..., n_bin]."""
-        out = self.decoder(z)
+        logits tensor [..., size] per categorical column, boolean logits [..., n_bin].
+
+        The last layer runs once per head on row blocks of its weight, so each head is a
+        contiguous tensor: elementwise kernels on strided column slices of one wide output
+        were 4x slower (softplus alone was a fifth of scoring time).
+        """
+        h = self.decoder[:-1](z)
+        last = self.decoder[-1]
+        assert isinstance(last, torch.nn.Linear)
+        w, b = last.weight, last.bias
         n = self.n_numeric
-        mean = out[..., :n]
-        sigma = F.softplus(out[..., n : 2 * n]) + self.min_sigma
+        mean = F.linear(h, w[:n], b[:n])
+        sigma = F.softplus(F.linear(h, w[n : 2 * n], b[n : 2 * n])) + self.min_sigma
         base = 2 * n
         logits = [
-            out[..., base + a : base + b]
-            for a, b in zip(self._cat_offsets[:-1], self._cat_offsets[1:], strict=True)
+            F.linear(h, w[base + a : base + c], b[base + a : base + c])
+            for a, c in zip(self._cat_offsets[:-1], self._cat_offsets[1:], strict=True)
         ]
-        bin_logits = out[..., base + self._cat_offsets[-1] :]
+        tail = base + self._cat_offsets[-1]
+        bin_logits = F.linear(h, w[tail:], b[tail:])
         return mean, sigma, logits, bin_logits
 
     def feature_log_prob(self, z: Tensor, batch: TabularTensors) -> Tensor:
@@ -141,8 +150,15 @@ class TabularVAE(torch.nn.Module):
         parts: list[Tensor] = []
         if self.n_numeric:
             x = batch.num.to(mean.dtype)
-            lp = -0.5 * LOG_2PI - sigma.log() - 0.5 * ((x - mean) / sigma).pow(2) - self.log_scale
-            parts.append(lp * batch.num_mask.to(lp.dtype))
+            const = self.log_scale + 0.5 * LOG_2PI
+            if torch.is_grad_enabled():
+                lp = -0.5 * ((x - mean) / sigma).square() - sigma.log() - const
+            else:  # scoring: the same formula in place, on the [S, N, n] temporaries
+                r = (x - mean).div_(sigma)
+                lp = r.mul_(r).mul_(-0.5).sub_(sigma.log_()).sub_(const)
+            if not bool(batch.num_mask.all()):
+                lp = lp.mul_(batch.num_mask.to(lp.dtype))
+            parts.append(lp)
         for j, lg in enumerate(logits):
             idx = batch.cat[:, j]
             logp = lg.log_softmax(-1)
@@ -152,7 +168,7 @@ class TabularVAE(torch.nn.Module):
             xb = batch.bin.to(bin_logits.dtype).expand_as(bin_logits)
             lp = -F.binary_cross_entropy_with_logits(bin_logits, xb, reduction="none")
             parts.append(lp * batch.bin_mask.to(lp.dtype))
-        return torch.cat(parts, dim=-1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     @torch.no_grad()
     def decode_mean(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
