@@ -149,3 +149,28 @@ def test_config_errors_name_the_key(tmp_path: Path, doc: dict, message: str) -> 
     with pytest.raises(SchemaError) as err:
         PipelineConfig.from_yaml(path)
     assert message in str(err.value)
+
+
+@pytest.mark.slow
+def test_pipeline_with_ddp_registers_once(tmp_path: Path) -> None:
+    """model.strategy ddp: Lightning re-runs the command per process; only rank 0
+    evaluates, registers and decides."""
+    import subprocess
+    import sys
+
+    from anomaly_vae import registry
+
+    _data(tmp_path)
+    cfg = _config(tmp_path, "ddp", {"devices": 2, "strategy": "ddp"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae.cli", "--quiet", "pipeline", "train", str(cfg)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["promoted"]
+    registry.configure(tmp_path / "mlruns")
+    assert [v.version for v in registry.list_versions("fraud")] == [1]
+    run = registry.get_version("fraud", 1)
+    from mlflow import MlflowClient
+
+    assert MlflowClient().get_run(run.run_id).data.params["world_size"] == "2"
