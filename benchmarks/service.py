@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Throughput ratio (ours / mlflow): {ratio_thr:.2f}x. p50 latency ratio (ours / mlflow): {ratio_p50:.2f}.",
         "",
     ]
-    section = "\n".join(lines)
+    section = "\n".join(lines) + "\n"
     results = ROOT / "RESULTS.md"
     replace_section(results, "## Service:", section)
     print(section)
