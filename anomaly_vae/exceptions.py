@@ -35,3 +35,8 @@ class InputNotFoundError(AnomalyVAEError, FileNotFoundError):
 
 class OutputError(AnomalyVAEError, OSError):
     """Output could not be written (names the path); nothing partial is left behind."""
+
+
+class ImageError(AnomalyVAEError, ValueError):
+    """Images that cannot be read or do not fit (shape, channels, value range); the message
+    names the file or the image index."""

@@ -12,12 +12,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from anomaly_vae.nn.base import single_sample_elbo
-from anomaly_vae.nn.tabular import TabularTensors, TabularVAE
+from anomaly_vae.nn.base import VAEProtocol, single_sample_elbo
+from anomaly_vae.nn.tabular import TabularTensors
 
 
 class TabularVAEModule(pl.LightningModule):
-    """Trains an injected :class:`TabularVAE` on the (beta-)ELBO.
+    """Trains an injected VAE (a :class:`TabularVAE`, or any module that follows
+    :class:`~anomaly_vae.nn.base.VAEProtocol`, such as the image ``ConvVAE``) on the
+    (beta-)ELBO.
 
     Args:
         net: the VAE.
@@ -30,7 +32,7 @@ class TabularVAEModule(pl.LightningModule):
 
     def __init__(
         self,
-        net: TabularVAE,
+        net: torch.nn.Module,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
         lr: float = 1e-3,
@@ -47,13 +49,18 @@ class TabularVAEModule(pl.LightningModule):
         self.history: list[dict[str, float]] = []
         self._epoch_sums: dict[str, list[float]] = {}
 
+    @property
+    def _vae(self) -> VAEProtocol:
+        assert isinstance(self.net, VAEProtocol)
+        return self.net
+
     def current_beta(self) -> float:
         if self.kl_warmup_epochs <= 0:
             return self.beta
         return self.beta * min(1.0, (self.current_epoch + 1) / self.kl_warmup_epochs)
 
     def training_step(self, batch: TabularTensors, batch_idx: int) -> torch.Tensor:
-        _, _, objective = single_sample_elbo(self.net, batch, beta=self.current_beta())
+        _, _, objective = single_sample_elbo(self._vae, batch, beta=self.current_beta())
         loss_rows = -objective
         if self.trim_fraction > 0 and loss_rows.numel() > 4:
             keep = max(1, round(loss_rows.numel() * (1.0 - self.trim_fraction)))
@@ -63,7 +70,7 @@ class TabularVAEModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: TabularTensors, batch_idx: int) -> None:
-        _, _, elbo = single_sample_elbo(self.net, batch, beta=1.0)
+        _, _, elbo = single_sample_elbo(self._vae, batch, beta=1.0)
         self._accumulate("val_elbo", float(elbo.mean()), len(batch))
 
     def _accumulate(self, key: str, value: float, n: int) -> None:

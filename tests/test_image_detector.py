@@ -1,0 +1,101 @@
+"""ImageDetector on small generated images: shapes, finiteness, determinism, units."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae.exceptions import ImageError, NotFittedError
+from anomaly_vae.image_detector import ImageDetector, png_bits
+
+
+def squares(n: int, seed: int) -> np.ndarray:
+    """16x16 images, each a bright 8x8 square at a random place."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 1, 16, 16), np.uint8)
+    for i in range(n):
+        a, b = rng.integers(0, 8, 2)
+        x[i, 0, a : a + 8, b : b + 8] = 255
+    return x
+
+
+@pytest.fixture(scope="module", params=["bernoulli", "logistic"])
+def fitted(request):
+    small = {"max_epochs": 12, "k": 16, "latent_dim": 8, "width_mult": 8, "batch_size": 64}
+    return ImageDetector(likelihood=request.param, **small).fit(squares(400, 0))
+
+
+def test_scores_shapes_units_and_detection(fitted) -> None:
+    normal, noise = (
+        squares(50, 1),
+        np.random.default_rng(2).integers(0, 256, (10, 1, 16, 16)).astype(np.uint8),
+    )
+    out = fitted.score(np.concatenate([normal, noise]))
+    assert list(out.columns) == [
+        "log_likelihood",
+        "stderr",
+        "bits_per_dim",
+        "score",
+        "p_value",
+        "is_outlier",
+    ]
+    assert np.isfinite(out[["log_likelihood", "stderr", "bits_per_dim"]].to_numpy()).all()
+    assert (out["log_likelihood"] <= 1e-9).all()  # discrete likelihoods: probabilities
+    np.testing.assert_allclose(out["bits_per_dim"], -out["log_likelihood"] / (256 * math.log(2)))
+    y = np.r_[np.zeros(50), np.ones(10)]
+    assert roc_auc_score(y, out["score"]) > 0.95
+
+
+def test_deterministic_per_image_whatever_the_batch(fitted) -> None:
+    x = squares(30, 3)
+    whole = fitted.score(x)["log_likelihood"].to_numpy()
+    parts = np.concatenate(
+        [fitted.score(x[i : i + 7])["log_likelihood"].to_numpy() for i in range(0, 30, 7)]
+    )
+    np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-9)
+
+
+def test_large_k_runs_in_bounded_chunks(fitted) -> None:
+    out = fitted.score(squares(3, 4), k=2000)
+    assert np.isfinite(out["log_likelihood"]).all()
+
+
+def test_generative_side_and_heatmap(fitted, tmp_path) -> None:
+    assert fitted.sample(4).shape == (4, 1, 16, 16) and fitted.sample(4).dtype == np.uint8
+    rec = fitted.reconstruct(squares(2, 5))
+    assert rec.shape == (2, 1, 16, 16) and rec.min() >= 0 and rec.max() <= 1
+    assert fitted.encode(squares(2, 5)).shape == (2, 8)
+    heat = fitted.heatmap(squares(2, 5))
+    assert heat.shape == (2, 1, 16, 16)
+    # per-pixel terms sum to the reconstruction part of log p(x), which is below 0
+    assert (heat.reshape(2, -1).sum(1) <= 0).all()
+    fitted.save(tmp_path / "b")
+    again = ImageDetector.load(tmp_path / "b")
+    x = squares(5, 6)
+    np.testing.assert_array_equal(
+        again.score(x)["log_likelihood"], fitted.score(x)["log_likelihood"]
+    )
+
+
+def test_errors(fitted) -> None:
+    with pytest.raises(ImageError, match=r"images of shape \(1, 8, 8\)"):
+        fitted.score(np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(NotFittedError):
+        ImageDetector().score(squares(2, 0))
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        ImageDetector(likelihood="gaussian")
+
+
+def test_complexity_score() -> None:
+    x = squares(200, 0)
+    assert (png_bits(x[:5]) > 0).all()
+    det = ImageDetector(score="complexity", max_epochs=5, k=8, latent_dim=4, width_mult=4).fit(x)
+    out = det.score(squares(10, 1))
+    assert "complexity_bits" in out.columns
+    # S = -log2 p(x) - L(x)
+    np.testing.assert_allclose(
+        out["score"], -out["log_likelihood"] / math.log(2) - out["complexity_bits"]
+    )
