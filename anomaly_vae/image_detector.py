@@ -84,6 +84,7 @@ class ImageDetector:
         score: ``likelihood`` or ``complexity`` (see the module docstring).
         latent_dim, width_mult: model size.
         beta: KL weight; max_epochs, batch_size, lr, patience: training schedule.
+        max_minutes: a wall-clock budget for training (Lightning's ``max_time``).
         k: importance samples per image when scoring.
         alpha: target false-positive rate of the conformal threshold.
         calibration_fraction, validation_fraction: held-out shares of the images.
@@ -105,6 +106,7 @@ class ImageDetector:
         batch_size: int = 128,
         lr: float = 1e-3,
         patience: int = 5,
+        max_minutes: float | None = None,
         k: int = 64,
         alpha: float = 0.05,
         calibration_fraction: float = 0.1,
@@ -133,6 +135,7 @@ class ImageDetector:
             lr,
             patience,
         )
+        self.max_minutes = max_minutes
         self.k, self.alpha = k, alpha
         self.calibration_fraction, self.validation_fraction = (
             calibration_fraction,
@@ -154,6 +157,7 @@ class ImageDetector:
             "batch_size": self.batch_size,
             "lr": self.lr,
             "patience": self.patience,
+            "max_minutes": self.max_minutes,
             "k": self.k,
             "alpha": self.alpha,
             "calibration_fraction": self.calibration_fraction,
@@ -226,8 +230,11 @@ class ImageDetector:
         ]
         if self.progress:
             callbacks.append(EpochProgress(self.max_epochs))
+        import datetime as dt
+
         trainer = pl.Trainer(
             max_epochs=self.max_epochs,
+            max_time=dt.timedelta(minutes=self.max_minutes) if self.max_minutes else None,
             accelerator=self.accelerator,
             devices=self.devices,
             strategy=self.strategy,
@@ -398,3 +405,20 @@ class ImageDetector:
             msg = f"bundle at {str(path)!r} is incomplete or inconsistent: {exc}"
             raise BundleError(msg) from exc
         return det
+
+
+def latent_traversal(
+    detector: ImageDetector, image: np.ndarray, *, dims: int = 8, steps: int = 9, span: float = 3.0
+) -> np.ndarray:
+    """The beta-VAE view: decode the posterior mean of ``image`` [1, C, H, W] with one
+    latent dimension at a time swept over ``span`` prior standard deviations either way.
+    Returns decoder means [dims * steps, C, H, W] in [0, 1], one row per dimension."""
+    mu = torch.from_numpy(detector.encode(image))[0]
+    values = torch.linspace(-span, span, steps)
+    rows = []
+    for d in range(min(dims, detector.latent_dim)):
+        z = mu.repeat(steps, 1)
+        z[:, d] = values
+        rows.append(z)
+    with torch.inference_mode():
+        return detector.net_.mean_image(torch.cat(rows)).numpy()

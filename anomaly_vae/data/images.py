@@ -8,6 +8,7 @@ an :class:`~anomaly_vae.exceptions.ImageError` naming the file or the first bad 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,25 @@ def load_images(source: Any, *, channels: int | None = None) -> np.ndarray:
         msg = f"{p}: a single image file; put images in a folder and pass the folder"
         raise ImageError(msg)
     return as_images(read_idx(p), what=str(p), channels=channels)
+
+
+def save_grid(images: np.ndarray, path: str | Path, *, ncol: int = 8, pad: int = 2) -> Path:
+    """Write images [N, C, H, W] (uint8, or floats in [0, 1]) as one PNG grid, ``ncol``
+    per row, with ``pad`` pixels of black between them; returns the path."""
+    from PIL import Image
+
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        a = np.rint(np.clip(a, 0.0, 1.0) * 255).astype(np.uint8)
+    n, c, h, w = a.shape
+    ncol = max(1, min(ncol, n))
+    nrow = math.ceil(n / ncol)
+    grid = np.zeros((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, y : y + h, x : x + w] = a[i]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0)).save(p)
+    return p
