@@ -10,9 +10,34 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anomaly_vae.detector import TabularDetector
+    from anomaly_vae.image_detector import ImageDetector
+
+__all__ = ["ImageDetector", "TabularDetector", "__version__", "load_detector"]
+
+
+def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
+    """Load any detector bundle, tabular or image, by the kind in its manifest."""
+    import json
+    from pathlib import Path
+
+    from anomaly_vae.exceptions import BundleError
+
+    manifest = Path(path) / "manifest.json"
+    try:
+        kind = json.loads(manifest.read_text()).get("kind")
+    except (OSError, ValueError) as exc:
+        msg = f"no readable detector bundle at {str(path)!r}: {exc}"
+        raise BundleError(msg) from exc
+    if kind == "image":
+        from anomaly_vae.image_detector import ImageDetector
+
+        return ImageDetector.load(path)
     from anomaly_vae.detector import TabularDetector
 
-__all__ = ["TabularDetector", "__version__"]
+    return TabularDetector.load(path)
 
 
 def __getattr__(name: str) -> Any:
@@ -20,5 +45,9 @@ def __getattr__(name: str) -> Any:
         from anomaly_vae.detector import TabularDetector
 
         return TabularDetector
+    if name == "ImageDetector":
+        from anomaly_vae.image_detector import ImageDetector
+
+        return ImageDetector
     msg = f"module 'anomaly_vae' has no attribute {name!r}"
     raise AttributeError(msg)

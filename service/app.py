@@ -22,12 +22,14 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import pandas as pd
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from anomaly_vae.detector import TabularDetector
 from anomaly_vae.exceptions import AnomalyVAEError
+from anomaly_vae.image_detector import ImageDetector
 from service import metrics
 from service.batching import Batcher, QueueFull, outlier_flags
 from service.model_store import LoadedModel, ModelStore
@@ -197,6 +199,58 @@ class _Observe:
             metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
 
 
+def _tabular(model: LoadedModel) -> TabularDetector:
+    """The loaded tabular detector; 409 naming the image route when an image model is
+    loaded."""
+    det = model.detector
+    if isinstance(det, ImageDetector):
+        raise RequestError(
+            409,
+            ["model"],
+            f"the loaded model {model.name!r} scores images; POST them to /v1/score/images",
+            "wrong_model_kind",
+        )
+    return det
+
+
+def decode_images(blobs: list[tuple[str, bytes]], shape: tuple[int, int, int]) -> np.ndarray:
+    """PNG/JPEG bytes to uint8 [N, C, H, W] in the model's channels; a 422 naming the
+    image (file name or list index) that cannot be read or has the wrong size."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    out = np.empty((len(blobs), c, h, w), np.uint8)
+    for i, (label, data) in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise RequestError(
+                422, ["body", label], f"{label}: not a readable PNG or JPEG image", "image_invalid"
+            ) from exc
+        if arr.shape[:2] != (h, w):
+            raise RequestError(
+                422,
+                ["body", label],
+                f"{label}: image is {arr.shape[1]}x{arr.shape[0]} pixels; the model takes {w}x{h}",
+                "image_size",
+            )
+        out[i] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    return out
+
+
+class ImageScoreRequest(BaseModel):
+    """Images as base64-encoded PNG or JPEG files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(min_length=1, description="base64 PNG/JPEG files")
+    k: int | None = Field(default=None, ge=1, description="importance samples")
+    heatmap: bool = Field(
+        default=False, description="add per-pixel log-likelihood contributions (nats)"
+    )
+
+
 def current_model(request: Request) -> LoadedModel:
     """The model to score with; 503 with Retry-After while none is loaded."""
     store: ModelStore = request.app.state.store
@@ -285,7 +339,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ["body", "contributions"],
                 f"contributions={top} is above the limit of {settings.max_contributions}",
             )
-        det = model.detector
+        det = _tabular(model)
         arrays = det.encode_rows(frame, allow_extra=False)
         res = await batcher.score(model, arrays, k, top > 0)
         p, flag = outlier_flags(model, res)
@@ -459,7 +513,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ["body", "params", "k"],
                 f"k must be an integer in [1, {settings.max_k}], got {k!r}",
             )
-        det = model.detector
+        det = _tabular(model)
         arrays = det.encode_rows(frame, allow_extra=True)
         res = await batcher.score(model, arrays, k, False)
         p, flag = outlier_flags(model, res)
@@ -483,6 +537,90 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {k2: _plain(v) for k2, v in row.items()} for row in out.to_dict(orient="records")
         ]
         return {"predictions": records}
+
+    @app.post("/v1/score/images", tags=["scoring"])
+    async def score_images(
+        model: Model,
+        request: Request,
+        k: Annotated[int | None, Query(ge=1, description="importance samples")] = None,
+        heatmap: Annotated[bool, Query(description="per-pixel contributions (nats)")] = False,
+    ) -> dict[str, Any]:
+        """Score images: multipart/form-data with one or more ``files`` (PNG or JPEG), or
+        JSON ``{"images": [base64, ...], "k": ..., "heatmap": ...}``. Per image: the file
+        name (multipart) or index, log_likelihood (nats) and its stderr, bits_per_dim,
+        score, p_value, is_outlier and, with ``heatmap``, a [C][H][W] array of per-pixel
+        log-likelihood terms (nats; low = unusual). Names the model version that scored."""
+        import base64
+        import binascii
+
+        det = model.detector
+        if not isinstance(det, ImageDetector):
+            raise RequestError(
+                409, ["model"], f"the loaded model {model.name!r} scores tables; use /v1/score",
+                "wrong_model_kind",
+            )  # fmt: skip
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        blobs: list[tuple[str, bytes]] = []
+        if ctype == "multipart/form-data":
+            form = await request.form()
+            for item in form.getlist("files"):
+                if isinstance(item, str):
+                    raise RequestError(422, ["body", "files"], "files must be uploaded files")
+                blobs.append((item.filename or f"files[{len(blobs)}]", await item.read()))
+            if not blobs:
+                raise RequestError(422, ["body", "files"], "no files uploaded (field name: files)")
+        elif ctype == "application/json":
+            try:
+                req = ImageScoreRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                detail = [
+                    {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                    for e in exc.errors(
+                        include_url=False, include_context=False, include_input=False
+                    )
+                ]
+                raise RequestError(422, ["body"], "invalid request", detail=detail) from exc
+            k = req.k if req.k is not None else k
+            heatmap = heatmap or req.heatmap
+            for i, text in enumerate(req.images):
+                try:
+                    blobs.append((f"images[{i}]", base64.b64decode(text, validate=True)))
+                except (binascii.Error, ValueError) as exc:
+                    raise RequestError(
+                        422, ["body", "images", i], f"images[{i}]: not valid base64"
+                    ) from exc
+        else:
+            raise RequestError(
+                415, ["header", "content-type"],
+                f"unsupported content type {ctype!r}; use multipart/form-data or application/json",
+                "unsupported",
+            )  # fmt: skip
+        if len(blobs) > settings.max_records:
+            raise RequestError(
+                413,
+                ["body"],
+                f"{len(blobs)} images is more than the limit of {settings.max_records}",
+            )
+        if k is not None and k > settings.max_k:
+            raise RequestError(422, ["body", "k"], f"k={k} is above the limit of {settings.max_k}")
+        images = decode_images(blobs, det.shape_)
+        scored = await run_in_threadpool(det.score, images, k=k)
+        heat = await run_in_threadpool(det.heatmap, images, k=k) if heatmap else None
+        metrics.RECORDS.inc(len(scored))
+        metrics.OUTLIERS.inc(int(scored["is_outlier"].sum()))
+        metrics.observe_scores(scored["score"].to_numpy())
+        results: list[dict[str, Any]] = []
+        for i, row in enumerate(scored.to_dict(orient="records")):
+            entry: dict[str, Any] = {"id": blobs[i][0]}
+            entry.update({key: _plain(v) for key, v in row.items()})
+            if heat is not None:
+                entry["heatmap"] = heat[i].tolist()
+            results.append(entry)
+        return {
+            "model": {"name": model.name, "version": model.version, "alias": model.alias},
+            "k": k or det.sampler_.k,
+            "results": results,
+        }
 
     @app.get("/v1/models", tags=["models"])
     async def models() -> dict[str, Any]:
@@ -539,8 +677,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 content={"ready": False, "reason": store.last_error or "no model loaded"},
             )
         det = model.detector
-        row = det.sample(1, seed=0)
-        ll = await run_in_threadpool(det.score_samples, row, k=1)
+        if isinstance(det, ImageDetector):
+            image = det.sample(1, seed=0)
+            scored = await run_in_threadpool(det.score, image, k=1)
+            ll = scored["log_likelihood"].to_numpy()
+        else:
+            row = det.sample(1, seed=0)
+            ll = await run_in_threadpool(det.score_samples, row, k=1)
         ok = bool(np.isfinite(ll).all())
         return JSONResponse(
             status_code=200 if ok else 503, content={"ready": ok, "version": model.version}

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anomaly_vae import load_detector
 from anomaly_vae.detector import TabularDetector
+from anomaly_vae.image_detector import ImageDetector
 from service import metrics
 from service.settings import Settings
 
@@ -21,21 +23,40 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     """A detector and where it came from. ``version`` is None for a plain bundle."""
 
-    detector: TabularDetector
+    detector: TabularDetector | ImageDetector
     name: str
     version: int | None
     alias: str | None
     source: str
     loaded_at: str
 
+    @property
+    def is_image(self) -> bool:
+        return isinstance(self.detector, ImageDetector)
+
     def describe(self) -> dict[str, Any]:
         det = self.detector
+        if isinstance(det, ImageDetector):
+            return {
+                "name": self.name,
+                "version": self.version,
+                "alias": self.alias,
+                "source": self.source,
+                "loaded_at": self.loaded_at,
+                "kind": "image",
+                "k": det.sampler_.k,
+                "image_shape": list(det.shape_),
+                "likelihood": det.likelihood,
+                "score": det.score_kind,
+                "calibration": det.calibration_.summary(),
+            }
         return {
             "name": self.name,
             "version": self.version,
             "alias": self.alias,
             "source": self.source,
             "loaded_at": self.loaded_at,
+            "kind": "tabular",
             "k": det.sampler_.k,
             "columns": [c.to_dict() for c in det.schema_.columns],
             "id_column": det.schema_.id_column,
@@ -63,7 +84,7 @@ class ModelStore:
     def _load(self) -> LoadedModel:
         s = self.settings
         if s.bundle_path is not None:
-            det = TabularDetector.load(s.bundle_path)
+            det = load_detector(s.bundle_path)
             return LoadedModel(det, s.bundle_path.name, None, None, str(s.bundle_path), self._now())
         from anomaly_vae import registry
 
@@ -75,7 +96,7 @@ class ModelStore:
         if s.cache_dir is not None:
             dest = Path(s.cache_dir) / f"{s.model_name}-v{info.version}"
         bundle = registry.download_bundle(s.model_name, info.version, dest)
-        det = TabularDetector.load(bundle)
+        det = load_detector(bundle)
         return LoadedModel(
             det,
             s.model_name,
