@@ -27,7 +27,11 @@ from anomaly_vae.data.images import load_images, read_idx  # noqa: E402
 from anomaly_vae.image_detector import ImageDetector  # noqa: E402
 from benchmarks.results_md import replace_section  # noqa: E402
 
-HEADING = "## Images: MNIST and Fashion-MNIST"
+HEADINGS = {
+    "nll": "## Images: binarized MNIST test NLL",
+    "oneclass": "## Images: one-class MNIST and Fashion-MNIST",
+    "ood": "## Images: out-of-distribution, Fashion-MNIST against MNIST",
+}
 
 
 def data_dir() -> Path:
@@ -63,8 +67,6 @@ def nll(args: argparse.Namespace) -> list[str]:
     eval_min = (time.perf_counter() - t1) / 60
     se = ll.std(ddof=1) / math.sqrt(len(ll))
     return [
-        f"### Binarized MNIST test NLL (`--parts nll --nll-minutes {args.nll_minutes} --nll-images {args.nll_images} --nll-k {args.nll_k}`)",
-        "",
         "| model | training | epochs | test images | K | NLL (nats) |",
         "|---|---:|---:|---:|---:|---:|",
         f"| ConvVAE, 1 stochastic layer (z=32), dynamic binarization | {minutes:.1f} min on 2 cores | {det.training_['epochs_run']} | {len(ll):,} (random, seed 0) | {args.nll_k} | **{-ll.mean():.2f}** ± {se:.2f} |",
@@ -108,8 +110,6 @@ def ood(args: argparse.Namespace) -> list[str]:
     bpd_f = out["bits_per_dim"][: len(fi)].mean()
     bpd_m = out["bits_per_dim"][len(fi) :].mean()
     return [
-        f"### Out-of-distribution: trained on Fashion-MNIST, Fashion-MNIST test against MNIST test (`--parts ood --ood-epochs {args.ood_epochs} --ood-images {args.ood_images} --ood-k {args.ood_k}`)",
-        "",
         "| score | AUROC (MNIST = anomaly) |",
         "|---|---:|",
         f"| raw log-likelihood (discretized logistic, 8-bit) | {raw:.3f} |",
@@ -133,24 +133,30 @@ def main() -> None:
     ap.add_argument("--ood-k", type=int, default=64)
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = ap.parse_args()
-    parts = args.parts.split(",")
-    lines = [HEADING, "", f"`python benchmarks/images.py {' '.join(sys.argv[1:])}`", ""]
-    if "ood" in parts:
-        lines += ood(args)
-    if "oneclass" in parts:
-        lines += [
-            f"### One-class AUROC x100 (each class normal in turn; `--oneclass-epochs {args.oneclass_epochs} --oneclass-k {args.oneclass_k}`; anomaly score -log p(x))",
-            "",
-            "| data | " + " | ".join(str(c) for c in range(10)) + " | mean |",
-            "|---|" + "---:|" * 11,
-        ]
-        lines += one_class(args, "mnist") + one_class(args, "fashion_mnist")
-        lines += ["", "Reference: Deep SVDD (Ruff et al. 2018) mean 94.8 on MNIST.", ""]
-    if "nll" in parts:
-        lines += nll(args)
-    section = "\n".join(lines) + "\n"
-    replace_section(Path(args.results), HEADING, section)
-    print(section)
+    command = f"`python benchmarks/images.py {' '.join(sys.argv[1:])}`"
+    for part in args.parts.split(","):
+        if part == "ood":
+            body = ood(args)
+        elif part == "oneclass":
+            body = [
+                f"One-class AUROC x100: each class is normal in turn (trained on its training images), the test set's other classes are anomalies; anomaly score -log p(x); {args.oneclass_epochs} epochs, K={args.oneclass_k}.",
+                "",
+                "| data | " + " | ".join(str(c) for c in range(10)) + " | mean |",
+                "|---|" + "---:|" * 11,
+                *one_class(args, "mnist"),
+                *one_class(args, "fashion_mnist"),
+                "",
+                "Reference: Deep SVDD (Ruff et al. 2018) mean 94.8 on MNIST.",
+                "",
+            ]
+        elif part == "nll":
+            body = nll(args)
+        else:
+            msg = f"unknown part {part!r}; use nll, oneclass, ood"
+            raise SystemExit(msg)
+        section = "\n".join([HEADINGS[part], "", command, "", *body]) + "\n"
+        replace_section(Path(args.results), HEADINGS[part], section)
+        print(section, flush=True)
 
 
 if __name__ == "__main__":
