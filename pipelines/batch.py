@@ -239,6 +239,53 @@ def count_rows(path: Path) -> int | None:
 
 
 # ------------------------------------------------------------------ scoring
+def carried_columns(detector: TabularDetector, columns: list[str], keep_columns: bool) -> list[str]:
+    """Input columns copied into the output, in input order: all of them with
+    ``keep_columns`` (an error if one is named like a score column), else the id column
+    when the input has it, else none. Both engines use this."""
+    if keep_columns:
+        clash = [c for c in SCORE_COLUMNS if c in columns]
+        if clash:
+            msg = f"--keep-columns: input columns {clash} clash with score columns; rename them"
+            raise SchemaError(msg)
+        return list(columns)
+    id_col = detector.schema_.id_column
+    return [id_col] if id_col is not None and id_col in columns else []
+
+
+def partition_manifest(
+    part: Partition,
+    ref: ModelRef,
+    k: int,
+    counts: tuple[int, int, int],
+    t0: float,
+    root: Path,
+    tmp: Path,
+    outputs: list[Path],
+    engine: str | None = None,
+) -> dict[str, Any]:
+    """The ``_partition.json`` of a scored partition: ``counts`` is (rows in, rows out,
+    outliers); paths are relative to the input root and the output root."""
+    rows_in, rows_out, outliers = counts
+    return {
+        "partition": part.rel,
+        "status": "scored",
+        **({"engine": engine} if engine else {}),
+        "model": ref.to_dict(),
+        "k": k,
+        "rows_in": int(rows_in),
+        "rows_out": int(rows_out),
+        "outliers": int(outliers),
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "inputs": _file_entries(list(part.files), root),
+        "outputs": [
+            {**e, "path": (Path(part.rel) / e["path"]).as_posix()}
+            for e in _file_entries(outputs, tmp)
+        ],
+    }
+
+
 def output_table(
     detector: TabularDetector,
     frame: pd.DataFrame,
@@ -247,17 +294,7 @@ def output_table(
 ) -> pa.Table:
     """The output rows of one batch: the id column (or every input column with
     ``keep_columns``) followed by :data:`SCORE_COLUMNS`."""
-    id_col = detector.schema_.id_column
-    if keep_columns:
-        clash = [c for c in SCORE_COLUMNS if c in frame.columns]
-        if clash:
-            msg = f"--keep-columns: input columns {clash} clash with score columns; rename them"
-            raise SchemaError(msg)
-        carried = frame
-    elif id_col is not None and id_col in frame.columns:
-        carried = frame[[id_col]]
-    else:
-        carried = frame.iloc[:, :0]
+    carried = frame[carried_columns(detector, list(frame.columns), keep_columns)]
     table = pa.Table.from_pandas(carried, preserve_index=False)
     for name, typ in zip(SCORE_COLUMNS, SCORE_TYPES, strict=True):
         table = table.append_column(name, pa.array(scored[name].to_numpy(), type=typ))
@@ -388,22 +425,10 @@ def score_partition_local(
                 if writer is not None:
                     writer.close()
             outputs.append(out_file)
-        manifest = {
-            "partition": part.rel,
-            "status": "scored",
-            "model": ref.to_dict(),
-            "k": k or detector.sampler_.k,
-            "rows_in": rows_in,
-            "rows_out": rows_out,
-            "outliers": outliers,
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "inputs": _file_entries(list(part.files), root),
-            "outputs": [
-                {**e, "path": (Path(part.rel) / e["path"]).as_posix()}
-                for e in _file_entries(outputs, tmp)
-            ],
-        }
+        manifest = partition_manifest(
+            part, ref, k or detector.sampler_.k, (rows_in, rows_out, outliers), t0, root, tmp,
+            outputs,
+        )  # fmt: skip
         _write_json(tmp / PARTITION_MANIFEST, manifest)
         commit_partition(tmp, target, overwrite)
     except BaseException:
@@ -419,14 +444,7 @@ def _empty_output(detector: TabularDetector, src: Path, keep_columns: bool) -> p
         in_schema = pa.schema([(n, types[n]) for n in header])
     else:
         in_schema = pq.read_schema(src)
-    id_col = detector.schema_.id_column
-    fields = (
-        list(in_schema)
-        if keep_columns
-        else [in_schema.field(id_col)]
-        if id_col is not None and id_col in in_schema.names
-        else []
-    )
+    fields = [in_schema.field(n) for n in carried_columns(detector, in_schema.names, keep_columns)]
     fields += [pa.field(n, t) for n, t in zip(SCORE_COLUMNS, SCORE_TYPES, strict=True)]
     return pa.schema(fields).empty_table()
 

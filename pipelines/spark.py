@@ -16,7 +16,6 @@ engine.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import sys
@@ -35,11 +34,12 @@ from pipelines.batch import (
     SCORE_COLUMNS,
     Partition,
     _clear_stale,
-    _file_entries,
     _write_json,
+    carried_columns,
     commit_partition,
     csv_column_types,
     csv_header,
+    partition_manifest,
 )
 from pipelines.models import ModelRef
 
@@ -174,15 +174,8 @@ class SparkScorer:
         from pyspark.sql import types as T
 
         df = self._read(detector, files)
-        id_col = detector.schema_.id_column
-        if keep_columns:
-            clash = [c for c in SCORE_COLUMNS if c in df.columns]
-            if clash:
-                msg = f"--keep-columns: input columns {clash} clash with score columns; rename them"
-                raise SchemaError(msg)
-            carried = list(df.schema.fields)
-        else:
-            carried = [f for f in df.schema.fields if f.name == id_col]
+        keep = carried_columns(detector, list(df.columns), keep_columns)
+        carried = [f for f in df.schema.fields if f.name in keep]
         out_schema = T.StructType(
             [
                 *carried,
@@ -225,23 +218,10 @@ class SparkScorer:
                 int(pq.read_table(f, columns=["is_outlier"])["is_outlier"].to_numpy().sum())
                 for f in outputs
             )
-            manifest = {
-                "partition": part.rel,
-                "status": "scored",
-                "engine": "spark",
-                "model": self.ref.to_dict(),
-                "k": k or detector.sampler_.k,
-                "rows_in": rows_in,
-                "rows_out": int(rows_out),
-                "outliers": int(outliers),
-                "duration_s": round(time.perf_counter() - t0, 3),
-                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "inputs": _file_entries(list(part.files), root),
-                "outputs": [
-                    {**e, "path": (Path(part.rel) / e["path"]).as_posix()}
-                    for e in _file_entries(outputs, tmp)
-                ],
-            }
+            manifest = partition_manifest(
+                part, self.ref, k or detector.sampler_.k, (rows_in, rows_out, outliers), t0,
+                root, tmp, outputs, engine="spark",
+            )  # fmt: skip
             if manifest["rows_in"] != manifest["rows_out"]:
                 msg = f"partition {part.rel!r}: {manifest['rows_in']} rows in, {manifest['rows_out']} out"
                 raise OutputError(msg)

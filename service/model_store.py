@@ -36,13 +36,16 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         det = self.detector
+        common = {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "source": self.source,
+            "loaded_at": self.loaded_at,
+        }
         if isinstance(det, ImageDetector):
             return {
-                "name": self.name,
-                "version": self.version,
-                "alias": self.alias,
-                "source": self.source,
-                "loaded_at": self.loaded_at,
+                **common,
                 "kind": "image",
                 "k": det.sampler_.k,
                 "image_shape": list(det.shape_),
@@ -51,11 +54,7 @@ class LoadedModel:
                 "calibration": det.calibration_.summary(),
             }
         return {
-            "name": self.name,
-            "version": self.version,
-            "alias": self.alias,
-            "source": self.source,
-            "loaded_at": self.loaded_at,
+            **common,
             "kind": "tabular",
             "k": det.sampler_.k,
             "columns": [c.to_dict() for c in det.schema_.columns],
