@@ -34,6 +34,17 @@ EXIT_OUTPUT = 5
 EXIT_GATE_REFUSED = 6
 
 
+def _optional_float(text: str) -> float | None:
+    """argparse type: a float, or None for 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        msg = f"expected a number or 'none', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training (unset: sized from the data)")
     g.add_argument("--latent-dim", type=int, help="size of the latent code z")
@@ -57,6 +68,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="floor of numeric columns' decoder std in standardized units, default 1.0; "
         "lower it (e.g. 0.05) when columns are tightly determined by others",
+    )
+    g.add_argument(
+        "--student-df",
+        type=_optional_float,
+        default=None,
+        help="degrees of freedom of a Student-t likelihood for numeric columns "
+        "('none' for a Gaussian)",
     )
     g.add_argument(
         "--k",
@@ -289,6 +307,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=64, help="importance samples when scoring")
     q.add_argument("--alpha", type=float, default=0.05)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--register", metavar="NAME",
+                   help="also log the run (curves, sample/reconstruction/traversal PNGs) and register a version of NAME in MLflow")  # fmt: skip
+    q.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")  # fmt: skip
+    q.add_argument("--store", default="mlruns",
+                   help="embedded MLflow store directory (ignored when MLFLOW_TRACKING_URI is set)")  # fmt: skip
     q = isub.add_parser("score", help="score images; writes a CSV or Parquet table")
     q.add_argument("bundle")
     q.add_argument("data")
@@ -357,6 +380,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         trim_fraction=args.trim_fraction,
         min_sigma=args.min_sigma,
+        student_df=args.student_df,
         k=args.k,
         alpha=args.alpha,
         contamination=args.contamination,
@@ -545,11 +569,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from anomaly_vae import registry
-    from anomaly_vae.detector import TabularDetector
+    from anomaly_vae import load_detector, registry
 
-    det = TabularDetector.load(args.bundle)
+    det = load_detector(args.bundle)
     uri = registry.configure(args.store)
+    # the input example: five records (or images) the model itself generates
     info = registry.log_detector(det, name=args.name, example=det.sample(5), alias=args.alias)
     print(
         f"registered {info.name} version {info.version} (run {info.run_id}) in {uri}"
@@ -644,13 +668,23 @@ def _cmd_images(args: argparse.Namespace) -> int:
         if det.global_rank_ != 0:
             return 0
         path = det.save(args.out)
-        print(
-            json.dumps(
-                {"bundle": str(path), **det.training_, "calibration": det.calibration_.summary()},
-                indent=1,
-                default=str,
-            )
-        )
+        report: dict[str, Any] = {
+            "bundle": str(path),
+            **det.training_,
+            "calibration": det.calibration_.summary(),
+        }
+        if args.register:
+            from anomaly_vae import registry
+
+            report["tracking_uri"] = registry.configure(args.store)
+            example = load_images(args.data)[:5]
+            info = registry.log_detector(det, name=args.register, example=example, alias=args.alias)
+            report["registered"] = {
+                "name": info.name,
+                "version": info.version,
+                "run_id": info.run_id,
+            }
+        print(json.dumps(report, indent=1, default=str))
         return 0
     det = ImageDetector.load(args.bundle)
     if action == "sample":

@@ -78,6 +78,9 @@ class TabularDetector:
             standardized units. It keeps integer-valued and near-constant columns from
             collapsing into density spikes that dominate the score; 1.0 was best of
             0.01, 0.1, 0.3, 0.5, 1.0 on ADBench sets (see benchmarks/RESULTS.md).
+        student_df: None models numeric columns with a Gaussian given z; a number, with
+            a Student-t of that many degrees of freedom (heavier tails: one wildly off
+            column cannot outvote the rest of the record).
         k: importance samples per record when scoring (1 = ELBO).
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
@@ -107,6 +110,7 @@ class TabularDetector:
         patience: int | None = None,
         trim_fraction: float = 0.0,
         min_sigma: float = 1.0,
+        student_df: float | None = None,
         k: int = 64,
         alpha: float = 0.05,
         contamination: float | None = None,
@@ -131,6 +135,7 @@ class TabularDetector:
         self.patience = patience
         self.trim_fraction = trim_fraction
         self.min_sigma = min_sigma
+        self.student_df = student_df
         self.k = k
         self.alpha = alpha
         self.contamination = contamination
@@ -155,6 +160,9 @@ class TabularDetector:
             raise ValueError(msg)
         if not 0.0 <= self.trim_fraction < 0.5:
             msg = f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}"
+            raise ValueError(msg)
+        if self.student_df is not None and not self.student_df > 0:
+            msg = f"student_df must be > 0 or None, got {self.student_df!r}"
             raise ValueError(msg)
         if self.beta < 0:
             msg = f"beta must be >= 0, got {self.beta!r}"
@@ -241,6 +249,7 @@ class TabularDetector:
             hidden=list(self.hidden or auto_hidden),
             log_scale=pre.log_scale.tolist(),
             min_sigma=self.min_sigma,
+            student_df=self.student_df,
         )
         schedule = self._schedule(len(train_idx))
         history, best_epoch, rank, world = self._train(

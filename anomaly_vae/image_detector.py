@@ -308,8 +308,9 @@ class ImageDetector:
         """Higher-is-more-normal values the threshold is calibrated on."""
         if self.score_kind == "likelihood":
             return res.log_likelihood
-        # -S(x) = log2 p(x) + L(x), bits
-        return res.log_likelihood / math.log(2.0) + png_bits(images)
+        # -S(x) = log2 p(x) + L(x), bits; L compresses the pixels the model scored
+        # (binarized for bernoulli), so both terms describe the same image
+        return res.log_likelihood / math.log(2.0) + png_bits(self._prepare(images))
 
     def score(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
         """Per image: ``log_likelihood`` (nats) and its ``stderr``, ``bits_per_dim``

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anomaly_vae.detector import TabularDetector
+    from anomaly_vae.image_detector import ImageDetector
 
 EXPERIMENT = "anomaly-vae"
 CHAMPION = "champion"
@@ -65,8 +66,28 @@ def configure(store: str | Path | None = None) -> str:
     return uri
 
 
+def image_artifacts(detector: ImageDetector, example: Any, out: Path) -> list[Path]:
+    """PNG views of an image detector, written under ``out``: 64 samples, the example
+    images next to their reconstructions, and a latent traversal of the first example
+    (one row per latent dimension, see :func:`~anomaly_vae.image_detector.latent_traversal`).
+    """
+    import numpy as np
+
+    from anomaly_vae.data.images import save_grid
+    from anomaly_vae.image_detector import latent_traversal
+
+    images = np.asarray(example)[:8]
+    rec = detector.reconstruct(images)
+    pairs = np.concatenate([images.astype(np.float32) / 255.0, rec])
+    return [
+        save_grid(detector.sample(64, seed=0), out / "samples.png"),
+        save_grid(pairs, out / "reconstructions.png", ncol=len(images)),
+        save_grid(latent_traversal(detector, images[:1]), out / "latent_traversal.png", ncol=9),
+    ]
+
+
 def log_detector(
-    detector: TabularDetector,
+    detector: TabularDetector | ImageDetector,
     *,
     name: str,
     example: Any,
@@ -76,13 +97,17 @@ def log_detector(
 ) -> ModelVersionInfo:
     """Log a fitted detector as a run (parameters, per-epoch ELBO, calibration, metrics,
     plots) and a pyfunc model from code with the bundle as its artifact, register it as
-    a new version of ``name`` and optionally point ``alias`` at it.
+    a new version of ``name`` and optionally point ``alias`` at it. An image detector
+    also logs PNGs of samples, reconstructions and a latent traversal under ``images/``.
 
     Args:
-        example: a few input rows (DataFrame) for the signature and input example.
+        example: a few input rows (DataFrame) for the signature and input example; for
+            an image detector, a few images, uint8 [N, C, H, W].
     """
     import mlflow
     from mlflow.models import infer_signature
+
+    from anomaly_vae.image_detector import ImageDetector
 
     detector._check_fitted()
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
@@ -106,8 +131,17 @@ def log_detector(
         for plot in [curves, *(plots or [])]:
             mlflow.log_artifact(str(plot), artifact_path="plots")
         bundle = detector.save(Path(tmp) / "bundle")
-        sample = example.head(5).reset_index(drop=True)
-        output = detector.score(sample, allow_extra=True).reset_index(drop=True)
+        sample: Any
+        if isinstance(detector, ImageDetector):
+            sample = detector._checked(example)[:5]
+            for png in image_artifacts(detector, sample, Path(tmp) / "images"):
+                mlflow.log_artifact(str(png), artifact_path="images")
+            output = detector.score(sample)
+            mlflow.set_tag("kind", "image")
+        else:
+            sample = example.head(5).reset_index(drop=True)
+            output = detector.score(sample, allow_extra=True).reset_index(drop=True)
+            mlflow.set_tag("kind", "tabular")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_MODEL_CODE),

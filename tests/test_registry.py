@@ -93,3 +93,41 @@ def test_configure_switches_embedded_stores_but_keeps_the_users_uri(tmp_path, mo
     assert registry.configure(tmp_path / "c") == user
     assert registry.configure(tmp_path / "d") == user
     assert os.environ["MLFLOW_TRACKING_URI"] == user
+
+
+def test_image_detector_registers_with_pngs_and_scores_through_pyfunc(store, tmp_path):
+    """An image model is a registered version too: its run carries sample,
+    reconstruction and traversal PNGs, and the pyfunc model scores uint8 images
+    exactly as the detector does."""
+    import mlflow
+    from PIL import Image
+
+    from anomaly_vae.image_detector import ImageDetector
+    from tests.test_image_detector import squares
+
+    det = ImageDetector(max_epochs=3, k=8, latent_dim=4, width_mult=8).fit(squares(200, 0))
+    test = squares(6, 1)
+    info = registry.log_detector(det, name="squares", example=test, alias="champion")
+    assert info.version == 1 and registry.resolve("squares", "champion").version == 1
+    client = mlflow.MlflowClient()
+    assert client.get_run(info.run_id).data.tags["kind"] == "image"
+    pngs = sorted(a.path for a in client.list_artifacts(info.run_id, "images"))
+    assert pngs == [
+        "images/latent_traversal.png",
+        "images/reconstructions.png",
+        "images/samples.png",
+    ]
+    local = mlflow.artifacts.download_artifacts(
+        run_id=info.run_id, artifact_path="images/reconstructions.png", dst_path=str(tmp_path)
+    )
+    with Image.open(local) as im:  # 5 example images over their 5 reconstructions
+        assert im.size == (5 * 18 + 2, 2 * 18 + 2)
+    model = mlflow.pyfunc.load_model("models:/squares@champion")
+    got = model.predict(test)
+    want = det.score(test)
+    np.testing.assert_allclose(got["log_likelihood"], want["log_likelihood"], rtol=0, atol=1e-9)
+    assert list(got.columns) == list(want.columns)
+    bundle = registry.download_bundle("squares", 1, tmp_path / "dl")
+    from anomaly_vae import load_detector
+
+    assert isinstance(load_detector(bundle), ImageDetector)

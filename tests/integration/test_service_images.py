@@ -106,3 +106,30 @@ def test_tabular_route_on_an_image_model_is_a_409(server) -> None:
     srv, _ = server
     r = httpx.post(srv.url + "/v1/score", json={"records": [{"a": 1}]}, timeout=30)
     assert r.status_code == 409 and "/v1/score/images" in r.text
+
+
+def test_image_model_from_the_registry_is_served_by_alias(tmp_path, monkeypatch) -> None:
+    """`images train --register` puts a version in the embedded store; the service,
+    pointed at name@champion, loads it from MLflow and names that version per answer."""
+    from anomaly_vae.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    np.save(tmp_path / "train.npy", squares(300, 0))
+    store = tmp_path / "mlruns"
+    args = ["--quiet", "images", "train", str(tmp_path / "train.npy"), "--out", str(tmp_path / "b")]
+    args += ["--max-epochs", "4", "--latent-dim", "8", "--k", "16"]
+    assert main([*args, "--register", "squares", "--alias", "champion", "--store", str(store)]) == 0
+    srv = Server(store, "squares")
+    try:
+        r = httpx.post(
+            srv.url + "/v1/score/images",
+            files=[("files", ("sq.png", png(squares(1, 3)[0, 0]), "image/png"))],
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        model = r.json()["model"]
+        assert (model["name"], model["version"], model["alias"]) == ("squares", 1, "champion")
+        want = ImageDetector.load(tmp_path / "b").score(squares(1, 3))["log_likelihood"][0]
+        assert r.json()["results"][0]["log_likelihood"] == pytest.approx(want, abs=1e-9)
+    finally:
+        srv.stop()
