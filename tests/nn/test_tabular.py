@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from anomaly_vae.nn.base import single_sample_elbo
@@ -57,13 +58,19 @@ def test_default_architecture_grows_with_data():
     assert 2 <= small[0] <= 16 and 2 <= big[0] <= 16
 
 
-def test_scoring_and_training_paths_compute_the_same_log_density():
+@pytest.mark.parametrize("student_df", [None, 3.0])
+def test_scoring_and_training_paths_compute_the_same_log_density(student_df):
     """feature_log_prob runs in place under inference and out of place with autograd;
-    both must equal the Gaussian/categorical/Bernoulli densities written out by hand."""
+    both must equal the Gaussian (or Student-t)/Bernoulli densities written out by hand
+    with torch.distributions."""
     torch.manual_seed(0)
-    net = TabularVAE(3, [3, 2], 1, latent_dim=4, hidden=[16, 8], log_scale=[0.0, 1.0, -1.0])
+    net = TabularVAE(
+        3, [3, 2], 1, latent_dim=4, hidden=[16, 8], log_scale=[0.0, 1.0, -1.0],
+        student_df=student_df,
+    )  # fmt: skip
     b = _batch()
     b.num_mask[1, 2] = False
+    b.bin_mask[3, 0] = False
     z = torch.randn(6, 5, 4)
     with torch.inference_mode():
         fast = net.feature_log_prob(z, b)
@@ -74,6 +81,31 @@ def test_scoring_and_training_paths_compute_the_same_log_density():
         out = net.decoder(z)
         mean = out[..., :3]
         sigma = torch.nn.functional.softplus(out[..., 3:6]) + net.min_sigma
-        ref = torch.distributions.Normal(mean, sigma).log_prob(b.num) - net.log_scale
-        ref = ref * b.num_mask
+        dist = (
+            torch.distributions.Normal(mean, sigma)
+            if student_df is None
+            else torch.distributions.StudentT(student_df, mean, sigma)
+        )
+        ref = (dist.log_prob(b.num) - net.log_scale) * b.num_mask
+        bern = torch.distributions.Bernoulli(logits=out[..., -1:]).log_prob(b.bin) * b.bin_mask
     torch.testing.assert_close(fast[..., :3], ref)
+    torch.testing.assert_close(fast[..., 5:], bern)
+
+
+def test_student_t_has_heavier_tails_and_samples_finite():
+    """A value 100 standardized units off costs O(r^2) nats under the Gaussian, O(log r) under the t."""
+    torch.manual_seed(0)
+    kw = {"latent_dim": 2, "hidden": [8], "min_sigma": 1.0}
+    gauss, student = TabularVAE(1, [], 0, **kw), TabularVAE(1, [], 0, student_df=3.0, **kw)
+    student.load_state_dict(gauss.state_dict())
+    z = torch.zeros(1, 1, 2)
+    mean = gauss._heads(z)[0].item()
+    far = TabularTensors(
+        torch.tensor([[mean + 100.0]]), torch.ones(1, 1, dtype=torch.bool),
+        torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0), torch.zeros(1, 0, dtype=torch.bool),
+    )  # fmt: skip
+    assert gauss.feature_log_prob(z, far).item() < -300
+    assert student.feature_log_prob(z, far).item() > -25
+    draws = student.sample_x(torch.zeros(2000, 2), torch.Generator().manual_seed(0))[0]
+    assert torch.isfinite(draws).all()
+    assert student.config()["student_df"] == 3.0
