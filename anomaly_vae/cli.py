@@ -59,8 +59,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--trim-fraction",
         type=float,
-        default=0.0,
-        help="robust training: drop this fraction of each batch's highest-loss rows from the gradient",
+        default=0.1,
+        help="robust training: drop this fraction of each batch's highest-loss rows from the "
+        "gradient, default 0.1 (0 disables)",
     )
     g.add_argument(
         "--min-sigma",
@@ -72,8 +73,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--student-df",
         type=_optional_float,
-        default=None,
-        help="degrees of freedom of a Student-t likelihood for numeric columns "
+        default=3.0,
+        help="degrees of freedom of the Student-t likelihood of numeric columns, default 3 "
         "('none' for a Gaussian)",
     )
     g.add_argument(

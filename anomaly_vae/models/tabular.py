@@ -28,6 +28,9 @@ class TabularVAEModule(pl.LightningModule):
         lr, weight_decay: AdamW settings.
         trim_fraction: fraction of each batch's highest-loss rows left out of the
             gradient (robust training on contaminated data); 0 disables it.
+        robust_validation: with ``trim_fraction``, the validation ELBO that early stopping
+            and the kept epoch watch is the mean over each batch's best
+            ``1 - trim_fraction`` rows.
     """
 
     def __init__(
@@ -38,8 +41,10 @@ class TabularVAEModule(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         trim_fraction: float = 0.0,
+        robust_validation: bool = True,
     ) -> None:
         super().__init__()
+        self.robust_validation = robust_validation
         self.net = net
         self.beta = beta
         self.kl_warmup_epochs = kl_warmup_epochs
@@ -71,7 +76,12 @@ class TabularVAEModule(pl.LightningModule):
 
     def validation_step(self, batch: TabularTensors, batch_idx: int) -> None:
         _, _, elbo = single_sample_elbo(self._vae, batch, beta=1.0)
-        self._accumulate("val_elbo", float(elbo.mean()), len(batch))
+        if self.robust_validation and self.trim_fraction > 0 and elbo.numel() > 4:
+            # model selection as robust as the training: the lowest-ELBO rows (the
+            # likeliest outliers) of each validation batch do not vote
+            keep = max(1, round(elbo.numel() * (1.0 - self.trim_fraction)))
+            elbo = torch.topk(elbo, keep).values
+        self._accumulate("val_elbo", float(elbo.mean()), len(elbo))
 
     def _accumulate(self, key: str, value: float, n: int) -> None:
         s = self._epoch_sums.setdefault(key, [0.0, 0.0])

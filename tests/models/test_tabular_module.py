@@ -1,0 +1,84 @@
+"""The training loop's robust pieces: trimmed gradients and trimmed model selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from anomaly_vae import TabularDetector
+from anomaly_vae.models.tabular import TabularVAEModule
+from anomaly_vae.nn.base import single_sample_elbo
+from anomaly_vae.nn.tabular import TabularTensors, TabularVAE
+
+
+def _net_and_batch(n: int = 8) -> tuple[TabularVAE, TabularTensors]:
+    torch.manual_seed(0)
+    net = TabularVAE(2, [], 0, latent_dim=2, hidden=[8])
+    num = torch.randn(n, 2)
+    num[0] = 40.0  # one gross outlier: by far the highest loss
+    batch = TabularTensors(
+        num,
+        torch.ones(n, 2, dtype=torch.bool),
+        torch.zeros(n, 0, dtype=torch.long),
+        torch.zeros(n, 0),
+        torch.zeros(n, 0, dtype=torch.bool),
+    )
+    return net, batch
+
+
+def _elbo(net: TabularVAE, batch: TabularTensors) -> torch.Tensor:
+    torch.manual_seed(1)
+    return single_sample_elbo(net, batch, beta=1.0)[2].detach()
+
+
+@pytest.mark.parametrize("trim", [0.0, 0.25])
+def test_training_loss_leaves_out_the_highest_loss_rows(trim):
+    net, batch = _net_and_batch()
+    module = TabularVAEModule(net, trim_fraction=trim)
+    elbo = _elbo(net, batch)
+    torch.manual_seed(1)
+    loss = module.training_step(batch, 0)
+    kept = torch.sort(elbo, descending=True).values[: round(8 * (1 - trim))]
+    torch.testing.assert_close(loss.detach(), -kept.mean())
+    if trim:
+        assert loss.item() < -elbo.mean().item()  # the outlier's loss is gone
+
+
+@pytest.mark.parametrize("robust", [True, False])
+def test_validation_elbo_is_trimmed_only_when_asked(robust):
+    net, batch = _net_and_batch()
+    module = TabularVAEModule(net, trim_fraction=0.25, robust_validation=robust)
+    elbo = _elbo(net, batch)
+    torch.manual_seed(1)
+    with torch.no_grad():  # as Lightning runs validation
+        module.validation_step(batch, 0)
+    total, n = module._epoch_sums["val_elbo"]
+    want = torch.sort(elbo, descending=True).values[:6].mean() if robust else elbo.mean()
+    assert total / n == pytest.approx(want.item(), rel=1e-5)
+    assert n == (6 if robust else 8)
+
+
+def test_trimming_keeps_a_dense_outlier_cluster_unlikely():
+    """10% of the training rows are a tight cluster off the data's line. Trained on
+    everything, the VAE gives the cluster some mass; trimming the worst 15% of each
+    batch keeps it out of the model: held-out cluster rows lose nats (measured: -6.3
+    without, -9.2 with) while the gap to normal rows widens."""
+    rng = np.random.default_rng(0)
+
+    def rows(n_in: int, n_out: int) -> pd.DataFrame:
+        t = rng.normal(size=n_in)
+        normal = np.column_stack([t, 2 * t + 0.1 * rng.normal(size=n_in)])
+        cluster = rng.normal([2.5, -5.0], 0.05, size=(n_out, 2))
+        return pd.DataFrame(np.vstack([normal, cluster]), columns=["a", "b"])
+
+    train, test = rows(450, 50), rows(300, 30)
+    ll = {}
+    for trim in (0.0, 0.15):
+        det = TabularDetector(seed=0, k=16, trim_fraction=trim, min_sigma=0.05, max_epochs=40)
+        ll[trim] = det.fit(train).score_samples(test)
+    cluster = {t: v[300:].mean() for t, v in ll.items()}
+    gap = {t: v[:300].mean() - v[300:].mean() for t, v in ll.items()}
+    assert cluster[0.15] < cluster[0.0] - 2.0, cluster
+    assert gap[0.15] > gap[0.0] + 1.0, gap
