@@ -78,6 +78,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "('none' for a Gaussian)",
     )
     g.add_argument(
+        "--discrete-levels",
+        type=int,
+        default=20,
+        help="numeric columns holding at most this many distinct integers are modelled as "
+        "discrete (a categorical likelihood over their levels), default 20 (0 disables)",
+    )
+    g.add_argument(
         "--k",
         type=int,
         default=64,
@@ -382,6 +389,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trim_fraction=args.trim_fraction,
         min_sigma=args.min_sigma,
         student_df=args.student_df,
+        discrete_levels=args.discrete_levels,
         k=args.k,
         alpha=args.alpha,
         contamination=args.contamination,

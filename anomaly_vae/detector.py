@@ -23,7 +23,7 @@ import torch
 from anomaly_vae.bundle import read_bundle, write_bundle
 from anomaly_vae.data.io import read_table
 from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor
-from anomaly_vae.data.schema import KINDS, Schema, infer_schema
+from anomaly_vae.data.schema import DISCRETE_LEVELS, KINDS, Schema, infer_schema
 from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
 from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
 from anomaly_vae.scoring.calibration import Calibration
@@ -98,6 +98,12 @@ class TabularDetector:
         validation_fraction: share of the remaining rows held out for early stopping.
         id_column: a column carried through scoring but never modelled.
         categorical: columns to treat as categorical even if they hold numbers.
+        discrete_levels: a numeric column whose training values are integers with at
+            most this many distinct values is modelled as discrete: a categorical
+            likelihood over its levels (a probability mass, so log p(x) stays honest for
+            integer-coded data), with values off the levels in the "unknown" slot. 0
+            models every numeric column as continuous. It raised mean AUROC on ADBench
+            (integer-coded sets such as letter and optdigits; benchmarks/RESULTS.md).
         schema: a :class:`Schema` (or its dict) to use instead of inferring one.
         seed: seeds the split, the initial weights, shuffling and the scorer's samples.
         accelerator, devices, strategy: passed to the Lightning Trainer.
@@ -128,6 +134,7 @@ class TabularDetector:
         validation_fraction: float = 0.1,
         id_column: str | None = None,
         categorical: list[str] | None = None,
+        discrete_levels: int = DISCRETE_LEVELS,
         schema: Schema | dict[str, Any] | None = None,
         seed: int = 0,
         accelerator: str = "cpu",
@@ -154,6 +161,7 @@ class TabularDetector:
         self.validation_fraction = validation_fraction
         self.id_column = id_column
         self.categorical = categorical
+        self.discrete_levels = discrete_levels
         self.schema = schema
         self.seed = seed
         self.accelerator = accelerator
@@ -174,6 +182,11 @@ class TabularDetector:
             raise ValueError(msg)
         if self.student_df is not None and not self.student_df > 0:
             msg = f"student_df must be > 0 or None, got {self.student_df!r}"
+            raise ValueError(msg)
+        if isinstance(self.discrete_levels, bool) or not (
+            isinstance(self.discrete_levels, int) and self.discrete_levels >= 0
+        ):
+            msg = f"discrete_levels must be an integer >= 0, got {self.discrete_levels!r}"
             raise ValueError(msg)
         if self.beta < 0:
             msg = f"beta must be >= 0, got {self.beta!r}"
@@ -227,7 +240,12 @@ class TabularDetector:
             raise ValueError(msg)
         t0 = time.perf_counter()
         if self.schema is None:
-            schema = infer_schema(frame, id_column=self.id_column, categorical=self.categorical)
+            schema = infer_schema(
+                frame,
+                id_column=self.id_column,
+                categorical=self.categorical,
+                discrete_levels=self.discrete_levels,
+            )
         elif isinstance(self.schema, Schema):
             schema = self.schema
         else:

@@ -115,6 +115,14 @@ def _boolean_column(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndar
     return out, observed
 
 
+def _level_codes(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """[N] float64 values of a discrete column -> [N] int64 level indices: ``len(levels)``
+    (the unknown slot) for a value that is not a level, -1 for NaN (marginalized)."""
+    pos = np.clip(np.searchsorted(levels, values), 0, len(levels) - 1)
+    codes = np.where(levels[pos] == values, pos, len(levels))
+    return np.where(np.isnan(values), -1, codes).astype(np.int64)
+
+
 class TabularPreprocessor:
     """Standardizes numeric columns and indexes categories, fitted on training rows.
 
@@ -196,6 +204,9 @@ class TabularPreprocessor:
         cat_specs = self.schema.of_kind("categorical")
         cat = np.full((n, len(cat_specs)), -1, dtype=np.int64)
         for j, spec in enumerate(cat_specs):
+            if spec.discrete:
+                cat[:, j] = _level_codes(_numeric_column(frame, spec.name), spec.levels)
+                continue
             s = frame[spec.name]
             obs = s.notna().to_numpy()
             lookup = {c: i for i, c in enumerate(spec.categories)}
@@ -217,14 +228,15 @@ class TabularPreprocessor:
 
         The fast path for numpy input: the same checks as :meth:`transform` (infinities
         and non-0/1 booleans are errors naming the column and rows; NaN is marginalized)
-        without building a DataFrame. Needs a schema with no categorical columns.
+        without building a DataFrame. Categorical columns other than discrete ones take
+        the DataFrame path.
         """
         center, scale = self._check_fitted()
         specs = self.schema.columns
         if matrix.ndim != 2 or matrix.shape[1] != len(specs):
             msg = f"expected a matrix with {len(specs)} columns {self.schema.names}, got shape {matrix.shape}"
             raise SchemaError(msg)
-        if self.schema.of_kind("categorical"):
+        if any(not c.discrete for c in self.schema.of_kind("categorical")):
             return self.transform(pd.DataFrame(matrix, columns=self.schema.names))
         x = np.asarray(matrix, dtype=np.float64)
         inf = np.isinf(x)
@@ -239,6 +251,7 @@ class TabularPreprocessor:
         kinds = np.array([c.kind for c in specs])
         num_idx = np.flatnonzero(kinds == "numeric")
         bin_idx = np.flatnonzero(kinds == "boolean")
+        cat_idx = np.flatnonzero(kinds == "categorical")
         xn = x[:, num_idx]
         num_mask = ~np.isnan(xn)
         num = np.where(num_mask, (xn - center) / scale, 0.0).astype(np.float32)
@@ -253,11 +266,13 @@ class TabularPreprocessor:
                 f"0/1/true/false at rows {describe_rows(rows)} (first: {xb[rows[0], j]!r})"
             )
             raise SchemaError(msg)
-        n = x.shape[0]
+        cat = np.empty((x.shape[0], len(cat_idx)), dtype=np.int64)
+        for j, col in enumerate(cat_idx):
+            cat[:, j] = _level_codes(x[:, col], specs[col].levels)
         return TabularArrays(
             num,
             num_mask,
-            np.zeros((n, 0), dtype=np.int64),
+            cat,
             np.where(bin_mask, xb, 0.0).astype(np.float32),
             bin_mask,
         )
@@ -269,15 +284,21 @@ class TabularPreprocessor:
 
     def decode(self, num: np.ndarray, cat: np.ndarray, binv: np.ndarray) -> pd.DataFrame:
         """Arrays in model space (standardized numeric, category indices, 0/1) to a frame
-        with the schema's columns in order; the unknown slot decodes to NaN."""
+        with the schema's columns in order; the unknown slot decodes to NaN (None for a
+        categorical column), as does a missing category (-1)."""
         out: dict[str, Any] = {}
         num_names = [c.name for c in self.schema.of_kind("numeric")]
         values = self.inverse_numeric(num) if num_names else num
         for j, name in enumerate(num_names):
             out[name] = values[:, j]
         for j, spec in enumerate(self.schema.of_kind("categorical")):
-            cats = np.asarray([*spec.categories, None], dtype=object)
-            out[spec.name] = cats[np.clip(cat[:, j], 0, len(spec.categories))]
+            # the unknown slot and missing (-1) both decode to the missing value
+            code = np.where(cat[:, j] < 0, len(spec.categories), cat[:, j])
+            code = np.minimum(code, len(spec.categories))
+            if spec.discrete:
+                out[spec.name] = np.append(spec.levels, np.nan)[code]
+                continue
+            out[spec.name] = np.asarray([*spec.categories, None], dtype=object)[code]
         for j, spec in enumerate(self.schema.of_kind("boolean")):
             out[spec.name] = binv[:, j].astype(bool)
         return pd.DataFrame({name: out[name] for name in self.schema.names})

@@ -18,6 +18,17 @@ from anomaly_vae.exceptions import SchemaError
 ColumnKind = Literal["numeric", "categorical", "boolean"]
 KINDS: tuple[ColumnKind, ...] = ("numeric", "categorical", "boolean")
 
+#: Numeric columns holding at most this many distinct integers are modelled as discrete
+#: (a categorical likelihood over their levels): integer-coded columns such as counts,
+#: grades and 0..16 pixel intensities. On ADBench this raised mean AUROC (letter +15,
+#: optdigits +19; benchmarks/RESULTS.md, ablations).
+DISCRETE_LEVELS = 20
+#: ... provided each level recurs: at least this many training rows per distinct value.
+#: A categorical over L levels has L - 1 free probabilities per decoder output; with
+#: fewer rows per level the continuous model, which shares strength across neighbouring
+#: values, was better (ADBench WBC: 156 rows, 10 levels per column, AUPRC 0.90 -> 0.64).
+LEVEL_REPEATS = 30
+
 #: How many offending rows an error message lists before it says "and N more".
 MAX_ROWS_IN_MESSAGE = 5
 
@@ -41,16 +52,29 @@ class ColumnSpec:
         kind: ``numeric`` (Gaussian likelihood), ``categorical`` (categorical likelihood
             over ``categories`` plus an "unknown" slot) or ``boolean`` (Bernoulli).
         categories: the category labels seen in training (categorical only), as strings.
+        discrete: a numeric column with few integer levels (categorical only). Its values
+            are numbers, validated as numbers; the model treats the levels in
+            ``categories`` (decimal strings, in numeric order) as categories, so its
+            likelihood is a probability mass over the levels, and a value that is not
+            one of them (3.5, or 17 when training saw 0..16) takes the "unknown" slot.
     """
 
     name: str
     kind: ColumnKind
     categories: tuple[str, ...] = ()
+    discrete: bool = False
+
+    @property
+    def levels(self) -> np.ndarray:
+        """[n_levels] float64: a discrete column's levels, ascending."""
+        return np.asarray([float(c) for c in self.categories], dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.kind == "categorical":
             out["categories"] = list(self.categories)
+            if self.discrete:
+                out["discrete"] = True
         return out
 
     @classmethod
@@ -59,7 +83,25 @@ class ColumnSpec:
         if kind not in KINDS:
             msg = f"column {d.get('name')!r}: kind must be one of {KINDS}, got {kind!r}"
             raise SchemaError(msg)
-        return cls(name=str(d["name"]), kind=kind, categories=tuple(d.get("categories", ())))
+        discrete = bool(d.get("discrete", False))
+        if discrete:
+            if kind != "categorical":
+                msg = f"column {d.get('name')!r}: only a categorical column can be discrete"
+                raise SchemaError(msg)
+            try:
+                levels = [float(c) for c in d.get("categories", ())]
+            except (TypeError, ValueError):
+                msg = f"column {d.get('name')!r}: a discrete column's categories must be numbers"
+                raise SchemaError(msg) from None
+            if levels != sorted(set(levels)):
+                msg = f"column {d.get('name')!r}: discrete levels must be distinct and ascending"
+                raise SchemaError(msg)
+        return cls(
+            name=str(d["name"]),
+            kind=kind,
+            categories=tuple(str(c) for c in d.get("categories", ())),
+            discrete=discrete,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +170,27 @@ class Schema:
                 raise SchemaError(msg)
 
 
+def _integer_levels(values: pd.Series, max_levels: int) -> tuple[str, ...] | None:
+    """A numeric column's distinct values as decimal strings in numeric order, when they
+    are all finite integers, at most ``max_levels`` of them, and each recurs (on average
+    ``LEVEL_REPEATS`` rows per level: six distinct integers in six rows are not evidence
+    of a discrete column, and a categorical needs rows to estimate each level); else None."""
+    if max_levels < 2:
+        return None
+    v = pd.to_numeric(values.dropna(), errors="coerce").to_numpy(dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all() or not (v == np.round(v)).all():
+        return None
+    uniq = np.unique(v)
+    if len(uniq) > max_levels or v.size < LEVEL_REPEATS * len(uniq):
+        return None
+    return tuple(level_label(u) for u in uniq)
+
+
+def level_label(value: float) -> str:
+    """The category label of a discrete column's level: 3.0 -> '3'."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _looks_boolean(values: pd.Series) -> bool:
     uniq = pd.unique(values.dropna())
     if len(uniq) == 0 or len(uniq) > 2:
@@ -144,13 +207,16 @@ def infer_schema(
     id_column: str | None = None,
     categorical: list[str] | None = None,
     max_categories: int = 200,
+    discrete_levels: int = DISCRETE_LEVELS,
 ) -> Schema:
     """Infer column kinds from a training frame.
 
     Rules: pandas bool columns, and numeric columns whose values are all 0 or 1, are
     ``boolean``; object, string and category columns are ``categorical`` (with at most
     ``max_categories`` distinct values, else an error: such a column is an identifier or
-    free text and should be dropped or declared as the id column); every other numeric
+    free text and should be dropped or declared as the id column); a numeric column
+    whose values are all integers with at most ``discrete_levels`` distinct values is
+    ``discrete`` (categorical over its levels; 0 turns this off); every other numeric
     column is ``numeric``. ``categorical`` forces the named columns to be categorical.
     """
     if not isinstance(frame, pd.DataFrame):
@@ -196,6 +262,8 @@ def infer_schema(
             specs.append(ColumnSpec(name, "categorical", tuple(cats)))
         elif pd.api.types.is_bool_dtype(s) or _looks_boolean(s):
             specs.append(ColumnSpec(name, "boolean"))
+        elif (levels := _integer_levels(s, discrete_levels)) is not None:
+            specs.append(ColumnSpec(name, "categorical", levels, discrete=True))
         else:
             specs.append(ColumnSpec(name, "numeric"))
     if not specs:

@@ -1,7 +1,8 @@
 """The tabular VAE: an MLP encoder and a decoder with one likelihood per column kind.
 
-Numeric columns get a Gaussian with a learned, per-record variance; categorical columns a
-categorical distribution over the training categories plus an "unknown" slot; boolean
+Numeric columns get a Student-t (or Gaussian) with a learned, per-record location and
+scale; categorical columns (and discrete ones: integer levels) a categorical distribution
+over the training categories plus an "unknown" slot; boolean
 columns a Bernoulli. Missing features (mask False) contribute 0 nats: they are
 marginalized out of the likelihood, which a factorized decoder allows exactly.
 """
@@ -107,16 +108,35 @@ class TabularVAE(torch.nn.Module):
         self.register_buffer("log_scale", ls.to(torch.float32))
         offsets = np.cumsum([0, *self.cat_sizes]).tolist()
         self._cat_offsets: list[int] = [int(o) for o in offsets]
+        # Categorical columns are scored together as one padded [.., n_cat, max_size]
+        # block (a few kernels instead of a few per column: 64 discrete columns made the
+        # per-column loop dominate training), unless padding would more than double the
+        # work (a few very wide columns among narrow ones), where the loop is cheaper.
+        total = self._cat_offsets[-1]
+        width = max(self.cat_sizes, default=0)
+        self._padded = bool(self.cat_sizes) and len(self.cat_sizes) * width <= 2 * total
+        pad = torch.full((len(self.cat_sizes), width), total, dtype=torch.long)
+        for j, (a, size) in enumerate(zip(self._cat_offsets, self.cat_sizes, strict=False)):
+            pad[j, :size] = torch.arange(a, a + size)
+        self._pad_index = pad.flatten()  # not a buffer: derived from the config
+        self._cat_start = torch.tensor(self._cat_offsets[:-1], dtype=torch.long)
+        self._segment = torch.repeat_interleave(
+            torch.arange(len(self.cat_sizes)), torch.tensor(self.cat_sizes, dtype=torch.long)
+        )  # the categorical column of each logit
 
     # ------------------------------------------------------------------ encoder
     def encoder_input(self, batch: TabularTensors) -> Tensor:
         """[N, input_dim]: standardized numerics (0 where missing), one-hot categories
         (all zero where missing), booleans (0 where missing)."""
         parts = [batch.num.to(self.log_scale.dtype)]
-        for j, size in enumerate(self.cat_sizes):
-            idx = batch.cat[:, j]
-            onehot = F.one_hot(idx.clamp(min=0), size).to(parts[0].dtype)
-            parts.append(onehot * (idx >= 0).unsqueeze(-1).to(parts[0].dtype))
+        if self.cat_sizes:
+            total = self._cat_offsets[-1]
+            idx = batch.cat
+            # one scatter for every column: slot offset + category, or a spare last
+            # column (dropped) where the value is missing
+            pos = torch.where(idx >= 0, idx + self._cat_start.to(idx.device), total)
+            onehot = parts[0].new_zeros(idx.shape[0], total + 1).scatter_(1, pos, 1.0)
+            parts.append(onehot[:, :total])
         parts.append(batch.bin.to(parts[0].dtype))
         return torch.cat(parts, dim=-1)
 
@@ -127,9 +147,10 @@ class TabularVAE(torch.nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
     # ------------------------------------------------------------------ decoder
-    def _heads(self, z: Tensor) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
-        """Decoder outputs for z [..., L]: numeric mean and sigma [..., n_num], one
-        logits tensor [..., size] per categorical column, boolean logits [..., n_bin].
+    def _heads(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Decoder outputs for z [..., L]: numeric mean and sigma [..., n_num], the
+        categorical columns' logits side by side [..., sum(cat_sizes)], boolean logits
+        [..., n_bin].
 
         The last layer runs once per head on row blocks of its weight, so each head is a
         contiguous tensor: elementwise kernels on strided column slices of one wide output
@@ -142,14 +163,56 @@ class TabularVAE(torch.nn.Module):
         n = self.n_numeric
         mean = F.linear(h, w[:n], b[:n])
         sigma = F.softplus(F.linear(h, w[n : 2 * n], b[n : 2 * n])) + self.min_sigma
-        base = 2 * n
-        logits = [
-            F.linear(h, w[base + a : base + c], b[base + a : base + c])
+        base, tail = 2 * n, 2 * n + self._cat_offsets[-1]
+        cat_logits = F.linear(h, w[base:tail], b[base:tail])
+        bin_logits = F.linear(h, w[tail:], b[tail:])
+        return mean, sigma, cat_logits, bin_logits
+
+    def _split(self, cat_logits: Tensor) -> list[Tensor]:
+        """[..., sum(cat_sizes)] -> one [..., size] logits view per categorical column."""
+        return [
+            cat_logits[..., a:c]
             for a, c in zip(self._cat_offsets[:-1], self._cat_offsets[1:], strict=True)
         ]
-        tail = base + self._cat_offsets[-1]
-        bin_logits = F.linear(h, w[tail:], b[tail:])
-        return mean, sigma, logits, bin_logits
+
+    def _categorical_log_prob_inference(self, idx: Tensor, cat_logits: Tensor) -> Tensor | None:
+        """Scoring's [..., N, n_cat] log-probabilities without a padded copy: the chosen
+        logit minus each column's logsumexp, the sums taken as one segment sum of
+        exp(logit - row max). None when a whole column
+        underflows under the row's maximum (the caller then takes the exact path)."""
+        start = self._cat_start.to(idx.device)
+        where = (idx.clamp(min=0) + start).expand(*cat_logits.shape[:-2], *idx.shape)
+        chosen = cat_logits.gather(-1, where)
+        top = cat_logits.amax(-1, keepdim=True)
+        e = (cat_logits - top).exp_()
+        segment = self._segment.to(idx.device)
+        sums = e.new_zeros(*e.shape[:-1], len(self.cat_sizes)).index_add_(-1, segment, e)
+        if bool((sums < 1e-30).any()):
+            return None
+        return chosen.sub_(top).sub_(sums.log_())
+
+    def _categorical_log_prob(self, batch: TabularTensors, cat_logits: Tensor) -> Tensor:
+        """[..., N, n_cat] log-probability of each observed category; 0 where missing."""
+        idx = batch.cat
+        observed = (idx >= 0).to(cat_logits.dtype)
+        if not torch.is_grad_enabled():
+            fast = self._categorical_log_prob_inference(idx, cat_logits)
+            if fast is not None:
+                return fast.mul_(observed)
+        if self._padded:
+            lead = cat_logits.shape[:-1]
+            spare = cat_logits.new_full((*lead, 1), -math.inf)  # padding slots: p = 0
+            padded = torch.cat([cat_logits, spare], -1)
+            padded = padded.index_select(-1, self._pad_index.to(idx.device))
+            logp = padded.view(*lead, len(self.cat_sizes), -1).log_softmax(-1)
+            where = idx.clamp(min=0).expand(*logp.shape[:-1]).unsqueeze(-1)
+            return logp.gather(-1, where).squeeze(-1) * observed
+        parts = []
+        for j, lg in enumerate(self._split(cat_logits)):
+            logp = lg.log_softmax(-1)
+            where = idx[:, j].clamp(min=0).expand(*logp.shape[:-1]).unsqueeze(-1)
+            parts.append(logp.gather(-1, where) * observed[:, j].unsqueeze(-1))
+        return torch.cat(parts, -1)
 
     def _numeric_log_prob(self, batch: TabularTensors, mean: Tensor, sigma: Tensor) -> Tensor:
         """[..., N, n_num] log density of each numeric value in its own units (nats);
@@ -183,15 +246,12 @@ class TabularVAE(torch.nn.Module):
 
         F orders numeric, then categorical, then boolean columns. Missing features give 0.
         """
-        mean, sigma, logits, bin_logits = self._heads(z)
+        mean, sigma, cat_logits, bin_logits = self._heads(z)
         parts: list[Tensor] = []
         if self.n_numeric:
             parts.append(self._numeric_log_prob(batch, mean, sigma))
-        for j, lg in enumerate(logits):
-            idx = batch.cat[:, j]
-            logp = lg.log_softmax(-1)
-            gathered = logp.gather(-1, idx.clamp(min=0).expand(*logp.shape[:-1]).unsqueeze(-1))
-            parts.append(gathered * (idx >= 0).to(logp.dtype).unsqueeze(-1))
+        if self.cat_sizes:
+            parts.append(self._categorical_log_prob(batch, cat_logits))
         if self.n_boolean:
             xb = batch.bin.to(bin_logits.dtype)
             if torch.is_grad_enabled():
@@ -212,8 +272,8 @@ class TabularVAE(torch.nn.Module):
         """The decoder's most likely record for z [N, L]: numeric means [N, n_num]
         (standardized), category indices [N, n_cat] (never the unknown slot), booleans
         [N, n_bin] in {0, 1}."""
-        mean, _, logits, bin_logits = self._heads(z)
-        cats = [lg[..., :-1].argmax(-1) for lg in logits]
+        mean, _, cat_logits, bin_logits = self._heads(z)
+        cats = [lg[..., :-1].argmax(-1) for lg in self._split(cat_logits)]
         cat = torch.stack(cats, -1) if cats else torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
         return mean, cat, (bin_logits > 0).to(mean.dtype)
 
@@ -221,7 +281,7 @@ class TabularVAE(torch.nn.Module):
     def sample_x(self, z: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
         """Draw x ~ p(x|z) for z [N, L]; same layout as :meth:`decode_mean`.
         Categorical draws exclude the unknown slot (it has no label to write)."""
-        mean, sigma, logits, bin_logits = self._heads(z)
+        mean, sigma, cat_logits, bin_logits = self._heads(z)
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         if self.student_df is not None:  # t = normal / sqrt(chi2_nu / nu)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -230,7 +290,7 @@ class TabularVAE(torch.nn.Module):
         num = mean + sigma * eps
         cats = [
             torch.multinomial(lg[..., :-1].softmax(-1), 1, generator=generator).squeeze(-1)
-            for lg in logits
+            for lg in self._split(cat_logits)
         ]
         cat = torch.stack(cats, -1) if cats else torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
         u = torch.rand(bin_logits.shape, generator=generator, dtype=bin_logits.dtype)

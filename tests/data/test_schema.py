@@ -165,3 +165,79 @@ def test_constant_column_gets_a_floor_scale():
     pre = TabularPreprocessor(infer_schema(f)).fit(f)
     assert np.all(np.isfinite(pre.transform(f).num))
     assert pre.scale_ is not None and pre.scale_[0] > 0
+
+
+# ---------------------------------------------------------------- discrete columns
+@pytest.fixture
+def counts() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "grade": rng.integers(0, 5, 200).astype(float),  # 5 levels, 40 rows each
+            "wide": rng.integers(0, 40, 200),  # 40 levels: continuous
+            "x": rng.normal(size=200),
+        }
+    )
+
+
+def test_integer_columns_with_few_recurring_levels_are_discrete(counts):
+    s = infer_schema(counts)
+    grade, wide, x = s.columns
+    assert (grade.kind, grade.discrete, grade.categories) == (
+        "categorical",
+        True,
+        ("0", "1", "2", "3", "4"),
+    )
+    assert (wide.kind, x.kind) == ("numeric", "numeric")
+    assert Schema.from_dict(s.to_dict()) == s
+    assert infer_schema(counts, discrete_levels=0).columns[0].kind == "numeric"
+    # too few rows per level (30 needed): 5 levels in 100 rows
+    assert infer_schema(counts.head(100)).columns[0].kind == "numeric"
+
+
+def test_discrete_values_off_the_levels_take_the_unknown_slot(counts):
+    pre = TabularPreprocessor(infer_schema(counts)).fit(counts)
+    new = pd.DataFrame({"grade": [0.0, 4.0, 2.5, 7.0, np.nan], "wide": 1, "x": 0.0})
+    codes = pre.transform(new).cat[:, 0]
+    assert codes.tolist() == [0, 4, 5, 5, -1]  # 5 = unknown, -1 = missing (marginalized)
+    # the numpy fast path agrees, and decoding gives numbers back (unknown -> NaN)
+    fast = pre.transform_matrix(new[["grade", "wide", "x"]].to_numpy(dtype=float))
+    assert fast.cat[:, 0].tolist() == codes.tolist()
+    back = pre.decode(fast.num, fast.cat, fast.bin)["grade"].to_numpy()
+    np.testing.assert_array_equal(back, [0.0, 4.0, np.nan, np.nan, np.nan])
+
+
+def test_discrete_columns_are_validated_as_numbers(counts):
+    pre = TabularPreprocessor(infer_schema(counts)).fit(counts)
+    bad = pd.DataFrame({"grade": ["1", "two"], "wide": 1, "x": 0.0})
+    with pytest.raises(
+        SchemaError,
+        match=r"column 'grade' is numeric but has non-numeric values at rows \[1\] \(first: 'two'\)",
+    ):
+        pre.transform(bad)
+    inf = pd.DataFrame({"grade": [1.0, np.inf], "wide": 1, "x": 0.0})
+    with pytest.raises(SchemaError, match=r"column 'grade' has infinite values at rows \[1\]"):
+        pre.transform(inf)
+    assert pre.transform(pd.DataFrame({"grade": ["3"], "wide": 1, "x": 0.0})).cat[0, 0] == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"name": "g", "kind": "numeric", "discrete": True},
+            "only a categorical column can be discrete",
+        ),
+        (
+            {"name": "g", "kind": "categorical", "categories": ["a"], "discrete": True},
+            "must be numbers",
+        ),
+        (
+            {"name": "g", "kind": "categorical", "categories": ["2", "1"], "discrete": True},
+            "distinct and ascending",
+        ),
+    ],
+)
+def test_bad_discrete_specs(spec, message):
+    with pytest.raises(SchemaError, match=message):
+        Schema.from_dict({"columns": [spec]})

@@ -109,3 +109,66 @@ def test_student_t_has_heavier_tails_and_samples_finite():
     draws = student.sample_x(torch.zeros(2000, 2), torch.Generator().manual_seed(0))[0]
     assert torch.isfinite(draws).all()
     assert student.config()["student_df"] == 3.0
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_categorical_columns_match_torch_distributions_on_both_paths(padded):
+    """Categorical (and discrete) columns are scored as one padded block or column by
+    column; both, with and without autograd, equal torch.distributions.Categorical, and
+    the encoder sees the same one-hot vectors as F.one_hot builds column by column."""
+    torch.manual_seed(0)
+    net = TabularVAE(1, [3, 2, 5], 0, latent_dim=3, hidden=[8], log_scale=[0.0])
+    assert net._padded  # 3 columns of width <= 6 against 13 slots: padding is cheap
+    net._padded = padded
+    n = 6
+    cat = torch.tensor([[0, 2, 5], [3, 0, 4], [1, 1, -1], [-1, 2, 0], [2, 0, 1], [3, 1, 5]])
+    b = TabularTensors(
+        torch.randn(n, 1), torch.ones(n, 1, dtype=torch.bool), cat,
+        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool),
+    )  # fmt: skip
+    z = torch.randn(4, n, 3)
+    with torch.inference_mode():
+        fast = net.feature_log_prob(z, b)[..., 1:]
+    with torch.enable_grad():
+        slow = net.feature_log_prob(z, b)[..., 1:]
+    torch.testing.assert_close(fast, slow.detach())
+    with torch.no_grad():
+        out = net.decoder(z)[..., 2:]
+        for j, (a, c) in enumerate([(0, 4), (4, 7), (7, 13)]):
+            d = torch.distributions.Categorical(logits=out[..., a:c])
+            ref = d.log_prob(cat[:, j].clamp(min=0).expand(4, n)) * (cat[:, j] >= 0)
+            torch.testing.assert_close(fast[..., j], ref)
+    onehot = torch.cat(
+        [
+            torch.nn.functional.one_hot(cat[:, j].clamp(min=0), s) * (cat[:, j] >= 0)[:, None]
+            for j, s in enumerate(net.cat_sizes)
+        ],
+        -1,
+    )
+    torch.testing.assert_close(net.encoder_input(b)[:, 1:], onehot.float())
+
+
+def test_wide_and_narrow_categorical_columns_use_the_loop():
+    net = TabularVAE(0, [30, 1, 1], 0, latent_dim=2, hidden=[8])
+    assert not net._padded  # 3 x 31 padded slots against 35 real ones
+
+
+def test_categorical_scoring_falls_back_when_a_column_underflows():
+    """Scoring normalizes every column under the row's largest logit; when a whole column
+    sits ~200 nats below it, exp underflows and the exact per-column path takes over."""
+    torch.manual_seed(0)
+    net = TabularVAE(0, [2, 2], 0, latent_dim=2, hidden=[4])
+    with torch.no_grad():
+        net.decoder[-1].bias[3:6] -= 200.0  # the second column's logits
+    cat = torch.tensor([[0, 1], [1, 2]])
+    b = TabularTensors(
+        torch.zeros(2, 0), torch.ones(2, 0, dtype=torch.bool), cat,
+        torch.zeros(2, 0), torch.ones(2, 0, dtype=torch.bool),
+    )  # fmt: skip
+    z = torch.randn(3, 2, 2)
+    with torch.inference_mode():
+        lp = net.feature_log_prob(z, b)
+        out = net.decoder(z)
+        ref = torch.distributions.Categorical(logits=out[..., 3:6]).log_prob(cat[:, 1].expand(3, 2))
+    assert torch.isfinite(lp).all()
+    torch.testing.assert_close(lp[..., 1], ref)
