@@ -306,8 +306,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--likelihood", choices=["bernoulli", "logistic"], default="bernoulli",
                    help="bernoulli: binarized pixels; logistic: 8-bit pixels (discretized logistic)")  # fmt: skip
     q.add_argument("--binarize", choices=["dynamic", "threshold", "none"], default="dynamic")
-    q.add_argument("--score", choices=["likelihood", "complexity"], default="likelihood",
-                   help="complexity: -log2 p(x) minus the PNG length (Serra et al. 2020)")  # fmt: skip
+    q.add_argument("--score", choices=["likelihood", "complexity", "ratio"], default="likelihood",
+                   help="complexity: -log2 p(x) minus the PNG length (Serra et al. 2020); ratio: "
+                   "log p(x) minus a background model's, trained on mutated images (Ren et al. 2019)")  # fmt: skip
+    q.add_argument("--mutation-rate", type=float, default=0.2,
+                   help="with --score ratio: share of pixels randomized for the background model")  # fmt: skip
     q.add_argument("--latent-dim", type=int, default=32)
     q.add_argument("--beta", type=float, default=1.0)
     q.add_argument("--max-epochs", type=int, default=20)
@@ -670,7 +673,7 @@ def _cmd_images(args: argparse.Namespace) -> int:
     if action == "train":
         det = ImageDetector(
             likelihood=args.likelihood, binarize=args.binarize, score=args.score,
-            latent_dim=args.latent_dim, beta=args.beta, max_epochs=args.max_epochs,
+            mutation_rate=args.mutation_rate, latent_dim=args.latent_dim, beta=args.beta, max_epochs=args.max_epochs,
             max_minutes=args.max_minutes, k=args.k, alpha=args.alpha, seed=args.seed,
             progress=not args.quiet,
         ).fit(args.data)  # fmt: skip

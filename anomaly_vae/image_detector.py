@@ -10,6 +10,11 @@ Scores (``score=`` at construction; the threshold is calibrated on the chosen on
   compressed as PNG. Simple images (large flat areas) get high likelihood from any
   generative model because they are easy to compress; subtracting what a generic
   compressor already explains leaves what the model adds.
+- ``ratio``: the likelihood ratio of Ren et al. (NeurIPS 2019), log p(x) - log p_bg(x),
+  with p_bg a second VAE of the same shape trained on the training images with a
+  fraction ``mutation_rate`` of their pixels replaced by random values. The background
+  model learns the population statistics (how much ink, how flat) but not the semantics,
+  so the ratio keeps what is specific to the normal class.
 """
 
 from __future__ import annotations
@@ -32,12 +37,27 @@ from anomaly_vae.nn.conv import LIKELIHOODS, ConvVAE
 from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
 
-SCORES = ("likelihood", "complexity")
+SCORES = ("likelihood", "complexity", "ratio")
 #: Images per scorer pass. Every pass is padded to exactly this many images: convolution
 #: kernels are chosen by batch size, and a short last chunk changed scores by up to 7e-6
 #: nats; with fixed-size passes an image's score is the same bits in any batch.
 ROW_CHUNK = 16
+#: Weight-name prefix of the ratio score's background model in the bundle.
+BACKGROUND = "background."
 BINARIZE = ("dynamic", "threshold", "none")
+
+
+def _mutate(images: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Replace a ``rate`` share of the pixels of uint8 images [N, C, H, W] with uniform
+    random values (0 or 255 for binary images): the background model's training data."""
+    rng = np.random.default_rng(seed)
+    binary = bool(np.isin(images, (0, 255)).all())
+    noise = (
+        rng.integers(0, 2, images.shape, dtype=np.uint8) * 255
+        if binary
+        else rng.integers(0, 256, images.shape, dtype=np.uint8)
+    )
+    return np.where(rng.random(images.shape) < rate, noise, images).astype(np.uint8)
 
 
 def png_bits(images: np.ndarray) -> np.ndarray:
@@ -81,7 +101,9 @@ class ImageDetector:
         binarize: for ``bernoulli``: ``dynamic`` (training re-samples binary pixels
             from intensities each epoch; scoring thresholds at 128), ``threshold``
             (always at 128) or ``none`` (the images are already binary).
-        score: ``likelihood`` or ``complexity`` (see the module docstring).
+        score: ``likelihood``, ``complexity`` or ``ratio`` (see the module docstring).
+        mutation_rate: for ``ratio``: the share of pixels the background model sees
+            replaced by uniform random values (Ren et al. used 0.1 to 0.3).
         latent_dim, width_mult: model size.
         beta: KL weight; max_epochs, batch_size, lr, patience: training schedule.
         max_minutes: a wall-clock budget for training (Lightning's ``max_time``).
@@ -99,6 +121,7 @@ class ImageDetector:
         likelihood: str = "bernoulli",
         binarize: str = "dynamic",
         score: str = "likelihood",
+        mutation_rate: float = 0.2,
         latent_dim: int = 32,
         width_mult: int = 32,
         beta: float = 1.0,
@@ -126,8 +149,12 @@ class ImageDetector:
         if score not in SCORES:
             msg = f"score must be one of {SCORES}, got {score!r}"
             raise ValueError(msg)
+        if not 0.0 < mutation_rate < 1.0:
+            msg = f"mutation_rate must be in (0, 1), got {mutation_rate!r}"
+            raise ValueError(msg)
         ImportanceSampler(k=k)  # validates k
         self.likelihood, self.binarize, self.score_kind = likelihood, binarize, score
+        self.mutation_rate = mutation_rate
         self.latent_dim, self.width_mult, self.beta = latent_dim, width_mult, beta
         self.max_epochs, self.batch_size, self.lr, self.patience = (
             max_epochs,
@@ -150,6 +177,7 @@ class ImageDetector:
             "likelihood": self.likelihood,
             "binarize": self.binarize,
             "score": self.score_kind,
+            "mutation_rate": self.mutation_rate,
             "latent_dim": self.latent_dim,
             "width_mult": self.width_mult,
             "beta": self.beta,
@@ -177,13 +205,9 @@ class ImageDetector:
         return images
 
     def fit(self, X: Any, y: Any = None) -> ImageDetector:
-        """Fit on mostly normal images (array or path, see ``load_images``); returns self."""
+        """Fit on mostly normal images (array or path, see ``load_images``); returns self.
+        With ``score="ratio"`` a background model is trained as well (twice the time)."""
         import logging
-
-        import pytorch_lightning as pl
-        from pytorch_lightning.callbacks import EarlyStopping
-
-        from anomaly_vae.models.tabular import EpochProgress, KeepBestWeights, TabularVAEModule
 
         for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -203,12 +227,55 @@ class ImageDetector:
             order[n_cal : n_cal + n_val],
             order[n_cal + n_val :],
         )
-        torch.manual_seed(self.seed)
-        net = ConvVAE(c, h, w, self.latent_dim, self.width_mult, self.likelihood)
         dynamic = self.likelihood == "bernoulli" and self.binarize == "dynamic"
         train_src = images[train_idx] if dynamic else self._prepare(images[train_idx])
-        train = _ImageData(torch.from_numpy(train_src), dynamic, self.seed)
-        val = _ImageData(torch.from_numpy(self._prepare(images[val_idx])), False, self.seed)
+        net, history, best_epoch, rank = self._train(
+            _ImageData(torch.from_numpy(train_src), dynamic, self.seed),
+            self._prepare(images[val_idx]),
+            (c, h, w),
+        )
+        self.background_: ConvVAE | None = None
+        if self.score_kind == "ratio":
+            # Ren et al.: the same model on perturbed images; perturbing the prepared
+            # (binarized) pixels keeps the background on the model's own input space
+            mutated = _mutate(self._prepare(images[train_idx]), self.mutation_rate, self.seed)
+            val_mutated = _mutate(self._prepare(images[val_idx]), self.mutation_rate, self.seed + 1)
+            self.background_, *_ = self._train(
+                _ImageData(torch.from_numpy(mutated), False, self.seed), val_mutated, (c, h, w)
+            )
+        self.net_ = net
+        self.shape_ = (c, h, w)
+        self.sampler_ = ImportanceSampler(k=self.k, seed=self.seed, row_chunk=ROW_CHUNK)
+        self.history_ = history
+        self.global_rank_ = rank
+        self.training_: dict[str, Any] = {
+            "n_images": n,
+            "n_train": len(train_idx),
+            "n_validation": len(val_idx),
+            "n_calibration": len(cal_idx),
+            "epochs_run": len(history),
+            "best_epoch": best_epoch,
+        }
+        normality = self._normality(images[cal_idx], self._score_images(images[cal_idx]))
+        self.calibration_ = Calibration.fit(normality, alpha=self.alpha)
+        self.training_["fit_seconds"] = time.perf_counter() - t0
+        return self
+
+    def _train(
+        self, train: _ImageData, val_images: np.ndarray, shape: tuple[int, int, int]
+    ) -> tuple[ConvVAE, list[dict[str, float]], int, int]:
+        """Fit one ConvVAE with Lightning on ``train``, early-stopping on the prepared
+        ``val_images``; returns (net in eval mode, history, best epoch, global rank)."""
+        import datetime as dt
+
+        import pytorch_lightning as pl
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        from anomaly_vae.models.tabular import EpochProgress, KeepBestWeights, TabularVAEModule
+
+        torch.manual_seed(self.seed)
+        net = ConvVAE(*shape, self.latent_dim, self.width_mult, self.likelihood)
+        val = _ImageData(torch.from_numpy(val_images), False, self.seed)
 
         def loader(ds: _ImageData, shuffle: bool) -> torch.utils.data.DataLoader[torch.Tensor]:
             base: torch.utils.data.Sampler[int] = (
@@ -230,8 +297,6 @@ class ImageDetector:
         ]
         if self.progress:
             callbacks.append(EpochProgress(self.max_epochs))
-        import datetime as dt
-
         trainer = pl.Trainer(
             max_epochs=self.max_epochs,
             max_time=dt.timedelta(minutes=self.max_minutes) if self.max_minutes else None,
@@ -249,23 +314,7 @@ class ImageDetector:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             trainer.fit(module, loader(train, True), loader(val, False))
         net.eval()
-        self.net_ = net
-        self.shape_ = (c, h, w)
-        self.sampler_ = ImportanceSampler(k=self.k, seed=self.seed, row_chunk=ROW_CHUNK)
-        self.history_ = module.history
-        self.global_rank_ = trainer.global_rank
-        self.training_: dict[str, Any] = {
-            "n_images": n,
-            "n_train": len(train_idx),
-            "n_validation": len(val_idx),
-            "n_calibration": len(cal_idx),
-            "epochs_run": len(module.history),
-            "best_epoch": keep.best_epoch,
-        }
-        normality = self._normality(images[cal_idx], self._score_images(images[cal_idx]))
-        self.calibration_ = Calibration.fit(normality, alpha=self.alpha)
-        self.training_["fit_seconds"] = time.perf_counter() - t0
-        return self
+        return net, module.history, keep.best_epoch, trainer.global_rank
 
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:
@@ -282,7 +331,11 @@ class ImageDetector:
         return images
 
     def _score_images(
-        self, images: np.ndarray, k: int | None = None, contributions: bool = False
+        self,
+        images: np.ndarray,
+        k: int | None = None,
+        contributions: bool = False,
+        net: ConvVAE | None = None,
     ) -> ScoreResult:
         sampler = self.sampler_
         if k is not None and k != sampler.k:
@@ -298,23 +351,34 @@ class ImageDetector:
 
             with tqdm(total=len(x), unit="images", desc="scoring") as bar:
                 res = sampler.score(
-                    self.net_, x, len(x), progress=bar.update, contributions=contributions
+                    net or self.net_, x, len(x), progress=bar.update, contributions=contributions
                 )
         else:
-            res = sampler.score(self.net_, x, len(x), contributions=contributions)
+            res = sampler.score(net or self.net_, x, len(x), contributions=contributions)
         return ScoreResult(*(getattr(res, f)[:n] for f in ScoreResult.__dataclass_fields__))
 
-    def _normality(self, images: np.ndarray, res: ScoreResult) -> np.ndarray:
+    def _normality(self, images: np.ndarray, res: ScoreResult, k: int | None = None) -> np.ndarray:
         """Higher-is-more-normal values the threshold is calibrated on."""
         if self.score_kind == "likelihood":
             return res.log_likelihood
+        if self.score_kind == "ratio":
+            if self.background_ is None:
+                msg = "score='ratio' needs the background model, which this detector lacks"
+                raise NotFittedError(msg)
+            return res.log_likelihood - self.background_log_likelihood(images, k)
         # -S(x) = log2 p(x) + L(x), bits; L compresses the pixels the model scored
         # (binarized for bernoulli), so both terms describe the same image
         return res.log_likelihood / math.log(2.0) + png_bits(self._prepare(images))
 
+    def background_log_likelihood(self, images: np.ndarray, k: int | None = None) -> np.ndarray:
+        """log p_bg(x) per image under the ratio score's background model, nats, [N]."""
+        assert self.background_ is not None
+        return self._score_images(images, k, net=self.background_).log_likelihood
+
     def score(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
         """Per image: ``log_likelihood`` (nats) and its ``stderr``, ``bits_per_dim``
         (-log2 p(x) / D), ``complexity_bits`` (PNG length; with score=complexity),
+        ``background_log_likelihood`` (nats; with score=ratio),
         ``score`` (higher is more anomalous), ``p_value`` and ``is_outlier``."""
         images = self._checked(X)
         res = self._score_images(images, k)
@@ -326,9 +390,11 @@ class ImageDetector:
                 "bits_per_dim": -res.log_likelihood / (d * math.log(2.0)),
             }
         )
-        normality = self._normality(images, res)
+        normality = self._normality(images, res, k)
         if self.score_kind == "complexity":
             out["complexity_bits"] = normality - res.log_likelihood / math.log(2.0)
+        if self.score_kind == "ratio":
+            out["background_log_likelihood"] = res.log_likelihood - normality
         out["score"] = -normality
         out["p_value"] = self.calibration_.p_values(normality)
         out["is_outlier"] = self.calibration_.is_outlier(normality)
@@ -378,7 +444,10 @@ class ImageDetector:
                 **self.calibration_.to_dict(),
             },
         }
-        return write_bundle(path, "image", docs, self.net_.state_dict())
+        weights = dict(self.net_.state_dict())
+        if self.background_ is not None:
+            weights |= {f"{BACKGROUND}{k}": v for k, v in self.background_.state_dict().items()}
+        return write_bundle(path, "image", docs, weights)
 
     @classmethod
     def load(cls, path: str | Path) -> ImageDetector:
@@ -391,9 +460,15 @@ class ImageDetector:
             cfg = docs["config.json"]
             det = cls(**cfg["params"])
             net = ConvVAE(**cfg["model"])
-            net.load_state_dict(weights)
+            bg = {k[len(BACKGROUND) :]: v for k, v in weights.items() if k.startswith(BACKGROUND)}
+            net.load_state_dict({k: v for k, v in weights.items() if not k.startswith(BACKGROUND)})
             net.eval()
             det.net_ = net
+            det.background_ = None
+            if det.score_kind == "ratio":
+                det.background_ = ConvVAE(**cfg["model"])
+                det.background_.load_state_dict(bg)
+                det.background_.eval()
             det.shape_ = (net.channels, net.height, net.width)
             cal = docs["calibration.json"]
             det.sampler_ = ImportanceSampler(

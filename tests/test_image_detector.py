@@ -99,3 +99,44 @@ def test_complexity_score() -> None:
     np.testing.assert_allclose(
         out["score"], -out["log_likelihood"] / math.log(2) - out["complexity_bits"]
     )
+
+
+def bars(n: int, seed: int) -> np.ndarray:
+    """16x16 images, each a bright 2x12 horizontal bar: simpler than a square."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 1, 16, 16), np.uint8)
+    for i in range(n):
+        a, b = rng.integers(0, 14), rng.integers(0, 4)
+        x[i, 0, a : a + 2, b : b + 12] = 255
+    return x
+
+
+def test_ratio_score_trains_a_background_model_and_round_trips(tmp_path) -> None:
+    small = {"max_epochs": 12, "k": 8, "latent_dim": 4, "width_mult": 8, "batch_size": 64}
+    det = ImageDetector(score="ratio", mutation_rate=0.3, **small).fit(squares(300, 0))
+    assert det.background_ is not None and det.background_ is not det.net_
+    test = np.concatenate([squares(30, 1), bars(30, 2)])
+    out = det.score(test)
+    assert "background_log_likelihood" in out.columns
+    # the anomaly score is the negative log-likelihood ratio, in nats
+    np.testing.assert_allclose(
+        out["score"], -(out["log_likelihood"] - out["background_log_likelihood"])
+    )
+    # the background model saw noisy squares: it gives clean squares less likelihood
+    assert out["background_log_likelihood"][:30].mean() < out["log_likelihood"][:30].mean() - 5
+    again = ImageDetector.load(det.save(tmp_path / "b")).score(test)
+    np.testing.assert_array_equal(again.to_numpy(), out.to_numpy())
+    with pytest.raises(ValueError, match=r"mutation_rate must be in \(0, 1\), got 1.5"):
+        ImageDetector(score="ratio", mutation_rate=1.5)
+
+
+def test_mutation_replaces_the_asked_share_of_pixels() -> None:
+    from anomaly_vae.image_detector import _mutate
+
+    x = squares(200, 0)
+    m = _mutate(x, 0.2, seed=0)
+    assert set(np.unique(m)) <= {0, 255}  # binary images stay binary
+    # a replaced pixel keeps its value half the time: about 10% change
+    assert 0.08 < (m != x).mean() < 0.12
+    grey = np.full((50, 1, 16, 16), 100, np.uint8)
+    assert 0.18 < (_mutate(grey, 0.2, seed=0) != grey).mean() < 0.21
