@@ -279,6 +279,8 @@ class TabularDetector:
             log_scale=pre.log_scale.tolist(),
             min_sigma=self.min_sigma,
             student_df=self.student_df,
+            # a category never seen among n training rows: Laplace's 1 / (n + 2)
+            unknown_log_prob=-math.log(len(train_idx) + 2),
         )
         schedule = self._schedule(len(train_idx))
         history, best_epoch, rank, world = self._train(

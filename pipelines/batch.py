@@ -185,9 +185,10 @@ def csv_header(path: Path) -> list[str]:
 
 
 def csv_column_types(detector: TabularDetector, header: list[str]) -> dict[str, pa.DataType]:
-    """Arrow types for a CSV's columns: float64 for the model's numeric columns, text for
-    everything else (categories and booleans are validated by the detector)."""
-    numeric = {c.name for c in detector.schema_.of_kind("numeric")}
+    """Arrow types for a CSV's columns: float64 for the model's numeric and discrete
+    (integer-level) columns, text for everything else (categories and booleans are
+    validated by the detector)."""
+    numeric = {c.name for c in detector.schema_.columns if c.kind == "numeric" or c.discrete}
     return {name: pa.float64() if name in numeric else pa.string() for name in header}
 
 

@@ -186,3 +186,30 @@ def test_numpy_input_and_boolean_only_table():
     det = TabularDetector(seed=0, k=4, max_epochs=2).fit(bits)
     ll = det.score_samples(bits)
     assert np.all(ll <= 0)  # a probability of a discrete record
+
+
+def test_integer_coded_columns_are_modelled_as_discrete(tmp_path):
+    """A column of a few recurring integers gets a categorical likelihood over its levels:
+    a value off the levels is unusual, samples and bundles keep the levels as numbers."""
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=n)
+    grade = np.clip(np.round(1.5 * x + 3 + rng.normal(0, 0.3, n)), 0, 6)  # 7 levels
+    train = pd.DataFrame({"x": x, "grade": grade})
+    det = TabularDetector(seed=0, max_epochs=30, k=16).fit(train)
+    spec = det.schema_.columns[1]
+    assert (spec.name, spec.kind, spec.discrete) == ("grade", "categorical", True)
+    new = pd.DataFrame({"x": [0.0, 0.0, 0.0], "grade": [3.0, 3.5, 40.0]})
+    ll = det.score_samples(new)
+    assert ll[0] > ll[1] + 3 and ll[0] > ll[2] + 3  # off-level values: the unknown slot
+    assert ll[1] == pytest.approx(ll[2])  # both unknown: how far off does not matter
+    sampled = det.sample(200, seed=1)["grade"].to_numpy()
+    assert set(np.unique(sampled)) <= set(spec.levels)
+    assert sampled.dtype == np.float64
+    again = TabularDetector.load(det.save(tmp_path / "b"))
+    assert again.schema_.columns[1] == spec
+    np.testing.assert_array_equal(again.score_samples(new), ll)
+    cont = TabularDetector(seed=0, max_epochs=5, k=4, discrete_levels=0).fit(train)
+    assert cont.schema_.columns[1].kind == "numeric"
+    with pytest.raises(ValueError, match="discrete_levels must be an integer >= 0, got -1"):
+        TabularDetector(discrete_levels=-1).fit(train)

@@ -111,8 +111,8 @@ class Schema:
     Missing-value policy (documented behaviour, tested):
       * NaN / None in a numeric, boolean or categorical column is *marginalized*: the
         record's likelihood covers only its observed features.
-      * A category never seen in training maps to the "unknown" slot, which the model
-        learned to find improbable, so the record scores as unusual.
+      * A category never seen in training maps to the "unknown" slot, whose probability
+        the detector fixes at 1/(n_train + 2), so the record scores as unusual.
       * +/-inf in a numeric column, and a string that is not a number, are errors.
     """
 

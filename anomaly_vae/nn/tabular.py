@@ -69,6 +69,13 @@ class TabularVAE(torch.nn.Module):
             tails are polynomial, so one column far off (a rare value in a nearly
             constant column) costs O(log r) nats instead of O(r^2) and cannot outvote
             every other column of the record.
+        unknown_log_prob: the log-probability of a categorical column's "unknown" slot
+            (a category never seen in training), fixed rather than learned, the known
+            categories sharing the rest; None learns it like the others. Training never
+            shows the unknown slot, so a learned one only sinks as fast as softmax
+            gradients push it (about -2 nats after a short fit): too probable for a value
+            nobody has seen. The detector fixes it at log 1/(n_train + 2) (Laplace's rule
+            of succession).
     """
 
     log_scale: Tensor
@@ -83,8 +90,13 @@ class TabularVAE(torch.nn.Module):
         log_scale: list[float] | None = None,
         min_sigma: float = 1e-2,
         student_df: float | None = None,
+        unknown_log_prob: float | None = None,
     ) -> None:
         super().__init__()
+        if unknown_log_prob is not None and not unknown_log_prob < 0:
+            msg = f"unknown_log_prob must be < 0 or None, got {unknown_log_prob!r}"
+            raise ValueError(msg)
+        self.unknown_log_prob = None if unknown_log_prob is None else float(unknown_log_prob)
         if student_df is not None and not student_df > 0:
             msg = f"student_df must be > 0 or None, got {student_df!r}"
             raise ValueError(msg)
@@ -123,6 +135,8 @@ class TabularVAE(torch.nn.Module):
         self._segment = torch.repeat_interleave(
             torch.arange(len(self.cat_sizes)), torch.tensor(self.cat_sizes, dtype=torch.long)
         )  # the categorical column of each logit
+        self._unknown_slot = torch.tensor(self.category_counts, dtype=torch.long)
+        self._unknown_pos = torch.tensor(self._cat_offsets[1:], dtype=torch.long) - 1
 
     # ------------------------------------------------------------------ encoder
     def encoder_input(self, batch: TabularTensors) -> Tensor:
@@ -193,7 +207,23 @@ class TabularVAE(torch.nn.Module):
 
     def _categorical_log_prob(self, batch: TabularTensors, cat_logits: Tensor) -> Tensor:
         """[..., N, n_cat] log-probability of each observed category; 0 where missing."""
-        idx = batch.cat
+        u = self.unknown_log_prob
+        if u is None:
+            return self._categorical_terms(batch.cat, cat_logits)
+        # fixed unknown slot: normalize over the known slots only, give them 1 - e^u
+        pos = self._unknown_pos.to(cat_logits.device)
+        if torch.is_grad_enabled():
+            cat_logits = cat_logits.index_fill(-1, pos, -math.inf)
+        else:
+            cat_logits = cat_logits.index_fill_(-1, pos, -math.inf)
+        known = self._categorical_terms(batch.cat, cat_logits)
+        is_unknown = batch.cat == self._unknown_slot.to(batch.cat.device)
+        out = torch.where(is_unknown, u, known + math.log1p(-math.exp(u)))
+        return out * (batch.cat >= 0).to(out.dtype)  # missing: marginalized, 0
+
+    def _categorical_terms(self, idx: Tensor, cat_logits: Tensor) -> Tensor:
+        """log softmax of each column's logits at the observed category, [..., N, n_cat];
+        0 where missing."""
         observed = (idx >= 0).to(cat_logits.dtype)
         if not torch.is_grad_enabled():
             fast = self._categorical_log_prob_inference(idx, cat_logits)
@@ -306,6 +336,7 @@ class TabularVAE(torch.nn.Module):
             "hidden": self.hidden,
             "min_sigma": self.min_sigma,
             "student_df": self.student_df,
+            "unknown_log_prob": self.unknown_log_prob,
         }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -172,3 +174,42 @@ def test_categorical_scoring_falls_back_when_a_column_underflows():
         ref = torch.distributions.Categorical(logits=out[..., 3:6]).log_prob(cat[:, 1].expand(3, 2))
     assert torch.isfinite(lp).all()
     torch.testing.assert_close(lp[..., 1], ref)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_fixed_unknown_slot_gets_exactly_its_probability(padded):
+    """With unknown_log_prob set, an unseen category scores exactly that, the known ones
+    share the rest (their probabilities sum to 1 - e^u), and missing still gives 0; the
+    same in the scoring, autograd, padded and per-column paths."""
+    torch.manual_seed(0)
+    u = math.log(1 / 102)
+    net = TabularVAE(0, [3, 2], 0, latent_dim=3, hidden=[8], unknown_log_prob=u)
+    net._padded = padded
+    n = 5
+    cat = torch.tensor([[0, 2], [3, 0], [1, 1], [-1, 2], [2, -1]])  # 3 and 2: unknown
+    b = TabularTensors(
+        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool), cat,
+        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool),
+    )  # fmt: skip
+    z = torch.randn(4, n, 3)
+    with torch.inference_mode():
+        fast = net.feature_log_prob(z, b)
+    with torch.enable_grad():
+        slow = net.feature_log_prob(z, b)
+        slow.sum().backward()
+    torch.testing.assert_close(fast, slow.detach())
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    assert torch.all(fast[:, 1, 0] == u) and torch.all(fast[:, 0, 1] == u)
+    assert torch.all(fast[:, 3, 0] == 0) and torch.all(fast[:, 4, 1] == 0)
+    # the known categories of column 0 (3 of them) carry 1 - e^u in total
+    every = torch.stack(
+        [
+            net.feature_log_prob(z, b._replace(cat=torch.full((n, 2), c, dtype=torch.long)))[
+                ..., 0
+            ].detach()
+            for c in range(3)
+        ]
+    )
+    torch.testing.assert_close(every.exp().sum(0), torch.full((4, n), 1 - math.exp(u)))
+    with pytest.raises(ValueError, match="unknown_log_prob must be < 0"):
+        TabularVAE(0, [3], 0, latent_dim=2, hidden=[4], unknown_log_prob=0.5)
