@@ -113,6 +113,16 @@ def test_student_t_has_heavier_tails_and_samples_finite():
     assert student.config()["student_df"] == 3.0
 
 
+def _categorical_batch(cat: torch.Tensor, num: torch.Tensor | None = None) -> TabularTensors:
+    """Rows of categorical codes [N, n_cat] (and optional numerics), no booleans."""
+    n = cat.shape[0]
+    num = torch.zeros(n, 0) if num is None else num
+    return TabularTensors(
+        num, torch.ones_like(num, dtype=torch.bool), cat,
+        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("padded", [True, False])
 def test_categorical_columns_match_torch_distributions_on_both_paths(padded):
     """Categorical (and discrete) columns are scored as one padded block or column by
@@ -124,10 +134,7 @@ def test_categorical_columns_match_torch_distributions_on_both_paths(padded):
     net._padded = padded
     n = 6
     cat = torch.tensor([[0, 2, 5], [3, 0, 4], [1, 1, -1], [-1, 2, 0], [2, 0, 1], [3, 1, 5]])
-    b = TabularTensors(
-        torch.randn(n, 1), torch.ones(n, 1, dtype=torch.bool), cat,
-        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool),
-    )  # fmt: skip
+    b = _categorical_batch(cat, torch.randn(n, 1))
     z = torch.randn(4, n, 3)
     with torch.inference_mode():
         fast = net.feature_log_prob(z, b)[..., 1:]
@@ -163,10 +170,7 @@ def test_categorical_scoring_falls_back_when_a_column_underflows():
     with torch.no_grad():
         net.decoder[-1].bias[3:6] -= 200.0  # the second column's logits
     cat = torch.tensor([[0, 1], [1, 2]])
-    b = TabularTensors(
-        torch.zeros(2, 0), torch.ones(2, 0, dtype=torch.bool), cat,
-        torch.zeros(2, 0), torch.ones(2, 0, dtype=torch.bool),
-    )  # fmt: skip
+    b = _categorical_batch(cat)
     z = torch.randn(3, 2, 2)
     with torch.inference_mode():
         lp = net.feature_log_prob(z, b)
@@ -187,10 +191,7 @@ def test_a_fixed_unknown_slot_gets_exactly_its_probability(padded):
     net._padded = padded
     n = 5
     cat = torch.tensor([[0, 2], [3, 0], [1, 1], [-1, 2], [2, -1]])  # 3 and 2: unknown
-    b = TabularTensors(
-        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool), cat,
-        torch.zeros(n, 0), torch.ones(n, 0, dtype=torch.bool),
-    )  # fmt: skip
+    b = _categorical_batch(cat)
     z = torch.randn(4, n, 3)
     with torch.inference_mode():
         fast = net.feature_log_prob(z, b)
