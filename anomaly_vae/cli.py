@@ -365,6 +365,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also log and register the model in MLflow as NAME (alias champion)",
     )
     p.add_argument("--store", default="mlruns", help="embedded MLflow store directory")
+    p.add_argument("--port", type=int, default=8000, help="the port the printed curl examples use")
     return parser
 
 
@@ -569,12 +570,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
         )
         print("once the service is up (anomaly-vae serve --model " + args.register + "), try:")
+        host = f"localhost:{args.port}"
         for line in (
-            "curl -s localhost:8000/readyz",
-            f"curl -s -X POST localhost:8000/v1/score -H 'content-type: application/json' -d @{request}",
-            "curl -s localhost:8000/v1/models",
-            "curl -s localhost:8000/metrics | grep anomaly_vae_records",
-            "open http://localhost:8000/docs for the OpenAPI documentation",
+            f"curl -s {host}/readyz",
+            f"curl -s -X POST {host}/v1/score -H 'content-type: application/json' -d @{request}",
+            f"curl -s {host}/v1/models",
+            f"curl -s {host}/metrics | grep anomaly_vae_records",
+            f"open http://{host}/docs for the OpenAPI documentation",
         ):
             print("  " + line)
     return 0

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-.venv/bin/anomaly-vae demo --register wdbc --store runs/mlruns "$@"
+.venv/bin/anomaly-vae demo --register wdbc --store runs/mlruns --port "${PORT:-8000}" "$@"
 exec .venv/bin/anomaly-vae serve --model wdbc --store runs/mlruns --port "${PORT:-8000}"

@@ -149,3 +149,18 @@ def test_bad_input_exits_2_with_a_named_culprit(trained, args, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert pytest.importorskip("re").search(message, err), err
+
+
+@pytest.mark.integration
+def test_demo_registers_and_prints_curl_examples_for_its_port(tmp_path, capsys, monkeypatch):
+    """The README's main job up to the service: trains on scikit-learn's breast-cancer
+    data, reports, registers in a sqlite MLflow store, and prints curl lines for --port."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlruns"
+    rc = main(["--quiet", "demo", "--workdir", "demo", "--register", "wdbc",
+               "--store", str(store), "--port", "8123"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "held-out: AUROC" in out and "registered wdbc version 1 as @champion" in out
+    assert "curl -s localhost:8123/readyz" in out and "localhost:8000" not in out
+    assert (tmp_path / "demo" / "example_request.json").exists()
