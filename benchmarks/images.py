@@ -48,6 +48,12 @@ def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def _shown(path: str) -> str:
+    """A path as RESULTS.md shows it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def nll(args: argparse.Namespace) -> list[str]:
     """Train once (the bundle is kept in ``--nll-dir``), then score the test set in a
     fixed random order, 250 images at a time, appending to ``ll.npy`` there: a run that
@@ -112,7 +118,7 @@ def nll(args: argparse.Namespace) -> list[str]:
         "|---|---:|---:|---:|---:|---:|",
         f"| ConvVAE, 1 stochastic layer (z=32), dynamic binarization | {meta['minutes']:.1f} min on 2 cores | {meta['epochs']} | {which} | {args.nll_k} | **{-ll.mean():.2f}** ± {se:.2f} |",
         "",
-        f"{rate}References (Burda et al. 2016, full test set, K=5000): VAE 86.76, IWAE (k=50) 84.78. Target here: 90 or lower within 60 minutes of training. The run resumes from `{args.nll_dir}` (model and scores so far).",
+        f"{rate}References (Burda et al. 2016, full test set, K=5000): VAE 86.76, IWAE (k=50) 84.78. Target here: 90 or lower within 60 minutes of training. The run resumes from `{_shown(args.nll_dir)}` (model and scores so far).",
         "",
     ]
 
