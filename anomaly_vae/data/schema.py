@@ -8,6 +8,7 @@ that names the column and the rows, never with a numpy or torch traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -64,9 +65,10 @@ class ColumnSpec:
     categories: tuple[str, ...] = ()
     discrete: bool = False
 
-    @property
+    @cached_property
     def levels(self) -> np.ndarray:
-        """[n_levels] float64: a discrete column's levels, ascending."""
+        """[n_levels] float64: a discrete column's levels, ascending (parsed once: every
+        transform of every request reads them)."""
         return np.asarray([float(c) for c in self.categories], dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +179,7 @@ def _integer_levels(values: pd.Series, max_levels: int) -> tuple[str, ...] | Non
     of a discrete column, and a categorical needs rows to estimate each level); else None."""
     if max_levels < 2:
         return None
-    v = pd.to_numeric(values.dropna(), errors="coerce").to_numpy(dtype=np.float64)
+    v = values.dropna().to_numpy(dtype=np.float64)  # numeric dtypes only reach here
     if v.size == 0 or not np.isfinite(v).all() or not (v == np.round(v)).all():
         return None
     uniq = np.unique(v)
@@ -187,8 +189,8 @@ def _integer_levels(values: pd.Series, max_levels: int) -> tuple[str, ...] | Non
 
 
 def level_label(value: float) -> str:
-    """The category label of a discrete column's level: 3.0 -> '3'."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    """The category label of a discrete column's (integer) level: 3.0 -> '3'."""
+    return str(int(value))
 
 
 def _looks_boolean(values: pd.Series) -> bool:
