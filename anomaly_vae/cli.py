@@ -45,6 +45,20 @@ def _optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _complexity_weight(text: str) -> float | str:
+    """``--complexity-weight``: ``fit`` or a number >= 0."""
+    if text == "fit":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value != float("inf")):
+        msg = f"expected 'fit' or a number >= 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training (unset: sized from the data)")
     g.add_argument("--latent-dim", type=int, help="size of the latent code z")
@@ -311,6 +325,10 @@ def _parser() -> argparse.ArgumentParser:
                    "log p(x) minus a background model's, trained on mutated images (Ren et al. 2019)")  # fmt: skip
     q.add_argument("--mutation-rate", type=float, default=0.2,
                    help="with --score ratio: share of pixels randomized for the background model")  # fmt: skip
+    q.add_argument("--complexity-weight", type=_complexity_weight, default=1.0,
+                   help="with --score complexity: lambda in -log2 p(x) - lambda * PNG bits; 1 is "
+                   "Serra et al. (other-domain inputs), 'fit' fits it on the validation images "
+                   "(novelty within one domain, e.g. one-class)")  # fmt: skip
     q.add_argument("--latent-dim", type=int, default=32)
     q.add_argument("--beta", type=float, default=1.0)
     q.add_argument("--max-epochs", type=int, default=20)
@@ -675,7 +693,8 @@ def _cmd_images(args: argparse.Namespace) -> int:
     if action == "train":
         det = ImageDetector(
             likelihood=args.likelihood, binarize=args.binarize, score=args.score,
-            mutation_rate=args.mutation_rate, latent_dim=args.latent_dim, beta=args.beta, max_epochs=args.max_epochs,
+            mutation_rate=args.mutation_rate, complexity_weight=args.complexity_weight,
+            latent_dim=args.latent_dim, beta=args.beta, max_epochs=args.max_epochs,
             max_minutes=args.max_minutes, k=args.k, alpha=args.alpha, seed=args.seed,
             progress=not args.quiet,
         ).fit(args.data)  # fmt: skip

@@ -6,10 +6,16 @@ Scores (``score=`` at construction; the threshold is calibrated on the chosen on
 
 - ``likelihood``: the anomaly score is -log p(x), nats.
 - ``complexity``: the input-complexity-corrected score of Serrà et al. (ICLR 2020),
-  S(x) = -log2 p(x) - L(x), with L(x) the length in bits of the image losslessly
+  S(x) = -log2 p(x) - lambda L(x), with L(x) the length in bits of the image losslessly
   compressed as PNG. Simple images (large flat areas) get high likelihood from any
   generative model because they are easy to compress; subtracting what a generic
-  compressor already explains leaves what the model adds.
+  compressor already explains leaves what the model adds. ``complexity_weight`` is
+  lambda: 1 is Serrà et al.'s score (right for inputs from another domain, where the
+  two code lengths differ wholesale); ``"fit"`` sets lambda to the least-squares slope
+  of -log2 p(x) on L(x) over the held-out validation images, so S is the part of the
+  model's code length that the image's complexity does not explain *among normal
+  images* (right for novelty within one domain, such as one-class MNIST, where the
+  PNG length overstates how much of the code length is complexity).
 - ``ratio``: the likelihood ratio of Ren et al. (NeurIPS 2019), log p(x) - log p_bg(x),
   with p_bg a second VAE of the same shape trained on the training images with a
   fraction ``mutation_rate`` of their pixels replaced by random values. The background
@@ -38,6 +44,8 @@ from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
 
 SCORES = ("likelihood", "complexity", "ratio")
+#: ``complexity_weight`` value that fits lambda on the validation images.
+FIT = "fit"
 #: Images per scorer pass. Every pass is padded to exactly this many images: convolution
 #: kernels are chosen by batch size, and a short last chunk changed scores by up to 7e-6
 #: nats; with fixed-size passes an image's score is the same bits in any batch.
@@ -104,6 +112,9 @@ class ImageDetector:
         score: ``likelihood``, ``complexity`` or ``ratio`` (see the module docstring).
         mutation_rate: for ``ratio``: the share of pixels the background model sees
             replaced by uniform random values (Ren et al. used 0.1 to 0.3).
+        complexity_weight: for ``complexity``: lambda in S = -log2 p(x) - lambda L(x),
+            a number >= 0 (1 is Serrà et al.) or ``"fit"`` (see the module docstring;
+            the fitted value is ``complexity_weight_`` and travels in the bundle).
         latent_dim, width_mult: model size.
         beta: KL weight; max_epochs, batch_size, lr, patience: training schedule.
         max_minutes: a wall-clock budget for training (Lightning's ``max_time``).
@@ -122,6 +133,7 @@ class ImageDetector:
         binarize: str = "dynamic",
         score: str = "likelihood",
         mutation_rate: float = 0.2,
+        complexity_weight: float | str = 1.0,
         latent_dim: int = 32,
         width_mult: int = 32,
         beta: float = 1.0,
@@ -152,9 +164,18 @@ class ImageDetector:
         if not 0.0 < mutation_rate < 1.0:
             msg = f"mutation_rate must be in (0, 1), got {mutation_rate!r}"
             raise ValueError(msg)
+        if complexity_weight != FIT and not (
+            isinstance(complexity_weight, int | float)
+            and not isinstance(complexity_weight, bool)
+            and math.isfinite(complexity_weight)
+            and complexity_weight >= 0
+        ):
+            msg = f"complexity_weight must be a number >= 0 or {FIT!r}, got {complexity_weight!r}"
+            raise ValueError(msg)
         ImportanceSampler(k=k)  # validates k
         self.likelihood, self.binarize, self.score_kind = likelihood, binarize, score
         self.mutation_rate = mutation_rate
+        self.complexity_weight = complexity_weight
         self.latent_dim, self.width_mult, self.beta = latent_dim, width_mult, beta
         self.max_epochs, self.batch_size, self.lr, self.patience = (
             max_epochs,
@@ -178,6 +199,7 @@ class ImageDetector:
             "binarize": self.binarize,
             "score": self.score_kind,
             "mutation_rate": self.mutation_rate,
+            "complexity_weight": self.complexity_weight,
             "latent_dim": self.latent_dim,
             "width_mult": self.width_mult,
             "beta": self.beta,
@@ -227,6 +249,13 @@ class ImageDetector:
             order[n_cal : n_cal + n_val],
             order[n_cal + n_val :],
         )
+        if self.score_kind == "complexity" and self.complexity_weight == FIT and n_val < 3:
+            msg = (
+                f"complexity_weight='fit' needs at least 3 validation images, got {n_val} "
+                f"({n} images, validation_fraction={self.validation_fraction}); give more "
+                "images, a larger validation_fraction or a number"
+            )
+            raise ImageError(msg)
         dynamic = self.likelihood == "bernoulli" and self.binarize == "dynamic"
         train_src = images[train_idx] if dynamic else self._prepare(images[train_idx])
         net, history, best_epoch, rank = self._train(
@@ -246,6 +275,7 @@ class ImageDetector:
         self.net_ = net
         self.shape_ = (c, h, w)
         self.sampler_ = ImportanceSampler(k=self.k, seed=self.seed, row_chunk=ROW_CHUNK)
+        self.complexity_weight_ = self._fit_complexity_weight(images[val_idx])
         self.history_ = history
         self.global_rank_ = rank
         self.training_: dict[str, Any] = {
@@ -260,6 +290,20 @@ class ImageDetector:
         self.calibration_ = Calibration.fit(normality, alpha=self.alpha)
         self.training_["fit_seconds"] = time.perf_counter() - t0
         return self
+
+    def _fit_complexity_weight(self, val_images: np.ndarray) -> float:
+        """lambda for the complexity score: the given weight, or with ``"fit"`` the
+        least-squares slope of -log2 p(x) (bits) on the PNG length L(x) (bits) over the
+        validation images [N, C, H, W], clipped at 0; 1.0 when the score is another."""
+        if self.score_kind != "complexity" or self.complexity_weight != FIT:
+            return float(self.complexity_weight) if self.score_kind == "complexity" else 1.0
+        code = -self._score_images(val_images).log_likelihood / math.log(2.0)
+        bits = png_bits(self._prepare(val_images))
+        spread = float(np.var(bits))
+        if spread == 0.0:  # every image compresses to the same length: nothing to explain
+            return 0.0
+        slope = float(np.mean((bits - bits.mean()) * (code - code.mean())) / spread)
+        return max(0.0, slope)
 
     def _train(
         self, train: _ImageData, val_images: np.ndarray, shape: tuple[int, int, int]
@@ -357,8 +401,15 @@ class ImageDetector:
             res = sampler.score(net or self.net_, x, len(x), contributions=contributions)
         return ScoreResult(*(getattr(res, f)[:n] for f in ScoreResult.__dataclass_fields__))
 
-    def _normality(self, images: np.ndarray, res: ScoreResult, k: int | None = None) -> np.ndarray:
-        """Higher-is-more-normal values the threshold is calibrated on."""
+    def _normality(
+        self,
+        images: np.ndarray,
+        res: ScoreResult,
+        k: int | None = None,
+        bits: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Higher-is-more-normal values the threshold is calibrated on, [N]; ``bits``
+        are the images' PNG lengths when the caller has them."""
         if self.score_kind == "likelihood":
             return res.log_likelihood
         if self.score_kind == "ratio":
@@ -366,9 +417,11 @@ class ImageDetector:
                 msg = "score='ratio' needs the background model, which this detector lacks"
                 raise NotFittedError(msg)
             return res.log_likelihood - self.background_log_likelihood(images, k)
-        # -S(x) = log2 p(x) + L(x), bits; L compresses the pixels the model scored
-        # (binarized for bernoulli), so both terms describe the same image
-        return res.log_likelihood / math.log(2.0) + png_bits(self._prepare(images))
+        # -S(x) = log2 p(x) + lambda L(x), bits; L compresses the pixels the model
+        # scored (binarized for bernoulli), so both terms describe the same image
+        if bits is None:
+            bits = png_bits(self._prepare(images))
+        return res.log_likelihood / math.log(2.0) + self.complexity_weight_ * bits
 
     def background_log_likelihood(self, images: np.ndarray, k: int | None = None) -> np.ndarray:
         """log p_bg(x) per image under the ratio score's background model, nats, [N]."""
@@ -379,7 +432,9 @@ class ImageDetector:
         """Per image: ``log_likelihood`` (nats) and its ``stderr``, ``bits_per_dim``
         (-log2 p(x) / D), ``complexity_bits`` (PNG length; with score=complexity),
         ``background_log_likelihood`` (nats; with score=ratio),
-        ``score`` (higher is more anomalous), ``p_value`` and ``is_outlier``."""
+        ``score`` (higher is more anomalous; with score=complexity it is
+        -log2 p(x) - complexity_weight_ * complexity_bits, bits), ``p_value`` and
+        ``is_outlier``."""
         images = self._checked(X)
         res = self._score_images(images, k)
         d = int(np.prod(self.shape_))
@@ -390,9 +445,10 @@ class ImageDetector:
                 "bits_per_dim": -res.log_likelihood / (d * math.log(2.0)),
             }
         )
-        normality = self._normality(images, res, k)
+        bits = png_bits(self._prepare(images)) if self.score_kind == "complexity" else None
+        normality = self._normality(images, res, k, bits)
         if self.score_kind == "complexity":
-            out["complexity_bits"] = normality - res.log_likelihood / math.log(2.0)
+            out["complexity_bits"] = bits
         if self.score_kind == "ratio":
             out["background_log_likelihood"] = res.log_likelihood - normality
         out["score"] = -normality
@@ -440,7 +496,11 @@ class ImageDetector:
                 "history": self.history_,
             },
             "calibration.json": {
-                "scorer": {"k": self.sampler_.k, "seed": self.sampler_.seed},
+                "scorer": {
+                    "k": self.sampler_.k,
+                    "seed": self.sampler_.seed,
+                    "complexity_weight": self.complexity_weight_,
+                },
                 **self.calibration_.to_dict(),
             },
         }
@@ -475,6 +535,8 @@ class ImageDetector:
                 k=int(cal["scorer"]["k"]), seed=int(cal["scorer"]["seed"]), row_chunk=ROW_CHUNK
             )
             det.calibration_ = Calibration.from_dict(cal)
+            # bundles from before complexity_weight: Serrà et al.'s lambda = 1
+            det.complexity_weight_ = float(cal["scorer"].get("complexity_weight", 1.0))
             det.training_ = cfg.get("training", {})
             det.history_ = cfg.get("history", [])
         except (KeyError, TypeError, RuntimeError) as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from anomaly_vae.cli import main
@@ -53,3 +54,22 @@ def test_images_commands(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "junk.npy" in capsys.readouterr().err
+
+
+def test_images_train_complexity_weight(tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "train.npy", squares(200, 0))
+    b = tmp_path / "bundle"
+    assert main(["--quiet", "images", "train", str(tmp_path / "train.npy"), "--out", str(b),
+                 "--score", "complexity", "--complexity-weight", "fit", "--max-epochs", "3",
+                 "--latent-dim", "4", "--k", "8"]) == 0  # fmt: skip
+    scorer = json.loads((b / "calibration.json").read_text())["scorer"]
+    assert scorer["complexity_weight"] >= 0
+    from anomaly_vae.image_detector import ImageDetector
+
+    assert ImageDetector.load(b).complexity_weight_ == scorer["complexity_weight"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["images", "train", str(tmp_path / "train.npy"), "--out", str(b),
+              "--score", "complexity", "--complexity-weight", "-2"])  # fmt: skip
+    assert exc.value.code == 2
+    assert "expected 'fit' or a number >= 0, got '-2'" in capsys.readouterr().err

@@ -101,6 +101,34 @@ def test_complexity_score() -> None:
     )
 
 
+def test_complexity_weight_fitted_on_validation_images(tmp_path) -> None:
+    x = squares(240, 0)
+    small = {"max_epochs": 5, "k": 8, "latent_dim": 4, "width_mult": 4, "seed": 3}
+    det = ImageDetector(score="complexity", complexity_weight="fit", **small).fit(x)
+    # the validation images, as fit splits them: calibration first, then validation
+    order = np.random.default_rng(3).permutation(240)
+    n_cal = round(0.1 * 240)
+    val = x[order[n_cal : n_cal + round(0.05 * (240 - n_cal))]]
+    code = -det._score_images(val).log_likelihood / math.log(2)
+    slope = np.polyfit(png_bits(val), code, 1)[0]
+    assert det.complexity_weight_ == pytest.approx(max(0.0, slope), rel=1e-9, abs=1e-12)
+    out = det.score(squares(10, 1))
+    np.testing.assert_allclose(
+        out["score"],
+        -out["log_likelihood"] / math.log(2) - det.complexity_weight_ * out["complexity_bits"],
+    )
+    again = ImageDetector.load(det.save(tmp_path / "b"))
+    assert again.complexity_weight_ == det.complexity_weight_
+    np.testing.assert_array_equal(again.score(squares(10, 1)).to_numpy(), out.to_numpy())
+    fixed = ImageDetector(score="complexity", complexity_weight=0.25, **small).fit(x)
+    assert fixed.complexity_weight_ == 0.25
+    with pytest.raises(ImageError, match="needs at least 3 validation images, got 1"):
+        ImageDetector(score="complexity", complexity_weight="fit", **small).fit(x[:30])
+    for bad in (-1.0, "fitted", float("nan"), True):
+        with pytest.raises(ValueError, match="complexity_weight must be a number >= 0 or 'fit'"):
+            ImageDetector(score="complexity", complexity_weight=bad)
+
+
 def bars(n: int, seed: int) -> np.ndarray:
     """16x16 images, each a bright 2x12 horizontal bar: simpler than a square."""
     rng = np.random.default_rng(seed)
