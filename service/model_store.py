@@ -51,6 +51,10 @@ class LoadedModel:
                 "image_shape": list(det.shape_),
                 "likelihood": det.likelihood,
                 "score": det.score_kind,
+                # lambda of the complexity score (fitted or given); None for other scores
+                "complexity_weight": (
+                    det.complexity_weight_ if det.score_kind == "complexity" else None
+                ),
                 "calibration": det.calibration_.summary(),
             }
         return {

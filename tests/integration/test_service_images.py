@@ -70,7 +70,9 @@ def test_posting_pngs_multipart_and_base64(server) -> None:
         a["log_likelihood"]
     )
     assert httpx.get(srv.url + "/readyz").json()["ready"] is True
-    assert httpx.get(srv.url + "/v1/models").json()["loaded"]["image_shape"] == [1, 16, 16]
+    loaded = httpx.get(srv.url + "/v1/models").json()["loaded"]
+    assert loaded["image_shape"] == [1, 16, 16]
+    assert loaded["score"] == "likelihood" and loaded["complexity_weight"] is None
 
 
 @pytest.mark.parametrize(
