@@ -92,6 +92,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "('none' for a Gaussian)",
     )
     g.add_argument(
+        "--winsorize",
+        type=float,
+        default=0.025,
+        help="share of each tail of a numeric column clipped before its center and scale "
+        "are taken, so outliers do not set the unit, default 0.025 (0: plain mean and std)",
+    )
+    g.add_argument(
         "--discrete-levels",
         type=int,
         default=20,
@@ -411,6 +418,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trim_fraction=args.trim_fraction,
         min_sigma=args.min_sigma,
         student_df=args.student_df,
+        winsorize=args.winsorize,
         discrete_levels=args.discrete_levels,
         k=args.k,
         alpha=args.alpha,

@@ -22,7 +22,7 @@ import torch
 
 from anomaly_vae.bundle import read_bundle, write_bundle
 from anomaly_vae.data.io import read_table
-from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor
+from anomaly_vae.data.preprocessing import WINSOR_TAIL, TabularArrays, TabularPreprocessor
 from anomaly_vae.data.schema import DISCRETE_LEVELS, KINDS, Schema, infer_schema
 from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
 from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
@@ -90,6 +90,11 @@ class TabularDetector:
             wildly off column (a rare value of a nearly constant column) from
             outvoting the rest of the record; it raised mean AUROC on ADBench over the
             Gaussian (benchmarks/RESULTS.md, ablations).
+        winsorize: share of each tail of a numeric column clipped before its center
+            and scale are taken (0 uses the plain mean and standard deviation). The
+            scale is the unit of the decoder's noise floor, and outliers among the
+            training rows should not set it; 0.025 raised the AUROC wins against
+            IsolationForest on ADBench (benchmarks/RESULTS.md, ablations).
         k: importance samples per record when scoring (1 = ELBO).
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
@@ -127,6 +132,7 @@ class TabularDetector:
         robust_validation: bool = False,
         min_sigma: float = 1.0,
         student_df: float | None = 3.0,
+        winsorize: float = WINSOR_TAIL,
         k: int = 64,
         alpha: float = 0.05,
         contamination: float | None = None,
@@ -154,6 +160,7 @@ class TabularDetector:
         self.robust_validation = robust_validation
         self.min_sigma = min_sigma
         self.student_df = student_df
+        self.winsorize = winsorize
         self.k = k
         self.alpha = alpha
         self.contamination = contamination
@@ -179,6 +186,9 @@ class TabularDetector:
             raise ValueError(msg)
         if not 0.0 <= self.trim_fraction < 0.5:
             msg = f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.winsorize < 0.5:
+            msg = f"winsorize must be in [0, 0.5), got {self.winsorize!r}"
             raise ValueError(msg)
         if self.student_df is not None and not self.student_df > 0:
             msg = f"student_df must be > 0 or None, got {self.student_df!r}"
@@ -261,7 +271,7 @@ class TabularDetector:
             n_val = 0
         cal_idx, val_idx, train_idx = order[:n_cal], rest[:n_val], rest[n_val:]
 
-        pre = TabularPreprocessor(schema).fit(frame.iloc[train_idx])
+        pre = TabularPreprocessor(schema, winsorize=self.winsorize).fit(frame.iloc[train_idx])
         arrays = pre.transform(frame, allow_extra=False)
         tensors = TabularTensors.from_arrays(arrays)
 

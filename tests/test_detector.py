@@ -106,6 +106,26 @@ def test_fit_argument_errors(mixed_train):
         TabularDetector(calibration_fraction=1.5).fit(mixed_train)
     with pytest.raises(ValueError, match="k must be an integer"):
         TabularDetector(k=0).fit(mixed_train)
+    with pytest.raises(ValueError, match=r"winsorize must be in \[0, 0.5\), got 0.5"):
+        TabularDetector(winsorize=0.5).fit(mixed_train)
+
+
+def test_winsorize_reaches_the_preprocessor(mixed_train):
+    """The detector's scale is the winsorized one (default) or the plain std (0)."""
+    kw = {"id_column": "id", "seed": 0, "k": 4, "max_epochs": 1}
+    robust = TabularDetector(**kw).fit(mixed_train)
+    plain = TabularDetector(winsorize=0.0, **kw).fit(mixed_train)
+    names = [c.name for c in robust.schema_.of_kind("numeric")]
+    rng = np.random.default_rng(0)
+    train = mixed_train.iloc[rng.permutation(len(mixed_train))]
+    n_cal = round(0.2 * len(train))
+    rest = train.iloc[n_cal:]
+    train = rest.iloc[round(0.1 * len(rest)) :]
+    for i, name in enumerate(names):
+        v = train[name].dropna().to_numpy(dtype=float)
+        lo, hi = np.quantile(v, [0.025, 0.975])
+        assert robust.preprocessor_.scale_[i] == pytest.approx(np.clip(v, lo, hi).std())
+        assert plain.preprocessor_.scale_[i] == pytest.approx(v.std())
 
 
 def test_explain_names_the_broken_column(fitted, mixed_test):

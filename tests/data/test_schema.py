@@ -167,6 +167,38 @@ def test_constant_column_gets_a_floor_scale():
     assert pre.scale_ is not None and pre.scale_[0] > 0
 
 
+def test_outliers_do_not_set_the_numeric_scale():
+    """Center and scale are winsorized moments: 1% of wild values among the training
+    rows leave the unit near the clean column's, where the plain std would be ~1000x."""
+    rng = np.random.default_rng(0)
+    clean = rng.normal(5.0, 2.0, size=2000)
+    dirty = clean.copy()
+    dirty[:20] = 1e5
+    fitted = {}
+    for key, v in (("clean", clean), ("dirty", dirty)):
+        f = pd.DataFrame({"x": v})
+        fitted[key] = TabularPreprocessor(infer_schema(f)).fit(f)
+    c, d = fitted["clean"], fitted["dirty"]
+    assert c.center_ is not None and c.scale_ is not None
+    assert d.center_ is not None and d.scale_ is not None
+    lo, hi = np.quantile(dirty, [0.025, 0.975])
+    w = np.clip(dirty, lo, hi)
+    np.testing.assert_allclose([d.center_[0], d.scale_[0]], [w.mean(), w.std()], rtol=1e-12)
+    assert abs(d.center_[0] - c.center_[0]) < 0.1
+    assert 0.9 < d.scale_[0] / c.scale_[0] < 1.1
+    assert np.std(dirty) > 1000 * d.scale_[0]
+    np.testing.assert_allclose(d.log_scale, np.log(d.scale_))
+
+
+def test_a_column_without_spread_inside_its_quantiles_keeps_the_plain_moments():
+    v = np.zeros(1000)
+    v[:10] = 3.0  # 99% zeros: winsorized at 2.5% it is constant
+    f = pd.DataFrame({"x": v})
+    pre = TabularPreprocessor(infer_schema(f, discrete_levels=0)).fit(f)
+    assert pre.center_ is not None and pre.scale_ is not None
+    np.testing.assert_allclose([pre.center_[0], pre.scale_[0]], [v.mean(), v.std()])
+
+
 # ---------------------------------------------------------------- discrete columns
 @pytest.fixture
 def counts() -> pd.DataFrame:
