@@ -22,7 +22,12 @@ import torch
 
 from anomaly_vae.bundle import read_bundle, write_bundle
 from anomaly_vae.data.io import read_table
-from anomaly_vae.data.preprocessing import WINSOR_TAIL, TabularArrays, TabularPreprocessor
+from anomaly_vae.data.preprocessing import (
+    WINSOR_TAIL,
+    TabularArrays,
+    TabularPreprocessor,
+    check_winsorize,
+)
 from anomaly_vae.data.schema import DISCRETE_LEVELS, KINDS, Schema, infer_schema
 from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
 from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
@@ -187,9 +192,7 @@ class TabularDetector:
         if not 0.0 <= self.trim_fraction < 0.5:
             msg = f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}"
             raise ValueError(msg)
-        if not 0.0 <= self.winsorize < 0.5:
-            msg = f"winsorize must be in [0, 0.5), got {self.winsorize!r}"
-            raise ValueError(msg)
+        check_winsorize(self.winsorize)
         if self.student_df is not None and not self.student_df > 0:
             msg = f"student_df must be > 0 or None, got {self.student_df!r}"
             raise ValueError(msg)

@@ -139,6 +139,10 @@ def test_sample_and_encode(trained, mixed_train, capsys):
             ["score", "{bundle}", "{root}/train.txt", "--out", "{root}/o.csv"],
             "unsupported table format '.txt'",
         ),
+        (
+            ["train", "{root}/train.csv", "--out", "{root}/b3", "--winsorize", "0.7"],
+            r"winsorize must be in \[0, 0.5\), got 0.7",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_named_culprit(trained, args, message, capsys):

@@ -131,6 +131,13 @@ def _level_codes(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), -1, codes).astype(np.int64)
 
 
+def check_winsorize(value: float) -> None:
+    """Raise ValueError unless ``value`` is a tail share in [0, 0.5)."""
+    if not 0.0 <= value < 0.5:
+        msg = f"winsorize must be in [0, 0.5), got {value!r}"
+        raise ValueError(msg)
+
+
 def _winsorized_moments(v: np.ndarray, tail: float) -> tuple[float, float]:
     """(mean, standard deviation) of ``v`` [n] clipped to its ``tail`` and ``1 - tail``
     quantiles, in the column's units; ``tail=0`` gives the plain moments."""
@@ -154,9 +161,7 @@ class TabularPreprocessor:
     """
 
     def __init__(self, schema: Schema, *, winsorize: float = WINSOR_TAIL) -> None:
-        if not 0.0 <= winsorize < 0.5:
-            msg = f"winsorize must be in [0, 0.5), got {winsorize!r}"
-            raise ValueError(msg)
+        check_winsorize(winsorize)
         self.schema = schema
         self.winsorize = winsorize
         self.center_: np.ndarray | None = None

@@ -197,6 +197,8 @@ def test_a_column_without_spread_inside_its_quantiles_keeps_the_plain_moments():
     pre = TabularPreprocessor(infer_schema(f, discrete_levels=0)).fit(f)
     assert pre.center_ is not None and pre.scale_ is not None
     np.testing.assert_allclose([pre.center_[0], pre.scale_[0]], [v.mean(), v.std()])
+    with pytest.raises(ValueError, match=r"winsorize must be in \[0, 0.5\), got -0.1"):
+        TabularPreprocessor(infer_schema(f), winsorize=-0.1)
 
 
 # ---------------------------------------------------------------- discrete columns
