@@ -126,7 +126,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "--calibration-fraction",
         type=float,
         default=0.2,
-        help="rows held out to calibrate on, default 0.2",
+        help="share of rows held out to calibrate on, default 0.2 (at most 20,000 rows)",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(

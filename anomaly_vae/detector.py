@@ -46,7 +46,8 @@ MIN_STEPS = 30
 #: sets that small, 30 to 300 steps gave the same AUROC, and fit time is what differs.
 SMALL_TABLE_ROWS = 500
 
-#: Most rows held out for calibration; p-values resolve to 1/20,001 with this many.
+#: Most rows held out for calibration: p-values resolve to 1/20,001 with this many, and
+#: on larger tables (over 100,000 rows at the default fraction) the rest train the model.
 MAX_CALIBRATION = 20_000
 
 
@@ -104,7 +105,8 @@ class TabularDetector:
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
             that quantile of the calibration rows' scores. Overrides ``alpha``.
-        calibration_fraction: share of the rows held out of training to calibrate on.
+        calibration_fraction: share of the rows held out of training to calibrate on (at
+            most ``MAX_CALIBRATION``, 20,000 rows).
         validation_fraction: share of the remaining rows held out for early stopping.
         id_column: a column carried through scoring but never modelled.
         categorical: columns to treat as categorical even if they hold numbers.
@@ -267,7 +269,7 @@ class TabularDetector:
 
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(frame))
-        n_cal = max(1, round(self.calibration_fraction * len(frame)))
+        n_cal = min(MAX_CALIBRATION, max(1, round(self.calibration_fraction * len(frame))))
         rest = order[n_cal:]
         n_val = round(self.validation_fraction * len(rest))
         if len(rest) - n_val < 2:

@@ -128,6 +128,22 @@ def test_winsorize_reaches_the_preprocessor(mixed_train):
         assert plain.preprocessor_.scale_[i] == pytest.approx(v.std())
 
 
+def test_calibration_rows_are_capped_and_the_rest_train(mixed_train, monkeypatch):
+    """At most MAX_CALIBRATION rows calibrate; the rows above the cap go to training."""
+    import anomaly_vae.detector as detector
+
+    kw = {"id_column": "id", "seed": 0, "k": 4, "max_epochs": 1}
+    free = TabularDetector(**kw).fit(mixed_train).training_
+    assert free["n_calibration"] == round(0.2 * len(mixed_train))
+    monkeypatch.setattr(detector, "MAX_CALIBRATION", 25)
+    capped = TabularDetector(**kw).fit(mixed_train)
+    t = capped.training_
+    assert t["n_calibration"] == 25
+    assert t["n_train"] + t["n_validation"] == len(mixed_train) - 25
+    assert t["n_train"] > free["n_train"]
+    assert capped.calibration_.n == 25
+
+
 def test_explain_names_the_broken_column(fitted, mixed_test):
     frame, y = mixed_test
     out = fitted.explain(frame[y], top=2)
