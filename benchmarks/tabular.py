@@ -9,7 +9,10 @@ subsampled to 50,000 (said in the table); every method scores the full 30%.
 Each (data set, seed, method) result is cached as JSON under benchmarks/results/tabular/
 (committed, so a later session can resume an interrupted run); RESULTS.md is rewritten
 from the cache. Scoring speed is the best of three calls on the same rows, for every
-method alike, so one descheduled call does not decide a ratio. `--force` recomputes.
+method alike, so one descheduled call does not decide a ratio; before its first timed fit
+in a process, each method fits a 64-row throwaway model untimed, so no fit time includes
+one-time imports. `--force` recomputes. Time on a quiet machine: two benchmark processes
+at torch's default threads on two cores slowed a fit tenfold.
 
     python benchmarks/tabular.py                       # all 29 sets, 3 seeds
     python benchmarks/tabular.py --datasets wine WDBC  # a subset
