@@ -87,13 +87,13 @@ _WARMED: set[str] = set()
 WARM_UP_ROWS = 64
 
 
-def _warm_up(family: str, make: Any, x_tr: np.ndarray) -> None:
+def _warm_up(family: str, seed: int, x_tr: np.ndarray) -> None:
     """Fit a throwaway model of this method family once per process, untimed, so no
     method's timed fit pays one-time costs (lazy imports, first-call kernel setup):
     without it PyOD's VAE took 5.7 s on its first Hepatitis fit and 0.2 s after."""
     if family in _WARMED:
         return
-    make().fit(x_tr[:WARM_UP_ROWS])
+    _make(family, seed).fit(x_tr[:WARM_UP_ROWS])
     _WARMED.add(family)
 
 
@@ -121,24 +121,21 @@ def _make(method: str, seed: int) -> Any:
 
 def run_method(method: str, x_tr: np.ndarray, x_te: np.ndarray, seed: int) -> dict[str, Any]:
     """Fit on x_tr, score x_te; returns anomaly scores (higher = more anomalous) and timings."""
-    note = ""
     family = method.split(":")[0]
-    _warm_up(family, lambda: _make(family, seed), x_tr)
+    _warm_up(family, seed, x_tr)
     model = _make(method, seed)
+    note = ""
+    if method == "PyOD-VAE" and len(x_tr) > SLOW_PEER_MAX_ROWS:
+        pick = np.random.default_rng(seed).choice(len(x_tr), SLOW_PEER_MAX_ROWS, replace=False)
+        x_tr = x_tr[pick]
+        note = f"trained on {SLOW_PEER_MAX_ROWS} subsampled rows"
+    t0 = time.perf_counter()
+    model.fit(x_tr)
+    fit_s = time.perf_counter() - t0
     if family == "anomaly-vae":
-        t0 = time.perf_counter()
-        model.fit(x_tr)
-        fit_s = time.perf_counter() - t0
         scores, score_s = _timed(lambda: -model.score_samples(x_te))
         note = f"K={model.k}"
     else:
-        if method == "PyOD-VAE" and len(x_tr) > SLOW_PEER_MAX_ROWS:
-            pick = np.random.default_rng(seed).choice(len(x_tr), SLOW_PEER_MAX_ROWS, replace=False)
-            x_tr = x_tr[pick]
-            note = f"trained on {SLOW_PEER_MAX_ROWS} subsampled rows"
-        t0 = time.perf_counter()
-        model.fit(x_tr)
-        fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = (
             -model.score_samples(x_te) if method == "IForest" else model.decision_function(x_te)
