@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +45,26 @@ def _optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def _complexity_weight(text: str) -> float | str:
-    """``--complexity-weight``: ``fit`` or a number >= 0."""
-    if text == "fit":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and value != float("inf")):
-        msg = f"expected 'fit' or a number >= 0, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+def _word_or_number(word: str) -> Callable[[str], float | str]:
+    """An argparse type taking ``word`` or a finite number >= 0."""
+
+    def parse(text: str) -> float | str:
+        if text == word:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not (value >= 0 and value != float("inf")):
+            msg = f"expected {word!r} or a number >= 0, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+_min_sigma = _word_or_number("auto")
+_complexity_weight = _word_or_number("fit")
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -79,9 +87,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--min-sigma",
-        type=float,
-        default=1.0,
-        help="floor of numeric columns' decoder std in standardized units, default 1.0; "
+        type=_min_sigma,
+        default="auto",
+        help="floor of numeric columns' decoder std in standardized units, or 'auto' "
+        "(default: Scott's rule from the training rows and columns, clipped to [0.6, 1]); "
         "lower it (e.g. 0.05) when columns are tightly determined by others",
     )
     g.add_argument(

@@ -30,7 +30,12 @@ from anomaly_vae.data.preprocessing import (
 )
 from anomaly_vae.data.schema import DISCRETE_LEVELS, KINDS, Schema, infer_schema
 from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
-from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
+from anomaly_vae.nn.tabular import (
+    TabularTensors,
+    TabularVAE,
+    default_architecture,
+    default_min_sigma,
+)
 from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
 
@@ -92,9 +97,15 @@ class TabularDetector:
             so outliers among the validation rows do not steer model selection. Off by
             default: on ADBench it moved mean AUROC by +0.14 and AUPRC by -0.2, noise.
         min_sigma: floor of the decoder's standard deviation for numeric columns, in
-            standardized units. It keeps integer-valued and near-constant columns from
-            collapsing into density spikes that dominate the score; 1.0 was best of
-            0.01, 0.1, 0.3, 0.5, 1.0 on ADBench sets (see benchmarks/RESULTS.md).
+            standardized units, or "auto" (the default): Scott's rule from the training
+            rows and columns, clipped to [0.6, 1] (:func:`~anomaly_vae.nn.tabular.
+            default_min_sigma`; the value used is in ``training_["min_sigma"]``). A
+            floor keeps integer-valued and near-constant columns from collapsing into
+            density spikes that dominate the score; a fixed 1.0 was best of 0.01, 0.1,
+            0.3, 0.5 and 1.0 on ADBench sets, and the rule beat it where many rows cover
+            few columns (benchmarks/RESULTS.md, ablations). Held-out likelihood always
+            prefers a lower floor: the floor is chosen for detection, not for fit; lower
+            it (e.g. 0.05) for density estimation on columns tightly determined by others.
         student_df: degrees of freedom of the Student-t that models each numeric column
             given z (default 3); None for a Gaussian. The t's polynomial tails keep one
             wildly off column (a rare value of a nearly constant column) from
@@ -141,7 +152,7 @@ class TabularDetector:
         patience: int | None = None,
         trim_fraction: float = 0.1,
         robust_validation: bool = False,
-        min_sigma: float = 1.0,
+        min_sigma: float | str = "auto",
         student_df: float | None = 3.0,
         winsorize: float = WINSOR_TAIL,
         k: int = 64,
@@ -199,6 +210,13 @@ class TabularDetector:
             msg = f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}"
             raise ValueError(msg)
         check_winsorize(self.winsorize)
+        if self.min_sigma != "auto" and not (
+            isinstance(self.min_sigma, int | float)
+            and not isinstance(self.min_sigma, bool)
+            and 0 <= self.min_sigma < math.inf
+        ):
+            msg = f"min_sigma must be 'auto' or a number >= 0, got {self.min_sigma!r}"
+            raise ValueError(msg)
         if self.student_df is not None and not self.student_df > 0:
             msg = f"student_df must be > 0 or None, got {self.student_df!r}"
             raise ValueError(msg)
@@ -288,6 +306,11 @@ class TabularDetector:
         n_num, n_bin = len(schema.of_kind("numeric")), len(schema.of_kind("boolean"))
         input_dim = n_num + sum(c + 1 for c in counts) + n_bin
         auto_latent, auto_hidden = default_architecture(len(train_idx), input_dim)
+        min_sigma = (
+            default_min_sigma(len(train_idx), n_num + len(counts) + n_bin)
+            if self.min_sigma == "auto"
+            else float(self.min_sigma)
+        )
         torch.manual_seed(self.seed)
         net = TabularVAE(
             n_num,
@@ -296,7 +319,7 @@ class TabularDetector:
             latent_dim=self.latent_dim or auto_latent,
             hidden=list(self.hidden or auto_hidden),
             log_scale=pre.log_scale.tolist(),
-            min_sigma=self.min_sigma,
+            min_sigma=min_sigma,
             student_df=self.student_df,
             # a category never seen among n training rows: Laplace's 1 / (n + 2)
             unknown_log_prob=-math.log(len(train_idx) + 2),
@@ -319,6 +342,7 @@ class TabularDetector:
             "n_train": len(train_idx),
             "n_validation": int(n_val),
             "n_calibration": int(n_cal),
+            "min_sigma": min_sigma,
             **schedule,
             "epochs_run": len(history),
             "best_epoch": best_epoch,

@@ -46,14 +46,22 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gaussian": {"student_df": None},
     "no-trim": {"trim_fraction": 0.0},
     "plain-scale": {"winsorize": 0.0},
-    "issue-2": {"student_df": None, "trim_fraction": 0.0, "discrete_levels": 0, "winsorize": 0.0},
+    "fixed-floor": {"min_sigma": 1.0},
+    "issue-2": {
+        "student_df": None,
+        "trim_fraction": 0.0,
+        "discrete_levels": 0,
+        "winsorize": 0.0,
+        "min_sigma": 1.0,
+    },
 }
 ABLATION_TEXT = {
     "continuous": "integer-coded columns modelled as continuous (discrete_levels=0)",
     "gaussian": "Gaussian numeric likelihood instead of Student-t (student_df=None)",
     "no-trim": "no robust trimming (trim_fraction=0)",
     "plain-scale": "numeric columns scaled by their plain mean and std (winsorize=0)",
-    "issue-2": "all four undone: the issue-2 detector",
+    "fixed-floor": "decoder noise floor fixed at 1.0 instead of Scott's rule (min_sigma=1.0)",
+    "issue-2": "all five undone: the issue-2 detector",
 }
 
 

@@ -168,3 +168,16 @@ def test_demo_registers_and_prints_curl_examples_for_its_port(tmp_path, capsys, 
     assert "held-out: AUROC" in out and "registered wdbc version 1 as @champion" in out
     assert "curl -s localhost:8123/readyz" in out and "localhost:8000" not in out
     assert (tmp_path / "demo" / "example_request.json").exists()
+
+
+def test_min_sigma_flag_takes_auto_or_a_number(trained, capsys):
+    """--min-sigma defaults to 'auto'; anything but 'auto' or a number >= 0 is a usage error."""
+    from anomaly_vae.cli import _parser
+
+    root, _ = trained
+    args = _parser().parse_args(["train", str(root / "train.csv"), "--out", "x"])
+    assert args.min_sigma == "auto"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(root / "train.csv"), "--out", "x", "--min-sigma", "wide"])
+    assert exc.value.code == 2
+    assert "expected 'auto' or a number >= 0, got 'wide'" in capsys.readouterr().err

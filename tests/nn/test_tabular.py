@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from anomaly_vae.nn.base import single_sample_elbo
-from anomaly_vae.nn.tabular import TabularTensors, TabularVAE, default_architecture
+from anomaly_vae.nn.tabular import (
+    MIN_SIGMA_LOWER,
+    TabularTensors,
+    TabularVAE,
+    default_architecture,
+    default_min_sigma,
+)
 from tests.helpers import assert_tensor_is_good
 
 
@@ -214,3 +220,14 @@ def test_a_fixed_unknown_slot_gets_exactly_its_probability(padded):
     torch.testing.assert_close(every.exp().sum(0), torch.full((4, n), 1 - math.exp(u)))
     with pytest.raises(ValueError, match="unknown_log_prob must be < 0"):
         TabularVAE(0, [3], 0, latent_dim=2, hidden=[4], unknown_log_prob=0.5)
+
+
+def test_default_min_sigma_is_scotts_rule_clipped():
+    """n ** (-1 / (d + 4)) inside [MIN_SIGMA_LOWER, 1]: lower with more rows, higher with
+    more columns, at the bound for many rows over few columns."""
+    assert default_min_sigma(923, 21) == pytest.approx(923 ** (-1 / 25))  # cardio: 0.761
+    assert default_min_sigma(136_386, 3) == MIN_SIGMA_LOWER  # skin: the rule says 0.185
+    assert default_min_sigma(1, 5) == 1.0
+    assert default_min_sigma(0, 0) == 1.0  # degenerate shapes stay in range
+    assert default_min_sigma(5_000, 20) < default_min_sigma(500, 20)
+    assert default_min_sigma(5_000, 20) < default_min_sigma(5_000, 200) < 1.0
