@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 import time
 import warnings
 from pathlib import Path
@@ -211,8 +212,8 @@ class TabularDetector:
             raise ValueError(msg)
         check_winsorize(self.winsorize)
         if self.min_sigma != "auto" and not (
-            isinstance(self.min_sigma, int | float)
-            and not isinstance(self.min_sigma, bool)
+            isinstance(self.min_sigma, numbers.Real)
+            and not isinstance(self.min_sigma, bool | np.bool_)
             and 0 <= self.min_sigma < math.inf
         ):
             msg = f"min_sigma must be 'auto' or a number >= 0, got {self.min_sigma!r}"

@@ -127,8 +127,9 @@ def test_min_sigma_auto_follows_the_data_shape_and_survives_the_bundle(mixed_tra
     loaded = TabularDetector.load(auto.save(tmp_path / "b"))
     assert loaded.min_sigma == "auto"
     assert loaded.net_.min_sigma == expected
-    fixed = TabularDetector(min_sigma=0.25, **kw).fit(mixed_train)
+    fixed = TabularDetector(min_sigma=np.float32(0.25), **kw).fit(mixed_train)
     assert fixed.net_.min_sigma == fixed.training_["min_sigma"] == 0.25
+    assert type(fixed.training_["min_sigma"]) is float  # JSON-safe in the bundle
 
 
 def test_winsorize_reaches_the_preprocessor(mixed_train):
