@@ -82,17 +82,26 @@ def test_configure_switches_embedded_stores_but_keeps_the_users_uri(tmp_path, mo
     still be used, and a URI the user set must win every time."""
     import os
 
+    import mlflow
+
     from anomaly_vae import registry
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    first = registry.configure(tmp_path / "a")
-    second = registry.configure(tmp_path / "b")
-    assert first != second and second.endswith("b/mlflow.db")
-    user = f"sqlite:///{tmp_path / 'user.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", user)
-    assert registry.configure(tmp_path / "c") == user
-    assert registry.configure(tmp_path / "d") == user
-    assert os.environ["MLFLOW_TRACKING_URI"] == user
+    # put the module's store back afterwards: left pointing at user.db, later tests in
+    # this module would log there, with artifacts in ./mlruns of the working directory
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        first = registry.configure(tmp_path / "a")
+        second = registry.configure(tmp_path / "b")
+        assert first != second and second.endswith("b/mlflow.db")
+        user = f"sqlite:///{tmp_path / 'user.db'}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", user)
+        assert registry.configure(tmp_path / "c") == user
+        assert registry.configure(tmp_path / "d") == user
+        assert os.environ["MLFLOW_TRACKING_URI"] == user
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
 def test_image_detector_registers_with_pngs_and_scores_through_pyfunc(store, tmp_path):
