@@ -308,7 +308,7 @@ class TabularDetector:
         input_dim = n_num + sum(c + 1 for c in counts) + n_bin
         auto_latent, auto_hidden = default_architecture(len(train_idx), input_dim)
         min_sigma = (
-            default_min_sigma(len(train_idx), n_num + len(counts) + n_bin)
+            default_min_sigma(len(train_idx), len(schema.columns))
             if self.min_sigma == "auto"
             else float(self.min_sigma)
         )
