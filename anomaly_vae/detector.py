@@ -368,10 +368,9 @@ class TabularDetector:
         """Fit ``net`` with Lightning; returns (history, best epoch, global rank, world size)."""
         # Lightning is imported here only: it costs seconds, and scoring never needs it.
         import pytorch_lightning as pl
-        from pytorch_lightning.callbacks import EarlyStopping
 
-        from anomaly_vae.data.datamodule import TabularDataModule
-        from anomaly_vae.models.tabular import EpochProgress, KeepBestWeights, TabularVAEModule
+        from anomaly_vae.data.datamodule import TabularDataModule, held_out_batches
+        from anomaly_vae.models.tabular import EpochProgress, TabularVAEModule
 
         for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -383,16 +382,13 @@ class TabularDetector:
             lr=self.lr,
             trim_fraction=self.trim_fraction,
             robust_validation=self.robust_validation,
+            held_out=held_out_batches(val, schedule["batch_size"]) if val is not None else None,
+            patience=schedule["patience"],
+            held_out_seed=self.seed,
         )
         callbacks: list[pl.Callback] = (
             [EpochProgress(schedule["max_epochs"])] if self.progress else []
         )
-        keep = KeepBestWeights("val_elbo")
-        if val is not None:
-            callbacks += [
-                EarlyStopping("val_elbo", mode="max", patience=schedule["patience"]),
-                keep,
-            ]
         trainer = pl.Trainer(
             max_epochs=schedule["max_epochs"],
             accelerator=self.accelerator,
@@ -402,18 +398,20 @@ class TabularDetector:
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=False,
-            num_sanity_val_steps=0,
+            limit_val_batches=0,
             callbacks=callbacks,
             deterministic=True,
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            # validation_step serves the image path; here the module scores held_out
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
             dm = TabularDataModule(
-                train, val, schedule["batch_size"], self.seed, schedule["rows_per_epoch"]
+                train, schedule["batch_size"], self.seed, schedule["rows_per_epoch"]
             )
             trainer.fit(module, datamodule=dm)
-        return module.history, keep.best_epoch, trainer.global_rank, trainer.world_size
+        return module.history, module.best_epoch, trainer.global_rank, trainer.world_size
 
     # ================================================================== calibration
     def _calibrate(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from anomaly_vae.nn.tabular import TabularTensors
 
@@ -26,10 +26,12 @@ class _BatchDataset(Dataset[TabularTensors]):
 
 
 class TabularDataModule(pl.LightningDataModule):
-    """Train and validation tensors with a seeded shuffle.
+    """Training tensors with a seeded shuffle. Validation rows do not go through
+    Lightning's loop: the module scores them (``TabularVAEModule(held_out=...)``, batches
+    from :func:`held_out_batches`).
 
     Args:
-        train, val: encoded rows; ``val`` may be None (no validation, no early stopping).
+        train: encoded rows.
         batch_size: rows per optimizer step.
         seed: seed of the shuffling generator, for reproducible runs.
         rows_per_epoch: training rows drawn per epoch (default: all rows once); more
@@ -39,39 +41,31 @@ class TabularDataModule(pl.LightningDataModule):
     def __init__(
         self,
         train: TabularTensors,
-        val: TabularTensors | None,
         batch_size: int,
         seed: int = 0,
         rows_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.train = train
-        self.val = val
         self.batch_size = batch_size
         self.seed = seed
         self.rows_per_epoch = rows_per_epoch
 
-    def _loader(self, tensors: TabularTensors, shuffle: bool) -> DataLoader[TabularTensors]:
-        ds = _BatchDataset(tensors)
-        base = (
-            RandomSampler(
-                ds,
-                num_samples=max(len(ds), self.rows_per_epoch or 0),
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-            if shuffle
-            else SequentialSampler(ds)
+    def train_dataloader(self) -> DataLoader[TabularTensors]:
+        ds = _BatchDataset(self.train)
+        base = RandomSampler(
+            ds,
+            num_samples=max(len(ds), self.rows_per_epoch or 0),
+            generator=torch.Generator().manual_seed(self.seed),
         )
         # drop a last batch of 1 row only: it would make a noisy, tiny step
         n = len(base)
-        drop_last = shuffle and n % self.batch_size == 1 and n > self.batch_size
+        drop_last = n % self.batch_size == 1 and n > self.batch_size
         sampler = BatchSampler(base, self.batch_size, drop_last=drop_last)
         return DataLoader(ds, batch_size=None, sampler=sampler)
 
-    def train_dataloader(self) -> DataLoader[TabularTensors]:
-        return self._loader(self.train, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader[TabularTensors] | list[Any]:
-        if self.val is None:
-            return []
-        return self._loader(self.val, shuffle=False)
+def held_out_batches(tensors: TabularTensors, batch_size: int) -> list[TabularTensors]:
+    """``tensors`` cut in order into batches of ``batch_size`` rows (the last may be
+    shorter): the validation batches the training module scores each epoch."""
+    return [tensors.rows(slice(i, i + batch_size)) for i in range(0, len(tensors), batch_size)]

@@ -39,7 +39,7 @@ def test_training_loss_leaves_out_the_highest_loss_rows(trim):
     module = TabularVAEModule(net, trim_fraction=trim)
     elbo = _elbo(net, batch)
     torch.manual_seed(1)
-    loss = module.training_step(batch, 0)
+    loss = module.training_loss(batch)
     kept = torch.sort(elbo, descending=True).values[: round(8 * (1 - trim))]
     torch.testing.assert_close(loss.detach(), -kept.mean())
     if trim:
@@ -82,3 +82,84 @@ def test_trimming_keeps_a_dense_outlier_cluster_unlikely():
     gap = {t: v[:300].mean() - v[300:].mean() for t, v in ll.items()}
     assert cluster[0.15] < cluster[0.0] - 2.0, cluster
     assert gap[0.15] > gap[0.0] + 1.0, gap
+
+
+def _rows(n: int, seed: int) -> TabularTensors:
+    g = torch.Generator().manual_seed(seed)
+    return TabularTensors(
+        torch.randn(n, 2, generator=g),
+        torch.ones(n, 2, dtype=torch.bool),
+        torch.zeros(n, 0, dtype=torch.long),
+        torch.zeros(n, 0),
+        torch.zeros(n, 0, dtype=torch.bool),
+    )
+
+
+def test_held_out_elbo_is_the_row_mean_on_repeated_noise():
+    """The held-out ELBO weighs every row once (not a mean of batch means) and draws the
+    same latent noise every epoch, so two calls on unchanged weights agree exactly."""
+    from anomaly_vae.data.datamodule import held_out_batches
+
+    torch.manual_seed(0)
+    net = TabularVAE(2, [], 0, latent_dim=2, hidden=[8])
+    val = _rows(10, 1)
+    batches = held_out_batches(val, 4)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    module = TabularVAEModule(net, held_out=batches, held_out_seed=7)
+    first = module.held_out_elbo()
+    torch.manual_seed(123)  # the global generator plays no part
+    assert module.held_out_elbo() == first
+    want = []
+    for i, b in enumerate(batches):
+        g = torch.Generator().manual_seed(7 + i)
+        with torch.no_grad():
+            want.append(single_sample_elbo(net, b, beta=1.0, generator=g)[2])
+    assert first == pytest.approx(torch.cat(want).mean().item(), rel=1e-6)
+    assert net.training  # scoring leaves the train/eval mode as it was
+
+
+class _ScriptedModule(TabularVAEModule):
+    """A held-out ELBO read from a script, and the weights at every epoch's end."""
+
+    def __init__(self, script: list[float], **kwargs):
+        torch.manual_seed(0)
+        super().__init__(TabularVAE(2, [], 0, latent_dim=2, hidden=[8]), **kwargs)
+        self.script = script
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+
+    def held_out_elbo(self) -> float:
+        self.snapshots.append({k: v.clone() for k, v in self.net.state_dict().items()})
+        return self.script[self.current_epoch]
+
+
+@pytest.mark.parametrize(
+    ("script", "epochs_run", "best"),
+    [
+        ([1.0, 3.0, 2.0, 2.5, 2.9, 2.0, 9.0], 5, 1),  # 3 epochs without a better value
+        ([1.0, 2.0, float("nan"), 9.0, 9.0, 9.0, 9.0], 3, 1),  # a NaN stops at once
+        ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], 7, 6),  # never stale: all epochs run
+    ],
+)
+def test_held_out_selection_stops_early_and_restores_the_best_epoch(script, epochs_run, best):
+    import pytorch_lightning as pl
+
+    from anomaly_vae.data.datamodule import TabularDataModule
+
+    module = _ScriptedModule(script, held_out=[_rows(4, 2)], patience=3)
+    trainer = pl.Trainer(
+        max_epochs=len(script),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=TabularDataModule(_rows(64, 3), 16, seed=0))
+    assert len(module.history) == epochs_run
+    assert module.best_epoch == best
+    assert [r["val_elbo"] for r in module.history][:3] == pytest.approx(script[:3], nan_ok=True)
+    kept = module.snapshots[best]
+    assert all(torch.equal(v, kept[k]) for k, v in module.net.state_dict().items())
+    if best != epochs_run - 1:  # the last epoch's weights were replaced
+        last = module.snapshots[-1]["encoder.0.weight"]
+        assert not torch.equal(module.net.state_dict()["encoder.0.weight"], last)
