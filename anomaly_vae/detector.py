@@ -407,6 +407,8 @@ class TabularDetector:
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             # validation_step serves the image path; here the module scores held_out
             warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+            # the module's fast batch copy is meant to win over the datamodule's default
+            warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
             dm = TabularDataModule(
                 train, schedule["batch_size"], self.seed, schedule["rows_per_epoch"]
             )
