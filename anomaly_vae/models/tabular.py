@@ -98,12 +98,17 @@ class TabularVAEModule(pl.LightningModule):
     def training_loss(self, batch: Any) -> torch.Tensor:
         """Negative (beta-)ELBO per row, averaged over the rows kept by trimming: [], nats."""
         _, _, objective = single_sample_elbo(self._vae, batch, beta=self.current_beta())
-        loss_rows = -objective
-        if self.trim_fraction > 0 and loss_rows.numel() > 4:
-            keep = max(1, round(loss_rows.numel() * (1.0 - self.trim_fraction)))
-            loss_rows = torch.topk(loss_rows, keep, largest=False).values
         self._accumulate("train_elbo", float(objective.detach().mean()), len(batch))
-        return loss_rows.mean()
+        return -self._untrimmed(objective).mean()
+
+    def _untrimmed(self, elbo: torch.Tensor) -> torch.Tensor:
+        """The rows of ``elbo`` [N] left after trimming the ``trim_fraction`` lowest
+        (the highest-loss rows, the likeliest outliers): [M]; all rows when trimming is
+        off or N <= 4."""
+        if self.trim_fraction <= 0 or elbo.numel() <= 4:
+            return elbo
+        keep = max(1, round(elbo.numel() * (1.0 - self.trim_fraction)))
+        return torch.topk(elbo, keep).values
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
@@ -127,12 +132,9 @@ class TabularVAEModule(pl.LightningModule):
     ) -> torch.Tensor:
         """ELBO (beta 1, nats) of the rows of ``batch`` that vote in model selection: [M]."""
         _, _, elbo = single_sample_elbo(self._vae, batch, beta=1.0, generator=generator)
-        if self.robust_validation and self.trim_fraction > 0 and elbo.numel() > 4:
-            # model selection as robust as the training: the lowest-ELBO rows (the
-            # likeliest outliers) of each validation batch do not vote
-            keep = max(1, round(elbo.numel() * (1.0 - self.trim_fraction)))
-            elbo = torch.topk(elbo, keep).values
-        return elbo
+        # robust_validation: model selection as robust as the training, the trimmed rows
+        # of each validation batch do not vote
+        return self._untrimmed(elbo) if self.robust_validation else elbo
 
     def validation_step(self, batch: TabularTensors, batch_idx: int) -> None:
         elbo = self._validation_rows(batch)
@@ -140,8 +142,8 @@ class TabularVAEModule(pl.LightningModule):
 
     def held_out_elbo(self) -> float:
         """Mean ELBO per voting row (nats) over all ``held_out`` batches and ranks."""
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.trainer.global_rank if self._trainer is not None else 0
+        trainer = self._trainer  # None when called outside a fit (tests)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         generator = torch.Generator(device=self.device)
         was_training = self.net.training
@@ -149,15 +151,15 @@ class TabularVAEModule(pl.LightningModule):
         with torch.no_grad():
             for i in range(rank, len(self.held_out), world):
                 batch = self.held_out[i]
-                if self._trainer is not None:
-                    batch = self.trainer.strategy.batch_to_device(batch)
+                if trainer is not None:
+                    batch = trainer.strategy.batch_to_device(batch)
                 generator.manual_seed(self.held_out_seed + i)
                 elbo = self._validation_rows(batch, generator)
                 sums[0] += elbo.sum()
                 sums[1] += elbo.numel()
         self.net.train(was_training)
-        if world > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        if trainer is not None and world > 1:
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
         return float(sums[0] / sums[1])
 
     def _select(self, value: float) -> None:
