@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from anomaly_vae.nn.tabular import TabularTensors
 
@@ -25,6 +27,33 @@ class _BatchDataset(Dataset[TabularTensors]):
         return self.tensors.rows(torch.as_tensor(idx))
 
 
+class _GroupDataset(_BatchDataset):
+    """Indexed by a list of batches (lists of row numbers): a list of batches."""
+
+    def __getitem__(self, idx: Any) -> list[TabularTensors]:  # type: ignore[override]
+        return [self.tensors.rows(torch.as_tensor(b)) for b in idx]
+
+
+class _Groups(Sampler[list[list[int]]]):
+    """Consecutive batches of ``batches`` in groups of ``size`` (the last may be smaller)."""
+
+    def __init__(self, batches: BatchSampler, size: int) -> None:
+        self.batches, self.size = batches, size
+
+    def __iter__(self) -> Iterator[list[list[int]]]:
+        group: list[list[int]] = []
+        for batch in self.batches:
+            group.append(batch)
+            if len(group) == self.size:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.size)
+
+
 class TabularDataModule(pl.LightningDataModule):
     """Training tensors with a seeded shuffle. Validation rows do not go through
     Lightning's loop: the module scores them (``TabularVAEModule(held_out=...)``, batches
@@ -36,6 +65,13 @@ class TabularDataModule(pl.LightningDataModule):
         seed: seed of the shuffling generator, for reproducible runs.
         rows_per_epoch: training rows drawn per epoch (default: all rows once); more
             than the table holds cycles through fresh permutations.
+        steps_per_item: on one process, the loader yields lists of up to this many
+            consecutive batches, and the module takes one optimizer step per batch
+            (``TabularVAEModule.training_step``): the same batches in the same order,
+            with Lightning's fixed cost per loop iteration (about 1.5 ms on CPU, a
+            fifth of a small table's step) paid once per list. Under a distributed
+            strategy every item is one batch, because DDP synchronizes gradients once
+            per ``training_step``.
     """
 
     def __init__(
@@ -44,12 +80,14 @@ class TabularDataModule(pl.LightningDataModule):
         batch_size: int,
         seed: int = 0,
         rows_per_epoch: int | None = None,
+        steps_per_item: int = 1,
     ) -> None:
         super().__init__()
         self.train = train
         self.batch_size = batch_size
         self.seed = seed
         self.rows_per_epoch = rows_per_epoch
+        self.steps_per_item = steps_per_item
 
     def train_dataloader(self) -> DataLoader[TabularTensors]:
         ds = _BatchDataset(self.train)
@@ -62,6 +100,13 @@ class TabularDataModule(pl.LightningDataModule):
         n = len(base)
         drop_last = n % self.batch_size == 1 and n > self.batch_size
         sampler = BatchSampler(base, self.batch_size, drop_last=drop_last)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if self.steps_per_item > 1 and not distributed:
+            return DataLoader(
+                _GroupDataset(self.train),
+                batch_size=None,
+                sampler=_Groups(sampler, self.steps_per_item),
+            )
         return DataLoader(ds, batch_size=None, sampler=sampler)
 
 

@@ -111,12 +111,16 @@ class TabularVAEModule(pl.LightningModule):
         return torch.topk(elbo, keep).values
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One optimizer step per batch; ``batch`` is one batch or a list of batches
+        (``TabularDataModule(steps_per_item=...)``), stepped in order. Returns the last
+        step's loss."""
         optimizer = self.optimizers()
         assert isinstance(optimizer, pl.core.optimizer.LightningOptimizer)
-        loss = self.training_loss(batch)
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
+        for one in batch if isinstance(batch, list) else [batch]:
+            loss = self.training_loss(one)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
         return loss.detach()
 
     def transfer_batch_to_device(
@@ -125,6 +129,8 @@ class TabularVAEModule(pl.LightningModule):
         # Lightning's generic collection walk costs more than the copy on small batches
         if isinstance(batch, TabularTensors):
             return TabularTensors(*(t.to(device) for t in batch))
+        if isinstance(batch, list) and all(isinstance(b, TabularTensors) for b in batch):
+            return [TabularTensors(*(t.to(device) for t in b)) for b in batch]
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _validation_rows(

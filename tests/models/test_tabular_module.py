@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,21 @@ def test_held_out_elbo_is_the_row_mean_on_repeated_noise():
     assert net.training  # scoring leaves the train/eval mode as it was
 
 
+def _quiet_trainer(max_epochs: int) -> Any:
+    """A CPU Trainer without logger, checkpoints, bars or Lightning's validation loop."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        deterministic=True,
+    )
+
+
 class _ScriptedModule(TabularVAEModule):
     """A held-out ELBO read from a script, and the weights at every epoch's end."""
 
@@ -141,19 +158,11 @@ class _ScriptedModule(TabularVAEModule):
     ],
 )
 def test_held_out_selection_stops_early_and_restores_the_best_epoch(script, epochs_run, best):
-    import pytorch_lightning as pl
 
     from anomaly_vae.data.datamodule import TabularDataModule
 
     module = _ScriptedModule(script, held_out=[_rows(4, 2)], patience=3)
-    trainer = pl.Trainer(
-        max_epochs=len(script),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
+    trainer = _quiet_trainer(len(script))
     trainer.fit(module, datamodule=TabularDataModule(_rows(64, 3), 16, seed=0))
     assert len(module.history) == epochs_run
     assert module.best_epoch == best
@@ -163,3 +172,41 @@ def test_held_out_selection_stops_early_and_restores_the_best_epoch(script, epoc
     if best != epochs_run - 1:  # the last epoch's weights were replaced
         last = module.snapshots[-1]["encoder.0.weight"]
         assert not torch.equal(module.net.state_dict()["encoder.0.weight"], last)
+
+
+def _train_grouped(steps_per_item: int) -> tuple[TabularVAEModule, int]:
+    import pytorch_lightning as pl
+
+    from anomaly_vae.data.datamodule import TabularDataModule
+
+    torch.manual_seed(0)
+    module = TabularVAEModule(TabularVAE(2, [], 0, latent_dim=2, hidden=[8]), trim_fraction=0.1)
+    trainer = _quiet_trainer(3)
+    # 70 rows in batches of 16: 5 steps per epoch, the last one 6 rows
+    dm = TabularDataModule(_rows(70, 3), 16, seed=0, steps_per_item=steps_per_item)
+    pl.seed_everything(0, verbose=False)
+    trainer.fit(module, datamodule=dm)
+    return module, trainer.global_step
+
+
+@pytest.mark.parametrize("steps_per_item", [2, 5, 16])
+def test_grouped_steps_train_exactly_as_single_steps(steps_per_item):
+    """Several batches per loop iteration are the same optimizer steps on the same
+    batches in the same order: bit-identical weights, the same step count and history."""
+    single, steps = _train_grouped(1)
+    grouped, grouped_steps = _train_grouped(steps_per_item)
+    assert steps == grouped_steps == 15
+    for k, v in single.net.state_dict().items():
+        assert torch.equal(v, grouped.net.state_dict()[k]), k
+    assert [r["train_elbo"] for r in grouped.history] == [r["train_elbo"] for r in single.history]
+
+
+def test_groups_cover_every_batch_once():
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from anomaly_vae.data.datamodule import _Groups
+
+    batches = BatchSampler(SequentialSampler(range(10)), 3, drop_last=False)
+    groups = _Groups(batches, 3)
+    assert list(groups) == [[[0, 1, 2], [3, 4, 5], [6, 7, 8]], [[9]]]
+    assert len(groups) == 2
