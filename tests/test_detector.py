@@ -271,3 +271,17 @@ def test_integer_coded_columns_are_modelled_as_discrete(tmp_path):
     assert cont.schema_.columns[1].kind == "numeric"
     with pytest.raises(ValueError, match="discrete_levels must be an integer >= 0, got -1"):
         TabularDetector(discrete_levels=-1).fit(train)
+
+
+def test_progress_bar_shows_each_epochs_own_elbo(mixed_train, capsys):
+    """The bar counts every epoch run and ends on the last epoch's ELBOs from the
+    history (Lightning calls a callback's epoch-end hook before the module writes them)."""
+    det = TabularDetector(seed=0, max_epochs=3, patience=10, progress=True, id_column="id")
+    det.fit(mixed_train)
+    err = capsys.readouterr().err
+    last = det.history_[-1]
+    assert len(det.history_) == 3
+    assert "3/3" in err
+    final = err.rsplit("\r", 1)[-1]
+    assert f"val_elbo={last['val_elbo']:.2f}" in final, final
+    assert f"train_elbo={last['train_elbo']:.2f}" in final, final
