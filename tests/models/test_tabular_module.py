@@ -158,7 +158,6 @@ class _ScriptedModule(TabularVAEModule):
     ],
 )
 def test_held_out_selection_stops_early_and_restores_the_best_epoch(script, epochs_run, best):
-
     from anomaly_vae.data.datamodule import TabularDataModule
 
     module = _ScriptedModule(script, held_out=[_rows(4, 2)], patience=3)
