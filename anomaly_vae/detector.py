@@ -375,7 +375,7 @@ class TabularDetector:
         import pytorch_lightning as pl
 
         from anomaly_vae.data.datamodule import TabularDataModule, held_out_batches
-        from anomaly_vae.models.tabular import EpochProgress, TabularVAEModule
+        from anomaly_vae.models.tabular import EpochProgress, TabularVAEModule, quiet_trainer
 
         for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -395,15 +395,11 @@ class TabularDetector:
         callbacks: list[pl.Callback] = (
             [EpochProgress(schedule["max_epochs"])] if self.progress else []
         )
-        trainer = pl.Trainer(
+        trainer = quiet_trainer(
             max_epochs=schedule["max_epochs"],
             accelerator=self.accelerator,
             devices=self.devices,
             strategy=self.strategy,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
             limit_val_batches=0,
             callbacks=callbacks,
             deterministic=True,

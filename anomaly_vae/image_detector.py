@@ -315,7 +315,12 @@ class ImageDetector:
         import pytorch_lightning as pl
         from pytorch_lightning.callbacks import EarlyStopping
 
-        from anomaly_vae.models.tabular import EpochProgress, KeepBestWeights, TabularVAEModule
+        from anomaly_vae.models.tabular import (
+            EpochProgress,
+            KeepBestWeights,
+            TabularVAEModule,
+            quiet_trainer,
+        )
 
         torch.manual_seed(self.seed)
         net = ConvVAE(*shape, self.latent_dim, self.width_mult, self.likelihood)
@@ -341,16 +346,12 @@ class ImageDetector:
         ]
         if self.progress:
             callbacks.append(EpochProgress(self.max_epochs))
-        trainer = pl.Trainer(
+        trainer = quiet_trainer(
             max_epochs=self.max_epochs,
             max_time=dt.timedelta(minutes=self.max_minutes) if self.max_minutes else None,
             accelerator=self.accelerator,
             devices=self.devices,
             strategy=self.strategy,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
             num_sanity_val_steps=0,
             callbacks=callbacks,
         )

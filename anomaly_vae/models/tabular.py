@@ -233,6 +233,19 @@ class TabularVAEModule(pl.LightningModule):
         )
 
 
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    """A ``pl.Trainer(**kwargs)`` without Lightning's logger, checkpoints, model summary
+    and per-batch progress bars: the detectors keep the per-epoch ``history`` and show
+    :class:`EpochProgress` instead."""
+    return pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        **kwargs,
+    )
+
+
 class KeepBestWeights(pl.Callback):
     """Keeps the weights of the epoch with the best monitored metric (max) and puts them
     back when training ends, so early stopping returns the best model, not the last."""

@@ -122,17 +122,9 @@ def test_held_out_elbo_is_the_row_mean_on_repeated_noise():
 
 def _quiet_trainer(max_epochs: int) -> Any:
     """A CPU Trainer without logger, checkpoints, bars or Lightning's validation loop."""
-    import pytorch_lightning as pl
+    from anomaly_vae.models.tabular import quiet_trainer
 
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        deterministic=True,
-    )
+    return quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, deterministic=True)
 
 
 class _ScriptedModule(TabularVAEModule):
