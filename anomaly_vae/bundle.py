@@ -6,12 +6,14 @@ is checked against the sha256 recorded in ``manifest.json`` before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,11 @@ def write_bundle(
     return target
 
 
-def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """Read and verify a bundle: (manifest, documents by file name, weights)."""
+def read_bundle(
+    path: str | Path, kind: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify a bundle: (manifest, documents by file name, weights). With
+    ``kind`` ("tabular", "image"), a bundle of another kind is a ``BundleError``."""
     root = Path(path)
     mpath = root / "manifest.json"
     if not root.is_dir():
@@ -114,5 +119,20 @@ def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[
     if WEIGHTS not in files:
         msg = f"bundle {str(root)!r} lists no {WEIGHTS}"
         raise BundleError(msg)
+    if kind is not None and manifest.get("kind") != kind:
+        msg = f"bundle at {str(path)!r} holds a {manifest.get('kind')!r} detector, not {kind}"
+        raise BundleError(msg)
     docs = {name: json.loads((root / name).read_text()) for name in JSON_FILES if name in files}
     return manifest, docs, load_file(root / WEIGHTS)
+
+
+@contextlib.contextmanager
+def inconsistent_bundle(path: str | Path) -> Iterator[None]:
+    """Turns the errors of rebuilding a detector from verified documents (a missing key,
+    a wrong type, weights that do not fit the model) into a ``BundleError`` naming
+    ``path``."""
+    try:
+        yield
+    except (KeyError, TypeError, RuntimeError) as exc:
+        msg = f"bundle at {str(path)!r} is incomplete or inconsistent: {exc}"
+        raise BundleError(msg) from exc

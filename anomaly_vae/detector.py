@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly_vae.bundle import read_bundle, write_bundle
+from anomaly_vae.bundle import inconsistent_bundle, read_bundle, write_bundle
 from anomaly_vae.data.io import read_table
 from anomaly_vae.data.preprocessing import (
     WINSOR_TAIL,
@@ -30,7 +30,7 @@ from anomaly_vae.data.preprocessing import (
     check_winsorize,
 )
 from anomaly_vae.data.schema import DISCRETE_LEVELS, KINDS, Schema, infer_schema
-from anomaly_vae.exceptions import BundleError, NotFittedError, SchemaError
+from anomaly_vae.exceptions import NotFittedError, SchemaError
 from anomaly_vae.nn.tabular import (
     TabularTensors,
     TabularVAE,
@@ -143,6 +143,7 @@ class TabularDetector:
         progress: show progress bars for training and long scoring.
     """
 
+    #: the manifest of the bundle it was loaded from (files, sha256, versions)
     manifest_: dict[str, Any]
 
     def __init__(
@@ -713,11 +714,8 @@ class TabularDetector:
     @classmethod
     def load(cls, path: str | Path) -> TabularDetector:
         """Read a bundle written by :meth:`save`; never unpickles."""
-        manifest, docs, weights = read_bundle(path)
-        if manifest.get("kind") != "tabular":
-            msg = f"bundle at {str(path)!r} holds a {manifest.get('kind')!r} detector, not tabular"
-            raise BundleError(msg)
-        try:
+        manifest, docs, weights = read_bundle(path, kind="tabular")
+        with inconsistent_bundle(path):
             cfg = docs["config.json"]
             params = dict(cfg["params"])
             det = cls(**params)
@@ -739,8 +737,5 @@ class TabularDetector:
             det.reference_ = docs.get("reference.json", {})
             det.training_ = cfg.get("training", {})
             det.history_ = cfg.get("history", [])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            msg = f"bundle at {str(path)!r} is incomplete or inconsistent: {exc}"
-            raise BundleError(msg) from exc
         det.manifest_ = manifest
         return det

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly_vae.bundle import read_bundle, write_bundle
+from anomaly_vae.bundle import inconsistent_bundle, read_bundle, write_bundle
 from anomaly_vae.data.images import load_images
-from anomaly_vae.exceptions import BundleError, ImageError, NotFittedError
+from anomaly_vae.exceptions import ImageError, NotFittedError
 from anomaly_vae.nn.conv import LIKELIHOODS, ConvVAE
 from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
@@ -125,6 +125,9 @@ class ImageDetector:
         accelerator, devices, strategy: passed to the Lightning Trainer.
         progress: progress bars.
     """
+
+    #: the manifest of the bundle it was loaded from (files, sha256, versions)
+    manifest_: dict[str, Any]
 
     def __init__(
         self,
@@ -513,11 +516,8 @@ class ImageDetector:
     @classmethod
     def load(cls, path: str | Path) -> ImageDetector:
         """Read a bundle written by :meth:`save`; never unpickles."""
-        manifest, docs, weights = read_bundle(path)
-        if manifest.get("kind") != "image":
-            msg = f"bundle at {str(path)!r} holds a {manifest.get('kind')!r} detector, not image"
-            raise BundleError(msg)
-        try:
+        manifest, docs, weights = read_bundle(path, kind="image")
+        with inconsistent_bundle(path):
             cfg = docs["config.json"]
             det = cls(**cfg["params"])
             net = ConvVAE(**cfg["model"])
@@ -540,9 +540,7 @@ class ImageDetector:
             det.complexity_weight_ = float(cal["scorer"].get("complexity_weight", 1.0))
             det.training_ = cfg.get("training", {})
             det.history_ = cfg.get("history", [])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            msg = f"bundle at {str(path)!r} is incomplete or inconsistent: {exc}"
-            raise BundleError(msg) from exc
+        det.manifest_ = manifest
         return det
 
 

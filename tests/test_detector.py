@@ -235,6 +235,27 @@ def test_bundle_round_trip_and_tamper_detection(fitted, mixed_test, tmp_path):
         TabularDetector.load(tmp_path / "nowhere")
 
 
+def test_bundle_of_another_kind_or_inconsistent_content_is_a_bundle_error(fitted, tmp_path):
+    import hashlib
+
+    from anomaly_vae.image_detector import ImageDetector
+
+    path = fitted.save(tmp_path / "det")
+    assert TabularDetector.load(path).manifest_["kind"] == "tabular"
+    with pytest.raises(BundleError, match="holds a 'tabular' detector, not image"):
+        ImageDetector.load(path)
+    # a config without the model section, re-signed so that it passes the sha256 check
+    config = json.loads((path / "config.json").read_text())
+    del config["model"]
+    (path / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((path / "manifest.json").read_text())
+    digest = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
+    manifest["files"]["config.json"] = digest
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="incomplete or inconsistent: 'model'"):
+        TabularDetector.load(path)
+
+
 def test_numpy_input_and_boolean_only_table():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 4))
