@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from anomaly_vae.nn.tabular import TabularTensors
 
@@ -32,26 +30,6 @@ class _GroupDataset(_BatchDataset):
 
     def __getitem__(self, idx: Any) -> list[TabularTensors]:  # type: ignore[override]
         return [self.tensors.rows(torch.as_tensor(b)) for b in idx]
-
-
-class _Groups(Sampler[list[list[int]]]):
-    """Consecutive batches of ``batches`` in groups of ``size`` (the last may be smaller)."""
-
-    def __init__(self, batches: BatchSampler, size: int) -> None:
-        self.batches, self.size = batches, size
-
-    def __iter__(self) -> Iterator[list[list[int]]]:
-        group: list[list[int]] = []
-        for batch in self.batches:
-            group.append(batch)
-            if len(group) == self.size:
-                yield group
-                group = []
-        if group:
-            yield group
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.batches) / self.size)
 
 
 class TabularDataModule(pl.LightningDataModule):
@@ -102,11 +80,10 @@ class TabularDataModule(pl.LightningDataModule):
         sampler = BatchSampler(base, self.batch_size, drop_last=drop_last)
         distributed = self.trainer is not None and self.trainer.world_size > 1
         if self.steps_per_item > 1 and not distributed:
-            return DataLoader(
-                _GroupDataset(self.train),
-                batch_size=None,
-                sampler=_Groups(sampler, self.steps_per_item),
-            )
+            # a batch sampler over the batch sampler: lists of consecutive batches (torch
+            # annotates its input as indices, but it groups whatever the sampler yields)
+            groups = BatchSampler(sampler, self.steps_per_item, drop_last=False)  # type: ignore[arg-type]
+            return DataLoader(_GroupDataset(self.train), batch_size=None, sampler=groups)
         return DataLoader(ds, batch_size=None, sampler=sampler)
 
 

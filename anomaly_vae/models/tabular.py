@@ -34,8 +34,9 @@ class TabularVAEModule(pl.LightningModule):
         robust_validation: with ``trim_fraction``, the validation ELBO that early stopping
             and the kept epoch watch is the mean over each batch's best
             ``1 - trim_fraction`` rows.
-        held_out: validation batches (on any device) that the module scores itself at
-            the end of every training epoch, instead of in Lightning's validation loop,
+        held_out: validation batches (moved to the training device when training
+            starts) that the module scores itself at the end of every training epoch,
+            instead of in Lightning's validation loop,
             whose fixed cost per epoch (about 17 ms on CPU) is a large share of a small
             table's epoch. Under DDP each rank scores every ``world_size``-th batch and
             the sums are all-reduced, so every rank sees the same value. The best
@@ -164,8 +165,6 @@ class TabularVAEModule(pl.LightningModule):
         with torch.no_grad():
             for i in range(rank, len(self.held_out), world):
                 batch = self.held_out[i]
-                if trainer is not None:
-                    batch = trainer.strategy.batch_to_device(batch)
                 generator.manual_seed(self.held_out_seed + i)
                 elbo = self._validation_rows(batch, generator)
                 sums[0] += elbo.sum()
@@ -174,6 +173,10 @@ class TabularVAEModule(pl.LightningModule):
         if trainer is not None and world > 1:
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
         return float(sums[0] / sums[1])
+
+    def on_train_start(self) -> None:
+        # onto the training device once, not at every epoch's end
+        self.held_out = [self.trainer.strategy.batch_to_device(b) for b in self.held_out]
 
     def _select(self, value: float) -> None:
         """Keep the weights if ``value`` is the best held-out ELBO so far; stop training

@@ -192,12 +192,14 @@ def test_grouped_steps_train_exactly_as_single_steps(steps_per_item):
     assert [r["train_elbo"] for r in grouped.history] == [r["train_elbo"] for r in single.history]
 
 
-def test_groups_cover_every_batch_once():
-    from torch.utils.data import BatchSampler, SequentialSampler
+def test_grouped_loader_yields_every_batch_once_in_lists():
+    from anomaly_vae.data.datamodule import TabularDataModule
 
-    from anomaly_vae.data.datamodule import _Groups
-
-    batches = BatchSampler(SequentialSampler(range(10)), 3, drop_last=False)
-    groups = _Groups(batches, 3)
-    assert list(groups) == [[[0, 1, 2], [3, 4, 5], [6, 7, 8]], [[9]]]
-    assert len(groups) == 2
+    rows = _rows(70, 3)
+    items = list(TabularDataModule(rows, 16, seed=0, steps_per_item=2).train_dataloader())
+    single = list(TabularDataModule(rows, 16, seed=0).train_dataloader())
+    assert [len(item) for item in items] == [2, 2, 1]
+    grouped = [b for item in items for b in item]
+    assert [len(b) for b in grouped] == [16, 16, 16, 16, 6]
+    for g, s in zip(grouped, single, strict=True):
+        assert torch.equal(g.num, s.num)
