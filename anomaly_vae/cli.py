@@ -112,7 +112,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         default=20,
         help="numeric columns holding at most this many distinct integers are modelled as "
-        "discrete (a categorical likelihood over their levels), default 20 (0 disables)",
+        "discrete (a likelihood over their levels), default 20 (0 disables)",
+    )
+    g.add_argument(
+        "--discrete-likelihood",
+        choices=("ordinal", "categorical"),  # the detector's DISCRETE_LIKELIHOODS
+        default="ordinal",
+        help="likelihood over a discrete column's levels: ordinal (a logistic binned at the "
+        "levels, the default) or categorical (a free probability per level)",
     )
     g.add_argument(
         "--k",
@@ -429,6 +436,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         student_df=args.student_df,
         winsorize=args.winsorize,
         discrete_levels=args.discrete_levels,
+        discrete_likelihood=args.discrete_likelihood,
         k=args.k,
         alpha=args.alpha,
         contamination=args.contamination,

@@ -170,14 +170,22 @@ def test_demo_registers_and_prints_curl_examples_for_its_port(tmp_path, capsys, 
     assert (tmp_path / "demo" / "example_request.json").exists()
 
 
-def test_min_sigma_flag_takes_auto_or_a_number(trained, capsys):
-    """--min-sigma defaults to 'auto'; anything but 'auto' or a number >= 0 is a usage error."""
+@pytest.mark.parametrize(
+    ("flag", "default", "bad", "message"),
+    [
+        ("--min-sigma", "auto", "wide", "expected 'auto' or a number >= 0, got 'wide'"),
+        ("--discrete-likelihood", "ordinal", "poisson", "invalid choice: 'poisson'"),
+    ],
+)
+def test_train_flag_defaults_and_usage_errors(trained, capsys, flag, default, bad, message):
+    """--min-sigma defaults to 'auto' and takes 'auto' or a number >= 0; --discrete-likelihood
+    defaults to ordinal; anything else is a usage error (exit 2) that says why."""
     from anomaly_vae.cli import _parser
 
     root, _ = trained
     args = _parser().parse_args(["train", str(root / "train.csv"), "--out", "x"])
-    assert args.min_sigma == "auto"
+    assert getattr(args, flag[2:].replace("-", "_")) == default
     with pytest.raises(SystemExit) as exc:
-        main(["train", str(root / "train.csv"), "--out", "x", "--min-sigma", "wide"])
+        main(["train", str(root / "train.csv"), "--out", "x", flag, bad])
     assert exc.value.code == 2
-    assert "expected 'auto' or a number >= 0, got 'wide'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err

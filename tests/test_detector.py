@@ -268,8 +268,9 @@ def test_numpy_input_and_boolean_only_table():
 
 
 def test_integer_coded_columns_are_modelled_as_discrete(tmp_path):
-    """A column of a few recurring integers gets a categorical likelihood over its levels:
-    a value off the levels is unusual, samples and bundles keep the levels as numbers."""
+    """A column of a few recurring integers gets a likelihood over its levels (ordinal by
+    default, categorical on request): a value off the levels is unusual, samples and
+    bundles keep the levels as numbers."""
     rng = np.random.default_rng(0)
     n = 600
     x = rng.normal(size=n)
@@ -278,6 +279,7 @@ def test_integer_coded_columns_are_modelled_as_discrete(tmp_path):
     det = TabularDetector(seed=0, max_epochs=30, k=16).fit(train)
     spec = det.schema_.columns[1]
     assert (spec.name, spec.kind, spec.discrete) == ("grade", "categorical", True)
+    assert det.net_.ordinal_levels == [spec.levels.tolist()]
     new = pd.DataFrame({"x": [0.0, 0.0, 0.0], "grade": [3.0, 3.5, 40.0]})
     ll = det.score_samples(new)
     assert ll[0] > ll[1] + 3 and ll[0] > ll[2] + 3  # off-level values: the unknown slot
@@ -292,6 +294,12 @@ def test_integer_coded_columns_are_modelled_as_discrete(tmp_path):
     assert cont.schema_.columns[1].kind == "numeric"
     with pytest.raises(ValueError, match="discrete_levels must be an integer >= 0, got -1"):
         TabularDetector(discrete_levels=-1).fit(train)
+    cat = TabularDetector(seed=0, max_epochs=5, k=4, discrete_likelihood="categorical")
+    assert cat.fit(train).net_.ordinal_levels == [None]
+    ll = cat.score_samples(new)
+    assert ll[0] > ll[1] + 3 and ll[1] == pytest.approx(ll[2])
+    with pytest.raises(ValueError, match="discrete_likelihood must be one of ordinal, categorical"):
+        TabularDetector(discrete_likelihood="poisson").fit(train)
 
 
 def test_progress_bar_shows_each_epochs_own_elbo(mixed_train, capsys):

@@ -20,7 +20,7 @@ ColumnKind = Literal["numeric", "categorical", "boolean"]
 KINDS: tuple[ColumnKind, ...] = ("numeric", "categorical", "boolean")
 
 #: Numeric columns holding at most this many distinct integers are modelled as discrete
-#: (a categorical likelihood over their levels): integer-coded columns such as counts,
+#: (a likelihood over their levels, not a density): integer-coded columns such as counts,
 #: grades and 0..16 pixel intensities. On ADBench this raised mean AUROC (letter +15,
 #: optdigits +19; benchmarks/RESULTS.md, ablations).
 DISCRETE_LEVELS = 20
@@ -54,10 +54,11 @@ class ColumnSpec:
             over ``categories`` plus an "unknown" slot) or ``boolean`` (Bernoulli).
         categories: the category labels seen in training (categorical only), as strings.
         discrete: a numeric column with few integer levels (categorical only). Its values
-            are numbers, validated as numbers; the model treats the levels in
-            ``categories`` (decimal strings, in numeric order) as categories, so its
-            likelihood is a probability mass over the levels, and a value that is not
-            one of them (3.5, or 17 when training saw 0..16) takes the "unknown" slot.
+            are numbers, validated as numbers; the model's likelihood is a probability
+            mass over the levels in ``categories`` (decimal strings, in numeric order;
+            ordinal or categorical, the detector's ``discrete_likelihood``), and a value
+            that is not one of them (3.5, or 17 when training saw 0..16) takes the
+            "unknown" slot.
     """
 
     name: str

@@ -1,14 +1,16 @@
 """The tabular VAE: an MLP encoder and a decoder with one likelihood per column kind.
 
 Numeric columns get a Student-t (or Gaussian) with a learned, per-record location and
-scale; categorical columns (and discrete ones: integer levels) a categorical distribution
-over the training categories plus an "unknown" slot; boolean
+scale; categorical columns a categorical distribution over the training categories plus an
+"unknown" slot; discrete columns (integer levels) either the same or an ordinal
+likelihood, a logistic with learned location and scale binned at the levels; boolean
 columns a Bernoulli. Missing features (mask False) contribute 0 nats: they are
 marginalized out of the likelihood, which a factorized decoder allows exactly.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -18,6 +20,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly_vae.nn.base import LOG_2PI, mlp
+
+#: Lower bound of an ordinal column's logistic scale, in units of half the column's level
+#: range: keeps the bin probabilities' gradients finite; a bin's probability is at most 1
+#: whatever the scale, so this is no noise floor.
+ORDINAL_MIN_SCALE = 1e-3
+#: Stands in for the infinite outer edges of an ordinal column's first and last bins (in
+#: the same units): finite, so no 0 * inf reaches a gradient.
+_EDGE = 1e4
+
+
+def log_sigmoid_diff(a: Tensor, b: Tensor) -> Tensor:
+    """log(sigmoid(b) - sigmoid(a)) for a < b, elementwise: the log-probability a logistic
+    puts between a and b (standardized). Stable in both tails (mirrored where the bin lies
+    right of the centre) and for narrow bins (expm1)."""
+    flip = (a + b) > 0
+    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    la, lb = F.logsigmoid(a), F.logsigmoid(b)
+    return lb + torch.log(-torch.expm1((la - lb).clamp(max=-1e-12)))
 
 
 class TabularTensors(NamedTuple):
@@ -69,6 +89,12 @@ class TabularVAE(torch.nn.Module):
             tails are polynomial, so one column far off (a rare value in a nearly
             constant column) costs O(log r) nats instead of O(r^2) and cannot outvote
             every other column of the record.
+        ordinal_levels: for each categorical column, None (a categorical likelihood over
+            its categories) or its levels, ascending numbers (a discrete column's values):
+            an ordinal likelihood, the probability a logistic with a learned location and
+            scale puts on each level's bin (the bins meet halfway between levels; the
+            outer ones are open). Two decoder outputs per column instead of one per
+            level, and neighbouring levels share strength. Needs ``unknown_log_prob``.
         unknown_log_prob: the log-probability of a categorical column's "unknown" slot
             (a category never seen in training), fixed rather than learned, the known
             categories sharing the rest; None learns it like the others. Training never
@@ -91,6 +117,7 @@ class TabularVAE(torch.nn.Module):
         min_sigma: float = 1e-2,
         student_df: float | None = None,
         unknown_log_prob: float | None = None,
+        ordinal_levels: list[list[float] | None] | None = None,
     ) -> None:
         super().__init__()
         if unknown_log_prob is not None and not unknown_log_prob < 0:
@@ -113,30 +140,95 @@ class TabularVAE(torch.nn.Module):
         if self.n_features == 0:
             msg = "a TabularVAE needs at least one column"
             raise ValueError(msg)
-        out_dim = 2 * n_numeric + sum(self.cat_sizes) + n_boolean
+        self.ordinal_levels = self._check_ordinal(ordinal_levels)
+        ordinal = [j for j, lv in enumerate(self.ordinal_levels) if lv is not None]
+        nominal = [j for j, lv in enumerate(self.ordinal_levels) if lv is None]
+        self._ordinal_cols, self._nominal_cols = ordinal, nominal
+        # the decoder's categorical logits cover the nominal columns only
+        nominal_sizes = [self.cat_sizes[j] for j in nominal]
+        # columns in (nominal, ordinal) order -> schema order
+        self._cat_order = torch.argsort(torch.tensor(nominal + ordinal, dtype=torch.long))
+        out_dim = 2 * n_numeric + sum(nominal_sizes) + 2 * len(ordinal) + n_boolean
         self.encoder = mlp([self.input_dim, *hidden, 2 * latent_dim])
         self.decoder = mlp([latent_dim, *reversed(hidden), out_dim])
         ls = torch.zeros(n_numeric) if log_scale is None else torch.tensor(log_scale)
         self.register_buffer("log_scale", ls.to(torch.float32))
         offsets = np.cumsum([0, *self.cat_sizes]).tolist()
-        self._cat_offsets: list[int] = [int(o) for o in offsets]
+        self._cat_offsets: list[int] = [int(o) for o in offsets]  # encoder's one-hot block
+        self._cat_start = torch.tensor(self._cat_offsets[:-1], dtype=torch.long)
+        self._init_nominal_layout(nominal_sizes, [self.category_counts[j] for j in nominal])
+        self._init_ordinal_layout([self.ordinal_levels[j] for j in ordinal])
+
+    def _check_ordinal(
+        self, ordinal_levels: list[list[float] | None] | None
+    ) -> list[list[float] | None]:
+        """Validated copy of ``ordinal_levels`` (all None when not given)."""
+        if ordinal_levels is None:
+            return [None] * len(self.category_counts)
+        if len(ordinal_levels) != len(self.category_counts):
+            msg = (
+                f"ordinal_levels has {len(ordinal_levels)} entries for "
+                f"{len(self.category_counts)} categorical columns"
+            )
+            raise ValueError(msg)
+        out: list[list[float] | None] = []
+        for j, (levels, count) in enumerate(zip(ordinal_levels, self.category_counts, strict=True)):
+            if levels is None:
+                out.append(None)
+                continue
+            lv = [float(v) for v in levels]
+            if len(lv) != count or not all(math.isfinite(v) for v in lv):
+                msg = f"ordinal_levels[{j}] must be {count} finite numbers, got {levels!r}"
+                raise ValueError(msg)
+            if any(b <= a for a, b in itertools.pairwise(lv)):
+                msg = f"ordinal_levels[{j}] must be strictly ascending, got {levels!r}"
+                raise ValueError(msg)
+            out.append(lv)
+        if any(lv is not None for lv in out) and self.unknown_log_prob is None:
+            msg = "ordinal columns need a fixed unknown_log_prob"
+            raise ValueError(msg)
+        return out
+
+    def _init_nominal_layout(self, sizes: list[int], counts: list[int]) -> None:
+        """Index tensors over the nominal columns' logits (``sizes`` include the unknown
+        slot); derived from the config, so not buffers."""
+        offsets = np.cumsum([0, *sizes]).tolist()
+        self._nom_offsets: list[int] = [int(o) for o in offsets]
         # Categorical columns are scored together as one padded [.., n_cat, max_size]
         # block (a few kernels instead of a few per column: 64 discrete columns made the
         # per-column loop dominate training), unless padding would more than double the
         # work (a few very wide columns among narrow ones), where the loop is cheaper.
-        total = self._cat_offsets[-1]
-        width = max(self.cat_sizes, default=0)
-        self._padded = bool(self.cat_sizes) and len(self.cat_sizes) * width <= 2 * total
-        pad = torch.full((len(self.cat_sizes), width), total, dtype=torch.long)
-        for j, (a, size) in enumerate(zip(self._cat_offsets, self.cat_sizes, strict=False)):
+        total = self._nom_offsets[-1]
+        width = max(sizes, default=0)
+        self._padded = bool(sizes) and len(sizes) * width <= 2 * total
+        pad = torch.full((len(sizes), width), total, dtype=torch.long)
+        for j, (a, size) in enumerate(zip(self._nom_offsets, sizes, strict=False)):
             pad[j, :size] = torch.arange(a, a + size)
-        self._pad_index = pad.flatten()  # not a buffer: derived from the config
-        self._cat_start = torch.tensor(self._cat_offsets[:-1], dtype=torch.long)
+        self._pad_index = pad.flatten()
+        self._nom_start = torch.tensor(self._nom_offsets[:-1], dtype=torch.long)
         self._segment = torch.repeat_interleave(
-            torch.arange(len(self.cat_sizes)), torch.tensor(self.cat_sizes, dtype=torch.long)
-        )  # the categorical column of each logit
-        self._unknown_slot = torch.tensor(self.category_counts, dtype=torch.long)
-        self._unknown_pos = torch.tensor(self._cat_offsets[1:], dtype=torch.long) - 1
+            torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long)
+        )  # the nominal column of each logit
+        self._unknown_slot = torch.tensor(counts, dtype=torch.long)
+        self._unknown_pos = torch.tensor(self._nom_offsets[1:], dtype=torch.long) - 1
+
+    def _init_ordinal_layout(self, levels: list[list[float] | None]) -> None:
+        """Bin edges of the ordinal columns, in units of half each column's level range
+        around its midpoint (levels in [-1, 1]): ``_ord_lower``/``_ord_upper`` [n_ord,
+        width] (width = most levels; padding bins are empty), ``_ord_counts`` [n_ord]."""
+        width = max((len(lv) for lv in levels if lv is not None), default=0)
+        lower = torch.full((len(levels), width), _EDGE)
+        upper = torch.full((len(levels), width), _EDGE)
+        for j, lv in enumerate(levels):
+            assert lv is not None
+            v = torch.tensor(lv, dtype=torch.float64)
+            half = (v[-1] - v[0]) / 2 if len(lv) > 1 else torch.tensor(1.0, dtype=v.dtype)
+            u = (v - (v[0] + v[-1]) / 2) / half
+            mid = (u[1:] + u[:-1]) / 2
+            lower[j, : len(lv)] = torch.cat([torch.tensor([-_EDGE], dtype=v.dtype), mid]).float()
+            upper[j, : len(lv)] = torch.cat([mid, torch.tensor([_EDGE], dtype=v.dtype)]).float()
+        self._ord_lower, self._ord_upper = lower, upper
+        self._ord_counts = torch.tensor([len(lv or []) for lv in levels], dtype=torch.long)
 
     # ------------------------------------------------------------------ encoder
     def encoder_input(self, batch: TabularTensors) -> Tensor:
@@ -161,9 +253,10 @@ class TabularVAE(torch.nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
     # ------------------------------------------------------------------ decoder
-    def _heads(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Decoder outputs for z [..., L]: numeric mean and sigma [..., n_num], the
-        categorical columns' logits side by side [..., sum(cat_sizes)], boolean logits
+    def _heads(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Decoder outputs for z [..., L]: numeric mean and sigma [..., n_num], the nominal
+        categorical columns' logits side by side [..., sum of their sizes], the ordinal
+        columns' logistic locations then raw scales [..., 2 * n_ord], boolean logits
         [..., n_bin].
 
         The last layer runs once per head on row blocks of its weight, so each head is a
@@ -177,53 +270,113 @@ class TabularVAE(torch.nn.Module):
         n = self.n_numeric
         mean = F.linear(h, w[:n], b[:n])
         sigma = F.softplus(F.linear(h, w[n : 2 * n], b[n : 2 * n])) + self.min_sigma
-        base, tail = 2 * n, 2 * n + self._cat_offsets[-1]
-        cat_logits = F.linear(h, w[base:tail], b[base:tail])
+        base = 2 * n
+        ords = base + self._nom_offsets[-1]
+        tail = ords + 2 * len(self._ordinal_cols)
+        cat_logits = F.linear(h, w[base:ords], b[base:ords])
+        ord_params = F.linear(h, w[ords:tail], b[ords:tail])
         bin_logits = F.linear(h, w[tail:], b[tail:])
-        return mean, sigma, cat_logits, bin_logits
+        return mean, sigma, cat_logits, ord_params, bin_logits
 
     def _split(self, cat_logits: Tensor) -> list[Tensor]:
-        """[..., sum(cat_sizes)] -> one [..., size] logits view per categorical column."""
+        """[..., sum of nominal sizes] -> one [..., size] logits view per nominal column."""
         return [
             cat_logits[..., a:c]
-            for a, c in zip(self._cat_offsets[:-1], self._cat_offsets[1:], strict=True)
+            for a, c in zip(self._nom_offsets[:-1], self._nom_offsets[1:], strict=True)
         ]
 
     def _categorical_log_prob_inference(self, idx: Tensor, cat_logits: Tensor) -> Tensor | None:
-        """Scoring's [..., N, n_cat] log-probabilities without a padded copy: the chosen
+        """Scoring's [..., N, n_nominal] log-probabilities without a padded copy: the chosen
         logit minus each column's logsumexp, the sums taken as one segment sum of
         exp(logit - row max). None when a whole column
         underflows under the row's maximum (the caller then takes the exact path)."""
-        start = self._cat_start.to(idx.device)
+        start = self._nom_start.to(idx.device)
         where = (idx.clamp(min=0) + start).expand(*cat_logits.shape[:-2], *idx.shape)
         chosen = cat_logits.gather(-1, where)
         top = cat_logits.amax(-1, keepdim=True)
         e = (cat_logits - top).exp_()
         segment = self._segment.to(idx.device)
-        sums = e.new_zeros(*e.shape[:-1], len(self.cat_sizes)).index_add_(-1, segment, e)
+        sums = e.new_zeros(*e.shape[:-1], len(self._nominal_cols)).index_add_(-1, segment, e)
         if bool((sums < 1e-30).any()):
             return None
         return chosen.sub_(top).sub_(sums.log_())
 
-    def _categorical_log_prob(self, batch: TabularTensors, cat_logits: Tensor) -> Tensor:
-        """[..., N, n_cat] log-probability of each observed category; 0 where missing."""
+    def _categorical_log_prob(
+        self, batch: TabularTensors, cat_logits: Tensor, ord_params: Tensor
+    ) -> Tensor:
+        """[..., N, n_cat] log-probability of each observed category (or level); 0 where
+        missing. Columns in schema order, nominal and ordinal alike."""
+        if not self._ordinal_cols:
+            return self._nominal_log_prob(batch.cat, cat_logits)
+        dev = batch.cat.device
+        parts = []
+        if self._nominal_cols:
+            nominal = torch.tensor(self._nominal_cols, device=dev)
+            parts.append(self._nominal_log_prob(batch.cat.index_select(1, nominal), cat_logits))
+        ordinal = torch.tensor(self._ordinal_cols, device=dev)
+        parts.append(self._ordinal_log_prob(batch.cat.index_select(1, ordinal), ord_params))
+        both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+        return both.index_select(-1, self._cat_order.to(dev))
+
+    def _with_unknown(self, idx: Tensor, known: Tensor, counts: Tensor) -> Tensor:
+        """The fixed unknown slot: ``known`` log-probabilities (normalized over the known
+        categories) scaled to share 1 - e^u, u where ``idx`` is the unknown slot
+        (``counts``), 0 where missing (-1)."""
         u = self.unknown_log_prob
-        if u is None:
-            return self._categorical_terms(batch.cat, cat_logits)
+        assert u is not None
+        out = torch.where(idx == counts.to(idx.device), u, known + math.log1p(-math.exp(u)))
+        return out * (idx >= 0).to(out.dtype)  # missing: marginalized, 0
+
+    def _nominal_log_prob(self, idx: Tensor, cat_logits: Tensor) -> Tensor:
+        """[..., N, n_nominal] for the nominal columns' categories ``idx`` [N, n_nominal]."""
+        if self.unknown_log_prob is None:
+            return self._categorical_terms(idx, cat_logits)
         # fixed unknown slot: normalize over the known slots only, give them 1 - e^u
         pos = self._unknown_pos.to(cat_logits.device)
         if torch.is_grad_enabled():
             cat_logits = cat_logits.index_fill(-1, pos, -math.inf)
         else:
             cat_logits = cat_logits.index_fill_(-1, pos, -math.inf)
-        known = self._categorical_terms(batch.cat, cat_logits)
-        is_unknown = batch.cat == self._unknown_slot.to(batch.cat.device)
-        out = torch.where(is_unknown, u, known + math.log1p(-math.exp(u)))
-        return out * (batch.cat >= 0).to(out.dtype)  # missing: marginalized, 0
+        known = self._categorical_terms(idx, cat_logits)
+        return self._with_unknown(idx, known, self._unknown_slot)
+
+    def _ordinal_scale(self, ord_params: Tensor) -> tuple[Tensor, Tensor]:
+        """Logistic location and scale [..., n_ord] each, in half-range units."""
+        n = len(self._ordinal_cols)
+        loc, raw = ord_params[..., :n], ord_params[..., n:]
+        return loc, F.softplus(raw) + ORDINAL_MIN_SCALE
+
+    def _ordinal_log_prob(self, idx: Tensor, ord_params: Tensor) -> Tensor:
+        """[..., N, n_ord] log-probability of the ordinal columns' levels ``idx``
+        [N, n_ord]: the logistic's mass on each level's bin, then the unknown slot."""
+        loc, scale = self._ordinal_scale(ord_params)
+        dev = idx.device
+        counts = self._ord_counts.to(dev)
+        width = self._ord_lower.shape[1]
+        level = torch.minimum(idx.clamp(min=0), counts - 1)  # unknown/missing: any real bin
+        flat = level + torch.arange(len(counts), device=dev) * width
+        lower = self._ord_lower.to(dev, loc.dtype).flatten()[flat]
+        upper = self._ord_upper.to(dev, loc.dtype).flatten()[flat]
+        known = log_sigmoid_diff((lower - loc) / scale, (upper - loc) / scale)
+        return self._with_unknown(idx, known, counts)
+
+    def _ordinal_level_log_probs(self, ord_params: Tensor) -> Tensor:
+        """[..., n_ord, width] log-probability of every level of every ordinal column
+        (padding levels -inf), for decoding and sampling."""
+        loc, scale = self._ordinal_scale(ord_params)
+        lower = self._ord_lower.to(loc.device, loc.dtype)
+        upper = self._ord_upper.to(loc.device, loc.dtype)
+        lp = log_sigmoid_diff(
+            (lower - loc.unsqueeze(-1)) / scale.unsqueeze(-1),
+            (upper - loc.unsqueeze(-1)) / scale.unsqueeze(-1),
+        )
+        counts = self._ord_counts.to(loc.device)
+        real = torch.arange(lower.shape[1], device=loc.device) < counts.unsqueeze(-1)
+        return lp.masked_fill(~real, -math.inf)
 
     def _categorical_terms(self, idx: Tensor, cat_logits: Tensor) -> Tensor:
-        """log softmax of each column's logits at the observed category, [..., N, n_cat];
-        0 where missing."""
+        """log softmax of each nominal column's logits at the observed category,
+        [..., N, n_nominal]; 0 where missing."""
         observed = (idx >= 0).to(cat_logits.dtype)
         if not torch.is_grad_enabled():
             fast = self._categorical_log_prob_inference(idx, cat_logits)
@@ -234,7 +387,7 @@ class TabularVAE(torch.nn.Module):
             spare = cat_logits.new_full((*lead, 1), -math.inf)  # padding slots: p = 0
             padded = torch.cat([cat_logits, spare], -1)
             padded = padded.index_select(-1, self._pad_index.to(idx.device))
-            logp = padded.view(*lead, len(self.cat_sizes), -1).log_softmax(-1)
+            logp = padded.view(*lead, len(self._nominal_cols), -1).log_softmax(-1)
             where = idx.clamp(min=0).expand(*logp.shape[:-1]).unsqueeze(-1)
             return logp.gather(-1, where).squeeze(-1) * observed
         parts = []
@@ -276,12 +429,12 @@ class TabularVAE(torch.nn.Module):
 
         F orders numeric, then categorical, then boolean columns. Missing features give 0.
         """
-        mean, sigma, cat_logits, bin_logits = self._heads(z)
+        mean, sigma, cat_logits, ord_params, bin_logits = self._heads(z)
         parts: list[Tensor] = []
         if self.n_numeric:
             parts.append(self._numeric_log_prob(batch, mean, sigma))
         if self.cat_sizes:
-            parts.append(self._categorical_log_prob(batch, cat_logits))
+            parts.append(self._categorical_log_prob(batch, cat_logits, ord_params))
         if self.n_boolean:
             xb = batch.bin.to(bin_logits.dtype)
             if torch.is_grad_enabled():
@@ -302,16 +455,25 @@ class TabularVAE(torch.nn.Module):
         """The decoder's most likely record for z [N, L]: numeric means [N, n_num]
         (standardized), category indices [N, n_cat] (never the unknown slot), booleans
         [N, n_bin] in {0, 1}."""
-        mean, _, cat_logits, bin_logits = self._heads(z)
+        mean, _, cat_logits, ord_params, bin_logits = self._heads(z)
         cats = [lg[..., :-1].argmax(-1) for lg in self._split(cat_logits)]
-        cat = torch.stack(cats, -1) if cats else torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
-        return mean, cat, (bin_logits > 0).to(mean.dtype)
+        if self._ordinal_cols:
+            cats.extend(self._ordinal_level_log_probs(ord_params).argmax(-1).unbind(-1))
+        return mean, self._stack_categories(cats, z), (bin_logits > 0).to(mean.dtype)
+
+    def _stack_categories(self, cats: list[Tensor], z: Tensor) -> Tensor:
+        """Per-column category indices, nominal columns then ordinal ones, each [N] ->
+        [N, n_cat] in schema order."""
+        if not cats:
+            return torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
+        cat = torch.stack(cats, -1)
+        return cat.index_select(-1, self._cat_order) if self._ordinal_cols else cat
 
     @torch.no_grad()
     def sample_x(self, z: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
         """Draw x ~ p(x|z) for z [N, L]; same layout as :meth:`decode_mean`.
         Categorical draws exclude the unknown slot (it has no label to write)."""
-        mean, sigma, cat_logits, bin_logits = self._heads(z)
+        mean, sigma, cat_logits, ord_params, bin_logits = self._heads(z)
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         if self.student_df is not None:  # t = normal / sqrt(chi2_nu / nu)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -322,7 +484,12 @@ class TabularVAE(torch.nn.Module):
             torch.multinomial(lg[..., :-1].softmax(-1), 1, generator=generator).squeeze(-1)
             for lg in self._split(cat_logits)
         ]
-        cat = torch.stack(cats, -1) if cats else torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
+        if self._ordinal_cols:
+            probs = self._ordinal_level_log_probs(ord_params).exp()  # [N, n_ord, width]
+            flat = probs.reshape(-1, probs.shape[-1])
+            draw = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+            cats.extend(draw.unbind(-1))
+        cat = self._stack_categories(cats, z)
         u = torch.rand(bin_logits.shape, generator=generator, dtype=bin_logits.dtype)
         return num, cat, (u < bin_logits.sigmoid()).to(mean.dtype)
 
@@ -337,6 +504,8 @@ class TabularVAE(torch.nn.Module):
             "min_sigma": self.min_sigma,
             "student_df": self.student_df,
             "unknown_log_prob": self.unknown_log_prob,
+            # only when used, so a bundle without ordinal columns reads as before
+            **({"ordinal_levels": self.ordinal_levels} if self._ordinal_cols else {}),
         }
 
 

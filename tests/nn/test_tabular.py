@@ -10,10 +10,12 @@ import torch
 from anomaly_vae.nn.base import single_sample_elbo
 from anomaly_vae.nn.tabular import (
     MIN_SIGMA_LOWER,
+    ORDINAL_MIN_SCALE,
     TabularTensors,
     TabularVAE,
     default_architecture,
     default_min_sigma,
+    log_sigmoid_diff,
 )
 from tests.helpers import assert_tensor_is_good
 
@@ -220,6 +222,134 @@ def test_a_fixed_unknown_slot_gets_exactly_its_probability(padded):
     torch.testing.assert_close(every.exp().sum(0), torch.full((4, n), 1 - math.exp(u)))
     with pytest.raises(ValueError, match="unknown_log_prob must be < 0"):
         TabularVAE(0, [3], 0, latent_dim=2, hidden=[4], unknown_log_prob=0.5)
+
+
+def _mixed_ordinal_net(u: float = math.log(1 / 52)) -> TabularVAE:
+    """One numeric column, then a nominal (3 categories), an ordinal over the uneven
+    levels 0, 1, 2, 5 and an ordinal over 10, 20."""
+    torch.manual_seed(0)
+    return TabularVAE(
+        1, [3, 4, 2], 0, latent_dim=3, hidden=[8], log_scale=[0.0],
+        unknown_log_prob=u, ordinal_levels=[None, [0, 1, 2, 5], [10.0, 20.0]],
+    )  # fmt: skip
+
+
+def test_log_sigmoid_diff_matches_float64_and_stays_finite_in_the_tails():
+    a = torch.tensor([-3.0, -0.5, 0.0, 2.0, 40.0, -60.0, 5.0, -1e4])
+    b = torch.tensor([-2.0, 0.5, 1e-4, 2.5, 41.0, -59.0, 5.01, 1e4])
+    got = log_sigmoid_diff(a, b)
+    a64, b64 = a.double(), b.double()
+    # the mirrored difference is exact in float64 on both sides of 0
+    ref = torch.where(
+        a64 + b64 > 0,
+        (torch.sigmoid(-a64) - torch.sigmoid(-b64)).log(),
+        (torch.sigmoid(b64) - torch.sigmoid(a64)).log(),
+    )
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(got).all()  # float32 sigmoid(41) - sigmoid(40) is 0 -> -inf
+
+
+def test_ordinal_columns_are_a_logistic_binned_at_the_levels():
+    """An ordinal column's level gets the logistic's mass between the midpoints to its
+    neighbours (open-ended at the first and last level, levels in half-range units), the
+    known levels share 1 - e^u, the unknown slot gets u and a missing value 0; the
+    nominal column in between is untouched; scoring and autograd paths agree."""
+    u = math.log(1 / 52)
+    net = _mixed_ordinal_net(u)
+    assert net.decoder[-1].out_features == 2 * 1 + 4 + 2 * 2  # no per-level logits
+    n = 6
+    cat = torch.tensor([[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 0], [0, 4, 2], [-1, -1, -1]])
+    b = _categorical_batch(cat, torch.randn(n, 1))
+    z = torch.randn(4, n, 3)
+    with torch.inference_mode():
+        fast = net.feature_log_prob(z, b)
+    with torch.enable_grad():
+        slow = net.feature_log_prob(z, b)
+    torch.testing.assert_close(fast, slow.detach())
+    with torch.no_grad():
+        out = net.decoder(z)[..., 2:].double()
+    nominal = torch.distributions.Categorical(logits=out[..., :3])  # unknown slot excluded
+    ref0 = nominal.log_prob(cat[:, 0].clamp(0, 2).expand(4, n)) + math.log1p(-math.exp(u))
+    torch.testing.assert_close(fast[:, :3, 1].double(), ref0[:, :3], rtol=1e-5, atol=1e-5)
+    loc, scale = out[..., 4:6], torch.nn.functional.softplus(out[..., 6:8]) + ORDINAL_MIN_SCALE
+    # levels 0, 1, 2, 5 -> -1, -0.6, -0.2, 1 (centre 2.5, half-range 2.5); 10, 20 -> -1, 1
+    edges = [[-math.inf, -0.8, -0.4, 0.4, math.inf], [-math.inf, 0.0, math.inf]]
+    for col, (j, e) in enumerate(zip([2, 3], edges, strict=True)):
+        for row, level in enumerate(cat[:, col + 1].tolist()):
+            if not 0 <= level < len(e) - 1:
+                continue
+            m, sd = loc[:, row, col], scale[:, row, col]
+            p = torch.sigmoid((e[level + 1] - m) / sd) - torch.sigmoid((e[level] - m) / sd)
+            ref = p.log() + math.log1p(-math.exp(u))
+            torch.testing.assert_close(fast[:, row, j].double(), ref, rtol=1e-4, atol=1e-5)
+    assert torch.all(fast[:, 4, 2:] == u) and torch.all(fast[:, 3, 1] == u)  # unknown
+    assert torch.all(fast[:, 5, 1:] == 0)  # missing
+    # every known level of each ordinal column: together 1 - e^u
+    every = torch.stack(
+        [
+            net.feature_log_prob(z, _categorical_batch(torch.full((n, 3), c), b.num)).detach()
+            for c in range(4)
+        ]
+    ).exp()
+    torch.testing.assert_close(every[:, ..., 2].sum(0), torch.full((4, n), 1 - math.exp(u)))
+    torch.testing.assert_close(every[:2, ..., 3].sum(0), torch.full((4, n), 1 - math.exp(u)))
+
+
+def test_ordinal_gradients_stay_finite_for_extreme_locations_and_scales():
+    net = _mixed_ordinal_net()
+    with torch.no_grad():
+        last = net.decoder[-1]
+        last.bias[6:8] = torch.tensor([1e3, -1e3])  # locations far right and far left
+        last.bias[8:10] = -50.0  # scales at the floor
+    cat = torch.tensor([[0, 0, 0], [1, 3, 1], [2, 1, 1]])
+    lp = net.feature_log_prob(torch.randn(2, 3, 3), _categorical_batch(cat, torch.zeros(3, 1)))
+    lp.sum().backward()
+    assert torch.isfinite(lp).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_ordinal_decoding_sampling_and_config():
+    """decode_mean takes each ordinal column's most probable level, samples are levels,
+    and the config rebuilds the same model (and lists ordinal levels only when any)."""
+    net = _mixed_ordinal_net()
+    with torch.no_grad():
+        last = net.decoder[-1]
+        last.weight[6:10] = 0.0
+        last.bias[6:10] = torch.tensor([0.5, -0.9, -50.0, -50.0])  # in the bins of 5 and 10
+    z = torch.randn(7, 3)
+    _, cat, _ = net.decode_mean(z)
+    assert cat[:, 1:].tolist() == [[3, 0]] * 7
+    _, drawn, _ = net.sample_x(z, generator=torch.Generator().manual_seed(0))
+    assert drawn[:, 1:].tolist() == [[3, 0]] * 7  # scales at the floor: no other level
+    assert (drawn[:, 0] >= 0).all() and (drawn[:, 0] < 3).all()
+    again = TabularVAE(**net.config())
+    again.load_state_dict(net.state_dict())
+    b = _categorical_batch(torch.tensor([[1, 2, 1]]), torch.zeros(1, 1))
+    torch.testing.assert_close(
+        again.feature_log_prob(z[None, :1], b), net.feature_log_prob(z[None, :1], b)
+    )
+    assert "ordinal_levels" not in TabularVAE(0, [3], 0, latent_dim=2, hidden=[4]).config()
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ([[0, 1]], "ordinal_levels has 1 entries for 2 categorical columns"),
+        ([[0, 1, 2], None], r"ordinal_levels\[0\] must be 2 finite numbers"),
+        ([[0, math.nan], None], r"ordinal_levels\[0\] must be 2 finite numbers"),
+        ([None, [3, 1, 2]], r"ordinal_levels\[1\] must be strictly ascending"),
+    ],
+)
+def test_ordinal_levels_are_checked(levels, message):
+    with pytest.raises(ValueError, match=message):
+        TabularVAE(
+            0, [2, 3], 0, latent_dim=2, hidden=[4], unknown_log_prob=-3.0, ordinal_levels=levels
+        )
+
+
+def test_ordinal_columns_need_a_fixed_unknown_slot():
+    with pytest.raises(ValueError, match="ordinal columns need a fixed unknown_log_prob"):
+        TabularVAE(0, [2], 0, latent_dim=2, hidden=[4], ordinal_levels=[[0, 1]])
 
 
 def test_default_min_sigma_is_scotts_rule_clipped():
