@@ -144,6 +144,8 @@ class TabularVAE(torch.nn.Module):
         ordinal = [j for j, lv in enumerate(self.ordinal_levels) if lv is not None]
         nominal = [j for j, lv in enumerate(self.ordinal_levels) if lv is None]
         self._ordinal_cols, self._nominal_cols = ordinal, nominal
+        self._ordinal_idx = torch.tensor(ordinal, dtype=torch.long)
+        self._nominal_idx = torch.tensor(nominal, dtype=torch.long)
         # the decoder's categorical logits cover the nominal columns only
         nominal_sizes = [self.cat_sizes[j] for j in nominal]
         # columns in (nominal, ordinal) order -> schema order
@@ -157,7 +159,7 @@ class TabularVAE(torch.nn.Module):
         self._cat_offsets: list[int] = [int(o) for o in offsets]  # encoder's one-hot block
         self._cat_start = torch.tensor(self._cat_offsets[:-1], dtype=torch.long)
         self._init_nominal_layout(nominal_sizes, [self.category_counts[j] for j in nominal])
-        self._init_ordinal_layout([self.ordinal_levels[j] for j in ordinal])
+        self._init_ordinal_layout([lv for lv in self.ordinal_levels if lv is not None])
 
     def _check_ordinal(
         self, ordinal_levels: list[list[float] | None] | None
@@ -212,15 +214,14 @@ class TabularVAE(torch.nn.Module):
         self._unknown_slot = torch.tensor(counts, dtype=torch.long)
         self._unknown_pos = torch.tensor(self._nom_offsets[1:], dtype=torch.long) - 1
 
-    def _init_ordinal_layout(self, levels: list[list[float] | None]) -> None:
+    def _init_ordinal_layout(self, levels: list[list[float]]) -> None:
         """Bin edges of the ordinal columns, in units of half each column's level range
         around its midpoint (levels in [-1, 1]): ``_ord_lower``/``_ord_upper`` [n_ord,
         width] (width = most levels; padding bins are empty), ``_ord_counts`` [n_ord]."""
-        width = max((len(lv) for lv in levels if lv is not None), default=0)
+        width = max((len(lv) for lv in levels), default=0)
         lower = torch.full((len(levels), width), _EDGE)
         upper = torch.full((len(levels), width), _EDGE)
         for j, lv in enumerate(levels):
-            assert lv is not None
             v = torch.tensor(lv, dtype=torch.float64)
             half = (v[-1] - v[0]) / 2 if len(lv) > 1 else torch.tensor(1.0, dtype=v.dtype)
             u = (v - (v[0] + v[-1]) / 2) / half
@@ -228,7 +229,7 @@ class TabularVAE(torch.nn.Module):
             lower[j, : len(lv)] = torch.cat([torch.tensor([-_EDGE], dtype=v.dtype), mid]).float()
             upper[j, : len(lv)] = torch.cat([mid, torch.tensor([_EDGE], dtype=v.dtype)]).float()
         self._ord_lower, self._ord_upper = lower, upper
-        self._ord_counts = torch.tensor([len(lv or []) for lv in levels], dtype=torch.long)
+        self._ord_counts = torch.tensor([len(lv) for lv in levels], dtype=torch.long)
 
     # ------------------------------------------------------------------ encoder
     def encoder_input(self, batch: TabularTensors) -> Tensor:
@@ -311,10 +312,10 @@ class TabularVAE(torch.nn.Module):
         dev = batch.cat.device
         parts = []
         if self._nominal_cols:
-            nominal = torch.tensor(self._nominal_cols, device=dev)
-            parts.append(self._nominal_log_prob(batch.cat.index_select(1, nominal), cat_logits))
-        ordinal = torch.tensor(self._ordinal_cols, device=dev)
-        parts.append(self._ordinal_log_prob(batch.cat.index_select(1, ordinal), ord_params))
+            nominal = batch.cat.index_select(1, self._nominal_idx.to(dev))
+            parts.append(self._nominal_log_prob(nominal, cat_logits))
+        ordinal = batch.cat.index_select(1, self._ordinal_idx.to(dev))
+        parts.append(self._ordinal_log_prob(ordinal, ord_params))
         both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
         return both.index_select(-1, self._cat_order.to(dev))
 
@@ -467,7 +468,7 @@ class TabularVAE(torch.nn.Module):
         if not cats:
             return torch.zeros(*z.shape[:-1], 0, dtype=torch.long)
         cat = torch.stack(cats, -1)
-        return cat.index_select(-1, self._cat_order) if self._ordinal_cols else cat
+        return cat.index_select(-1, self._cat_order.to(cat.device)) if self._ordinal_cols else cat
 
     @torch.no_grad()
     def sample_x(self, z: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
