@@ -328,8 +328,11 @@ class TabularDetector:
 
         counts = [len(c.categories) for c in schema.of_kind("categorical")]
         n_num, n_bin = len(schema.of_kind("numeric")), len(schema.of_kind("boolean"))
-        input_dim = n_num + sum(c + 1 for c in counts) + n_bin
-        auto_latent, auto_hidden = default_architecture(len(train_idx), input_dim)
+        # sized from the columns' one-hot width (a discrete column counts its levels) even
+        # though ordinal columns reach the encoder as one number each: the sizes every
+        # benchmark figure was measured with
+        one_hot_width = n_num + sum(c + 1 for c in counts) + n_bin
+        auto_latent, auto_hidden = default_architecture(len(train_idx), one_hot_width)
         min_sigma = (
             default_min_sigma(len(train_idx), len(schema.columns))
             if self.min_sigma == "auto"

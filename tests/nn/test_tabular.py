@@ -295,6 +295,19 @@ def test_ordinal_columns_are_a_logistic_binned_at_the_levels():
     torch.testing.assert_close(every[:2, ..., 3].sum(0), torch.full((4, n), 1 - math.exp(u)))
 
 
+def test_the_encoder_sees_an_ordinal_level_as_its_position():
+    """Nominal columns enter one-hot, ordinal ones as one number: the level's position in
+    [-1, 1] (levels 0, 1, 2, 5 -> -1, -0.6, -0.2, 1), 0 where unknown or missing."""
+    net = _mixed_ordinal_net()
+    assert net.input_dim == 1 + 4 + 2
+    cat = torch.tensor([[0, 0, 0], [1, 3, 1], [3, 4, 2], [-1, -1, -1], [2, 2, 0]])
+    x = net.encoder_input(_categorical_batch(cat, torch.zeros(5, 1)))
+    onehot = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 0]])
+    torch.testing.assert_close(x[:, 1:5], onehot.float())
+    positions = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [-0.2, -1.0]])
+    torch.testing.assert_close(x[:, 5:], positions)
+
+
 def test_ordinal_gradients_stay_finite_for_extreme_locations_and_scales():
     net = _mixed_ordinal_net()
     with torch.no_grad():
