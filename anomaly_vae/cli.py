@@ -118,8 +118,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "--discrete-likelihood",
         choices=("ordinal", "categorical"),  # the detector's DISCRETE_LIKELIHOODS
         default="ordinal",
-        help="likelihood over a discrete column's levels: ordinal (a logistic binned at the "
-        "levels, the default) or categorical (a free probability per level)",
+        help="how a discrete column's levels are modelled: ordinal (a logistic binned at the "
+        "levels, the default) or categorical (unordered, a free probability per level)",
     )
     g.add_argument(
         "--k",

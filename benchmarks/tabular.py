@@ -67,8 +67,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 ABLATION_TEXT = {
     "continuous": "integer-coded columns modelled as continuous (discrete_levels=0)",
     "categorical-levels": (
-        "a free probability per level of an integer-coded column instead of the ordinal "
-        "likelihood (discrete_likelihood='categorical')"
+        "integer-coded columns as unordered categories, one-hot into the encoder and a free "
+        "probability per level out, instead of ordinal (discrete_likelihood='categorical')"
     ),
     "gaussian": "Gaussian numeric likelihood instead of Student-t (student_df=None)",
     "no-trim": "no robust trimming (trim_fraction=0)",

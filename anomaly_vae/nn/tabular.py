@@ -3,7 +3,8 @@
 Numeric columns get a Student-t (or Gaussian) with a learned, per-record location and
 scale; categorical columns a categorical distribution over the training categories plus an
 "unknown" slot; discrete columns (integer levels) either the same or an ordinal
-likelihood, a logistic with learned location and scale binned at the levels; boolean
+likelihood, a logistic with learned location and scale binned at the levels (and the
+level's position, not a one-hot vector, as the encoder's input); boolean
 columns a Bernoulli. Missing features (mask False) contribute 0 nats: they are
 marginalized out of the likelihood, which a factorized decoder allows exactly.
 """
@@ -94,7 +95,8 @@ class TabularVAE(torch.nn.Module):
             an ordinal likelihood, the probability a logistic with a learned location and
             scale puts on each level's bin (the bins meet halfway between levels; the
             outer ones are open). Two decoder outputs per column instead of one per
-            level, and neighbouring levels share strength. Needs ``unknown_log_prob``.
+            level, and the encoder reads the level's position instead of a one-hot
+            vector, so neighbouring levels share strength. Needs ``unknown_log_prob``.
         unknown_log_prob: the log-probability of a categorical column's "unknown" slot
             (a category never seen in training), fixed rather than learned, the known
             categories sharing the rest; None learns it like the others. Training never
