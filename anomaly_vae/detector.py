@@ -66,7 +66,7 @@ STEPS_PER_ITEM = 16
 MAX_CALIBRATION = 20_000
 
 
-#: Likelihoods a discrete column can take (``discrete_likelihood``).
+#: How a discrete column's levels can be modelled (``discrete_likelihood``).
 DISCRETE_LIKELIHOODS = ("ordinal", "categorical")
 
 
@@ -139,9 +139,8 @@ class TabularDetector:
             most this many distinct values is modelled as discrete: a likelihood over
             its levels (``discrete_likelihood``; a probability mass, so log p(x) stays
             honest for integer-coded data), with values off the levels in the "unknown"
-            slot. 0
-            models every numeric column as continuous. It raised mean AUROC on ADBench
-            (integer-coded sets such as letter and optdigits; benchmarks/RESULTS.md).
+            slot. 0 models every numeric column as continuous. It raised mean AUROC on
+            ADBench (integer-coded sets such as letter and optdigits; RESULTS.md).
         discrete_likelihood: how a discrete column's levels are modelled: ``"ordinal"``
             (the default: a logistic with a learned location and scale, binned at the
             levels, and the level's position as the encoder's input, so neighbouring
