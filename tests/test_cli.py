@@ -189,3 +189,17 @@ def test_train_flag_defaults_and_usage_errors(trained, capsys, flag, default, ba
         main(["train", str(root / "train.csv"), "--out", "x", flag, bad])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_discrete_likelihood_choices_are_the_detectors():
+    """The CLI spells the choices out (it imports no torch before parsing); they must stay
+    the detector's, or a valid detector option would be a usage error."""
+    from anomaly_vae.cli import _parser
+    from anomaly_vae.detector import DISCRETE_LIKELIHOODS
+
+    train = next(
+        a
+        for a in _parser()._subparsers._group_actions[0].choices["train"]._actions
+        if "--discrete-likelihood" in a.option_strings
+    )
+    assert tuple(train.choices) == DISCRETE_LIKELIHOODS
