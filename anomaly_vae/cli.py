@@ -45,25 +45,26 @@ def _optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def _word_or_number(word: str) -> Callable[[str], float | str]:
-    """An argparse type taking ``word`` or a finite number >= 0."""
+def _word_or_number(*words: str) -> Callable[[str], float | str]:
+    """An argparse type taking one of ``words`` or a finite number >= 0."""
 
     def parse(text: str) -> float | str:
-        if text == word:
+        if text in words:
             return text
         try:
             value = float(text)
         except ValueError:
             value = -1.0
         if not (value >= 0 and value != float("inf")):
-            msg = f"expected {word!r} or a number >= 0, got {text!r}"
+            named = " or ".join(repr(w) for w in words)
+            msg = f"expected {named} or a number >= 0, got {text!r}"
             raise argparse.ArgumentTypeError(msg)
         return value
 
     return parse
 
 
-_min_sigma = _word_or_number("auto")
+_min_sigma = _word_or_number("auto", "scott")
 _complexity_weight = _word_or_number("fit")
 
 
@@ -89,9 +90,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "--min-sigma",
         type=_min_sigma,
         default="auto",
-        help="floor of numeric columns' decoder std in standardized units, or 'auto' "
-        "(default: Scott's rule from the training rows and columns, clipped to [0.6, 1]); "
-        "lower it (e.g. 0.05) when columns are tightly determined by others",
+        help="floor of numeric columns' decoder std in standardized units, 'auto' (default: "
+        "1 up to 10,000 training rows, then (10000/rows)**0.25, at least 0.6) or 'scott' "
+        "(Scott's rule from rows and columns, in [0.6, 1]); lower it (e.g. 0.05) when "
+        "columns are tightly determined by others",
     )
     g.add_argument(
         "--student-df",

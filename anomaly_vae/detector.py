@@ -36,6 +36,7 @@ from anomaly_vae.nn.tabular import (
     TabularVAE,
     default_architecture,
     default_min_sigma,
+    scott_min_sigma,
 )
 from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
@@ -65,6 +66,10 @@ STEPS_PER_ITEM = 16
 #: on larger tables (over 100,000 rows at the default fraction) the rest train the model.
 MAX_CALIBRATION = 20_000
 
+
+#: The floor rules ``min_sigma`` accepts by name (:func:`~anomaly_vae.nn.tabular.
+#: default_min_sigma`, :func:`~anomaly_vae.nn.tabular.scott_min_sigma`).
+MIN_SIGMA_RULES = ("auto", "scott")
 
 #: How a discrete column's levels can be modelled (``discrete_likelihood``).
 DISCRETE_LIKELIHOODS = ("ordinal", "categorical")
@@ -107,15 +112,18 @@ class TabularDetector:
             so outliers among the validation rows do not steer model selection. Off by
             default: on ADBench it moved mean AUROC by +0.14 and AUPRC by -0.2, noise.
         min_sigma: floor of the decoder's standard deviation for numeric columns, in
-            standardized units, or "auto" (the default): Scott's rule from the training
-            rows and columns, clipped to [0.6, 1] (:func:`~anomaly_vae.nn.tabular.
-            default_min_sigma`; the value used is in ``training_["min_sigma"]``). A
-            floor keeps integer-valued and near-constant columns from collapsing into
-            density spikes that dominate the score; a fixed 1.0 was best of 0.01, 0.1,
-            0.3, 0.5 and 1.0 on ADBench sets, and the rule beat it where many rows cover
-            few columns (benchmarks/RESULTS.md, ablations). Held-out likelihood always
-            prefers a lower floor: the floor is chosen for detection, not for fit; lower
-            it (e.g. 0.05) for density estimation on columns tightly determined by others.
+            standardized units, or a rule: "auto" (the default) is one standard
+            deviation up to 10,000 training rows, falling as rows**(-1/4) to 0.6 from
+            about 77,000 (:func:`~anomaly_vae.nn.tabular.default_min_sigma`); "scott" is
+            the previous default, Scott's rule from the training rows and columns clipped
+            to [0.6, 1] (:func:`~anomaly_vae.nn.tabular.scott_min_sigma`). The value used
+            is in ``training_["min_sigma"]``. A floor keeps integer-valued and
+            near-constant columns from collapsing into density spikes that dominate the
+            score; a fixed 1.0 was best of 0.01, 0.1, 0.3, 0.5 and 1.0 on ADBench sets,
+            and a lower floor beat it only where many rows can resolve finer structure
+            (benchmarks/RESULTS.md, ablations). Held-out likelihood always prefers a lower
+            floor: the floor is chosen for detection, not for fit; lower it (e.g. 0.05)
+            for density estimation on columns tightly determined by others.
         student_df: degrees of freedom of the Student-t that models each numeric column
             given z (default 3); None for a Gaussian. The t's polynomial tails keep one
             wildly off column (a rare value of a nearly constant column) from
@@ -230,12 +238,12 @@ class TabularDetector:
             msg = f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}"
             raise ValueError(msg)
         check_winsorize(self.winsorize)
-        if self.min_sigma != "auto" and not (
+        if self.min_sigma not in MIN_SIGMA_RULES and not (
             isinstance(self.min_sigma, numbers.Real)
             and not isinstance(self.min_sigma, bool | np.bool_)
             and 0 <= self.min_sigma < math.inf
         ):
-            msg = f"min_sigma must be 'auto' or a number >= 0, got {self.min_sigma!r}"
+            msg = f"min_sigma must be 'auto', 'scott' or a number >= 0, got {self.min_sigma!r}"
             raise ValueError(msg)
         if self.student_df is not None and not self.student_df > 0:
             msg = f"student_df must be > 0 or None, got {self.student_df!r}"
@@ -335,11 +343,12 @@ class TabularDetector:
         # benchmark figure was measured with
         one_hot_width = n_num + sum(c + 1 for c in counts) + n_bin
         auto_latent, auto_hidden = default_architecture(len(train_idx), one_hot_width)
-        min_sigma = (
-            default_min_sigma(len(train_idx), len(schema.columns))
-            if self.min_sigma == "auto"
-            else float(self.min_sigma)
-        )
+        if self.min_sigma == "auto":
+            min_sigma = default_min_sigma(len(train_idx))
+        elif self.min_sigma == "scott":
+            min_sigma = scott_min_sigma(len(train_idx), len(schema.columns))
+        else:
+            min_sigma = float(self.min_sigma)
         torch.manual_seed(self.seed)
         net = TabularVAE(
             n_num,

@@ -55,6 +55,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gaussian": {"student_df": None},
     "no-trim": {"trim_fraction": 0.0},
     "plain-scale": {"winsorize": 0.0},
+    "scott-floor": {"min_sigma": "scott"},
     "fixed-floor": {"min_sigma": 1.0},
     "issue-2": {
         "student_df": None,
@@ -73,7 +74,11 @@ ABLATION_TEXT = {
     "gaussian": "Gaussian numeric likelihood instead of Student-t (student_df=None)",
     "no-trim": "no robust trimming (trim_fraction=0)",
     "plain-scale": "numeric columns scaled by their plain mean and std (winsorize=0)",
-    "fixed-floor": "decoder noise floor fixed at 1.0 instead of Scott's rule (min_sigma=1.0)",
+    "scott-floor": (
+        "decoder noise floor by Scott's rule from rows and columns, the previous default, "
+        "instead of from rows alone (min_sigma='scott')"
+    ),
+    "fixed-floor": "decoder noise floor fixed at 1.0 instead of from the rows (min_sigma=1.0)",
     "issue-2": "the issue-2 detector: continuous, Gaussian, no trimming, plain scaling, floor 1.0",
 }
 

@@ -173,12 +173,12 @@ def test_demo_registers_and_prints_curl_examples_for_its_port(tmp_path, capsys, 
 @pytest.mark.parametrize(
     ("flag", "default", "bad", "message"),
     [
-        ("--min-sigma", "auto", "wide", "expected 'auto' or a number >= 0, got 'wide'"),
+        ("--min-sigma", "auto", "wide", "expected 'auto' or 'scott' or a number >= 0, got 'wide'"),
         ("--discrete-likelihood", "ordinal", "poisson", "invalid choice: 'poisson'"),
     ],
 )
 def test_train_flag_defaults_and_usage_errors(trained, capsys, flag, default, bad, message):
-    """--min-sigma defaults to 'auto' and takes 'auto' or a number >= 0; --discrete-likelihood
+    """--min-sigma defaults to 'auto' and takes a rule or a number >= 0; --discrete-likelihood
     defaults to ordinal; anything else is a usage error (exit 2) that says why."""
     from anomaly_vae.cli import _parser
 
@@ -203,3 +203,12 @@ def test_discrete_likelihood_choices_are_the_detectors():
         if "--discrete-likelihood" in a.option_strings
     )
     assert tuple(train.choices) == DISCRETE_LIKELIHOODS
+
+
+def test_min_sigma_words_are_the_detectors_rules():
+    """Every floor rule the detector takes by name parses, and parses to itself."""
+    from anomaly_vae.cli import _min_sigma
+    from anomaly_vae.detector import MIN_SIGMA_RULES
+
+    assert [_min_sigma(w) for w in MIN_SIGMA_RULES] == list(MIN_SIGMA_RULES)
+    assert _min_sigma("0.5") == 0.5

@@ -109,24 +109,28 @@ def test_fit_argument_errors(mixed_train):
     with pytest.raises(ValueError, match=r"winsorize must be in \[0, 0.5\), got 0.5"):
         TabularDetector(winsorize=0.5).fit(mixed_train)
     for bad in ("big", -0.1, float("nan"), True):
-        with pytest.raises(ValueError, match=r"min_sigma must be 'auto' or a number >= 0"):
+        with pytest.raises(ValueError, match=r"min_sigma must be 'auto', 'scott' or a number >= 0"):
             TabularDetector(min_sigma=bad).fit(mixed_train)
 
 
 def test_min_sigma_auto_follows_the_data_shape_and_survives_the_bundle(mixed_train, tmp_path):
-    """'auto' sets the decoder's floor from the training rows and modelled columns, records
-    it in training_, and a loaded bundle keeps both the setting and the value; a number is
-    used as given."""
-    from anomaly_vae.nn.tabular import default_min_sigma
+    """'auto' sets the decoder's floor from the training rows and 'scott' from the rows
+    and modelled columns; either is recorded in training_, and a loaded bundle keeps both
+    the setting and the value; a number is used as given."""
+    from anomaly_vae.nn.tabular import default_min_sigma, scott_min_sigma
 
     kw = {"id_column": "id", "seed": 0, "k": 4, "max_epochs": 1}
     auto = TabularDetector(**kw).fit(mixed_train)
-    n_columns = len(mixed_train.columns) - 1  # all but the id
-    expected = default_min_sigma(auto.training_["n_train"], n_columns)
+    expected = default_min_sigma(auto.training_["n_train"])
     assert auto.net_.min_sigma == auto.training_["min_sigma"] == expected
     loaded = TabularDetector.load(auto.save(tmp_path / "b"))
     assert loaded.min_sigma == "auto"
     assert loaded.net_.min_sigma == expected
+    scott = TabularDetector(min_sigma="scott", **kw).fit(mixed_train)
+    n_columns = len(mixed_train.columns) - 1  # all but the id
+    expected = scott_min_sigma(scott.training_["n_train"], n_columns)
+    assert scott.net_.min_sigma == scott.training_["min_sigma"] == expected < 1.0
+    assert TabularDetector.load(scott.save(tmp_path / "s")).min_sigma == "scott"
     fixed = TabularDetector(min_sigma=np.float32(0.25), **kw).fit(mixed_train)
     assert fixed.net_.min_sigma == fixed.training_["min_sigma"] == 0.25
     assert type(fixed.training_["min_sigma"]) is float  # JSON-safe in the bundle

@@ -9,6 +9,7 @@ import torch
 
 from anomaly_vae.nn.base import single_sample_elbo
 from anomaly_vae.nn.tabular import (
+    FULL_FLOOR_ROWS,
     MIN_SIGMA_LOWER,
     ORDINAL_MIN_SCALE,
     TabularTensors,
@@ -16,6 +17,7 @@ from anomaly_vae.nn.tabular import (
     default_architecture,
     default_min_sigma,
     log_sigmoid_diff,
+    scott_min_sigma,
 )
 from tests.helpers import assert_tensor_is_good
 
@@ -365,12 +367,23 @@ def test_ordinal_columns_need_a_fixed_unknown_slot():
         TabularVAE(0, [2], 0, latent_dim=2, hidden=[4], ordinal_levels=[[0, 1]])
 
 
-def test_default_min_sigma_is_scotts_rule_clipped():
+def test_default_min_sigma_is_one_std_until_many_rows():
+    """1 up to FULL_FLOOR_ROWS training rows, then (FULL_FLOOR_ROWS / n) ** (1/4) down to
+    MIN_SIGMA_LOWER; the column count plays no part."""
+    assert default_min_sigma(923) == 1.0  # cardio
+    assert default_min_sigma(FULL_FLOOR_ROWS) == 1.0
+    assert default_min_sigma(20_758) == pytest.approx((FULL_FLOOR_ROWS / 20_758) ** 0.25)
+    assert default_min_sigma(136_386) == MIN_SIGMA_LOWER  # skin: the power says 0.52
+    assert default_min_sigma(0) == default_min_sigma(1) == 1.0  # degenerate shapes in range
+    assert MIN_SIGMA_LOWER < default_min_sigma(40_000) < default_min_sigma(20_000) < 1.0
+
+
+def test_scott_min_sigma_is_scotts_rule_clipped():
     """n ** (-1 / (d + 4)) inside [MIN_SIGMA_LOWER, 1]: lower with more rows, higher with
     more columns, at the bound for many rows over few columns."""
-    assert default_min_sigma(923, 21) == pytest.approx(923 ** (-1 / 25))  # cardio: 0.761
-    assert default_min_sigma(136_386, 3) == MIN_SIGMA_LOWER  # skin: the rule says 0.185
-    assert default_min_sigma(1, 5) == 1.0
-    assert default_min_sigma(0, 0) == 1.0  # degenerate shapes stay in range
-    assert default_min_sigma(5_000, 20) < default_min_sigma(500, 20)
-    assert default_min_sigma(5_000, 20) < default_min_sigma(5_000, 200) < 1.0
+    assert scott_min_sigma(923, 21) == pytest.approx(923 ** (-1 / 25))  # cardio: 0.761
+    assert scott_min_sigma(136_386, 3) == MIN_SIGMA_LOWER  # skin: the rule says 0.185
+    assert scott_min_sigma(1, 5) == 1.0
+    assert scott_min_sigma(0, 0) == 1.0  # degenerate shapes stay in range
+    assert scott_min_sigma(5_000, 20) < scott_min_sigma(500, 20)
+    assert scott_min_sigma(5_000, 20) < scott_min_sigma(5_000, 200) < 1.0
