@@ -120,8 +120,9 @@ class TabularDetector:
             is in ``training_["min_sigma"]``. A floor keeps integer-valued and
             near-constant columns from collapsing into density spikes that dominate the
             score; a fixed 1.0 was best of 0.01, 0.1, 0.3, 0.5 and 1.0 on ADBench sets,
-            and a lower floor beat it only where many rows can resolve finer structure
-            (benchmarks/RESULTS.md, ablations). Held-out likelihood always prefers a lower
+            and a lower floor beat it where many rows resolve finer structure (skin,
+            donors) and, by less, on a few highly contaminated sets (landsat, SpamBase;
+            benchmarks/RESULTS.md, ablations). Held-out likelihood always prefers a lower
             floor: the floor is chosen for detection, not for fit; lower it (e.g. 0.05)
             for density estimation on columns tightly determined by others.
         student_df: degrees of freedom of the Student-t that models each numeric column
