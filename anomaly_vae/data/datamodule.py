@@ -19,7 +19,7 @@ class _BatchDataset(Dataset[TabularTensors]):
         self.tensors = tensors
 
     def __len__(self) -> int:
-        return len(self.tensors)
+        return self.tensors.n_rows
 
     def __getitem__(self, idx: Any) -> TabularTensors:
         return self.tensors.rows(torch.as_tensor(idx))
@@ -90,4 +90,4 @@ class TabularDataModule(pl.LightningDataModule):
 def held_out_batches(tensors: TabularTensors, batch_size: int) -> list[TabularTensors]:
     """``tensors`` cut in order into batches of ``batch_size`` rows (the last may be
     shorter): the validation batches the training module scores each epoch."""
-    return [tensors.rows(slice(i, i + batch_size)) for i in range(0, len(tensors), batch_size)]
+    return [tensors.rows(slice(i, i + batch_size)) for i in range(0, tensors.n_rows, batch_size)]

@@ -106,7 +106,8 @@ class TabularVAEModule(pl.LightningModule):
     def training_loss(self, batch: Any) -> torch.Tensor:
         """Negative (beta-)ELBO per row, averaged over the rows kept by trimming: [], nats."""
         _, _, objective = single_sample_elbo(self._vae, batch, beta=self.current_beta())
-        self._accumulate("train_elbo", float(objective.detach().mean()), len(batch))
+        rows = batch.n_rows if isinstance(batch, TabularTensors) else len(batch)
+        self._accumulate("train_elbo", float(objective.detach().mean()), rows)
         return -self._untrimmed(objective).mean()
 
     def _untrimmed(self, elbo: torch.Tensor) -> torch.Tensor:

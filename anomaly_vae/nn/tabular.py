@@ -46,6 +46,9 @@ class TabularTensors(NamedTuple):
 
     num [N, n_num] float, num_mask [N, n_num] bool, cat [N, n_cat] long (-1 missing),
     bin [N, n_bin] float, bin_mask [N, n_bin] bool.
+
+    A NamedTuple, so ``len()`` counts its five fields, as ``_replace`` and ``_make``
+    require; :attr:`n_rows` counts the records.
     """
 
     num: Tensor
@@ -68,7 +71,9 @@ class TabularTensors(NamedTuple):
     def rows(self, idx: Tensor | slice) -> TabularTensors:
         return TabularTensors(*(t[idx] for t in self))
 
-    def __len__(self) -> int:
+    @property
+    def n_rows(self) -> int:
+        """N, the records held."""
         return int(self.num.shape[0])
 
 

@@ -106,7 +106,7 @@ def test_held_out_elbo_is_the_row_mean_on_repeated_noise():
     net = TabularVAE(2, [], 0, latent_dim=2, hidden=[8])
     val = _rows(10, 1)
     batches = held_out_batches(val, 4)
-    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [b.n_rows for b in batches] == [4, 4, 2]
     module = TabularVAEModule(net, held_out=batches, held_out_seed=7)
     first = module.held_out_elbo()
     torch.manual_seed(123)  # the global generator plays no part
@@ -200,6 +200,6 @@ def test_grouped_loader_yields_every_batch_once_in_lists():
     single = list(TabularDataModule(rows, 16, seed=0).train_dataloader())
     assert [len(item) for item in items] == [2, 2, 1]
     grouped = [b for item in items for b in item]
-    assert [len(b) for b in grouped] == [16, 16, 16, 16, 6]
+    assert [b.n_rows for b in grouped] == [16, 16, 16, 16, 6]
     for g, s in zip(grouped, single, strict=True):
         assert torch.equal(g.num, s.num)

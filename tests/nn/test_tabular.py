@@ -33,6 +33,16 @@ def _batch(n: int = 5) -> TabularTensors:
     )
 
 
+def test_tensors_count_rows_apart_from_the_tuple_fields():
+    """n_rows counts records; len() stays the tuple's, so _replace works at any row count
+    (it checks len() against the five fields)."""
+    b = _batch(3)
+    assert b.n_rows == 3 and len(b) == 5
+    swapped = b._replace(num=b.num + 1)
+    assert swapped.n_rows == 3 and torch.equal(swapped.num, b.num + 1)
+    assert b.rows(slice(1, 3)).n_rows == 2
+
+
 def test_shapes_and_finiteness():
     torch.manual_seed(0)
     net = TabularVAE(3, [3, 2], 1, latent_dim=4, hidden=[16, 8], log_scale=[0.0, 1.0, -1.0])
