@@ -56,7 +56,7 @@ def _word_or_number(*words: str) -> Callable[[str], float | str]:
         except ValueError:
             value = -1.0
         if not (value >= 0 and value != float("inf")):
-            named = " or ".join(repr(w) for w in words)
+            named = ", ".join(repr(w) for w in words)
             msg = f"expected {named} or a number >= 0, got {text!r}"
             raise argparse.ArgumentTypeError(msg)
         return value

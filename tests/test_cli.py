@@ -173,7 +173,7 @@ def test_demo_registers_and_prints_curl_examples_for_its_port(tmp_path, capsys, 
 @pytest.mark.parametrize(
     ("flag", "default", "bad", "message"),
     [
-        ("--min-sigma", "auto", "wide", "expected 'auto' or 'scott' or a number >= 0, got 'wide'"),
+        ("--min-sigma", "auto", "wide", "expected 'auto', 'scott' or a number >= 0, got 'wide'"),
         ("--discrete-likelihood", "ordinal", "poisson", "invalid choice: 'poisson'"),
     ],
 )
