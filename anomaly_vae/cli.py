@@ -27,6 +27,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from anomaly_vae.defaults import (
+    BINARIZE,
+    DISCRETE_LIKELIHOODS,
+    FIT,
+    IMAGE,
+    IMAGE_LIKELIHOODS,
+    IMAGE_SCORES,
+    MAX_CALIBRATION,
+    MIN_SIGMA_RULES,
+    TABULAR,
+)
+
 EXIT_BAD_INPUT = 2
 EXIT_MODEL_UNAVAILABLE = 3
 EXIT_NO_INPUT = 4
@@ -64,32 +76,39 @@ def _word_or_number(*words: str) -> Callable[[str], float | str]:
     return parse
 
 
-_min_sigma = _word_or_number("auto", "scott")
-_complexity_weight = _word_or_number("fit")
+_min_sigma = _word_or_number(*MIN_SIGMA_RULES)
+_complexity_weight = _word_or_number(FIT)
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The training flags of ``train``; every default is the detector's own
+    (``anomaly_vae.defaults.TABULAR``)."""
+    d = TABULAR
     g = p.add_argument_group("model and training (unset: sized from the data)")
     g.add_argument("--latent-dim", type=int, help="size of the latent code z")
     g.add_argument("--hidden", type=int, nargs="+", help="encoder hidden widths, e.g. 128 64")
-    g.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE), default 1")
+    g.add_argument(
+        "--beta", type=float, default=d["beta"], help="KL weight (beta-VAE), default %(default)s"
+    )
     g.add_argument("--kl-warmup-epochs", type=int, help="epochs of linear KL warm-up")
     g.add_argument(
         "--max-epochs", type=int, help="upper bound on epochs (early stopping may end sooner)"
     )
     g.add_argument("--batch-size", type=int, help="rows per gradient step")
-    g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, default 2e-3")
+    g.add_argument(
+        "--lr", type=float, default=d["lr"], help="AdamW learning rate, default %(default)s"
+    )
     g.add_argument(
         "--trim-fraction",
         type=float,
-        default=0.1,
+        default=d["trim_fraction"],
         help="robust training: drop this fraction of each batch's highest-loss rows from the "
-        "gradient, default 0.1 (0 disables)",
+        "gradient, default %(default)s (0 disables)",
     )
     g.add_argument(
         "--min-sigma",
         type=_min_sigma,
-        default="auto",
+        default=d["min_sigma"],
         help="floor of numeric columns' decoder std in standardized units, 'auto' (default: "
         "1 up to 10,000 training rows, then (10000/rows)**0.25, at least 0.6) or 'scott' "
         "(Scott's rule from rows and columns, in [0.6, 1]); lower it (e.g. 0.05) when "
@@ -98,42 +117,43 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--student-df",
         type=_optional_float,
-        default=3.0,
-        help="degrees of freedom of the Student-t likelihood of numeric columns, default 3 "
-        "('none' for a Gaussian)",
+        default=d["student_df"],
+        help="degrees of freedom of the Student-t likelihood of numeric columns, default "
+        "%(default)s ('none' for a Gaussian)",
     )
     g.add_argument(
         "--winsorize",
         type=float,
-        default=0.025,
+        default=d["winsorize"],
         help="share of each tail of a numeric column clipped before its center and scale "
-        "are taken, so outliers do not set the unit, default 0.025 (0: plain mean and std)",
+        "are taken, so outliers do not set the unit, default %(default)s (0: plain mean and "
+        "std)",
     )
     g.add_argument(
         "--discrete-levels",
         type=int,
-        default=20,
+        default=d["discrete_levels"],
         help="numeric columns holding at most this many distinct integers are modelled as "
-        "discrete (a likelihood over their levels), default 20 (0 disables)",
+        "discrete (a likelihood over their levels), default %(default)s (0 disables)",
     )
     g.add_argument(
         "--discrete-likelihood",
-        choices=("ordinal", "categorical"),  # the detector's DISCRETE_LIKELIHOODS
-        default="ordinal",
+        choices=DISCRETE_LIKELIHOODS,
+        default=d["discrete_likelihood"],
         help="how a discrete column's levels are modelled: ordinal (a logistic binned at the "
         "levels, the default) or categorical (unordered, a free probability per level)",
     )
     g.add_argument(
         "--k",
         type=int,
-        default=64,
-        help="importance samples per record when scoring, default 64 (1 = ELBO)",
+        default=d["k"],
+        help="importance samples per record when scoring, default %(default)s (1 = ELBO)",
     )
     g.add_argument(
         "--alpha",
         type=float,
-        default=0.05,
-        help="target false-positive rate of the conformal threshold, default 0.05",
+        default=d["alpha"],
+        help="target false-positive rate of the conformal threshold, default %(default)s",
     )
     g.add_argument(
         "--contamination",
@@ -143,15 +163,20 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration-fraction",
         type=float,
-        default=0.2,
-        help="share of rows held out to calibrate on, default 0.2 (at most 20,000 rows)",
+        default=d["calibration_fraction"],
+        help=f"share of rows held out to calibrate on, default %(default)s (at most "
+        f"{MAX_CALIBRATION:,} rows)",
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=d["seed"])
     g.add_argument(
-        "--accelerator", default="cpu", help="Lightning accelerator: cpu (default), gpu, auto, ..."
+        "--accelerator",
+        default=d["accelerator"],
+        help="Lightning accelerator: cpu (default), gpu, auto, ...",
     )
-    g.add_argument("--devices", default="1", help="Lightning devices, e.g. 1, 2 or auto")
-    g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    g.add_argument(
+        "--devices", default=str(d["devices"]), help="Lightning devices, e.g. 1, 2 or auto"
+    )
+    g.add_argument("--strategy", default=d["strategy"], help="Lightning strategy, e.g. ddp")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -342,25 +367,26 @@ def _parser() -> argparse.ArgumentParser:
     q = isub.add_parser("train", help="train a convolutional VAE detector; writes a bundle")
     q.add_argument("data", help="training images (mostly normal)")
     q.add_argument("--out", required=True, help="bundle directory to write")
-    q.add_argument("--likelihood", choices=["bernoulli", "logistic"], default="bernoulli",
+    d = IMAGE
+    q.add_argument("--likelihood", choices=IMAGE_LIKELIHOODS, default=d["likelihood"],
                    help="bernoulli: binarized pixels; logistic: 8-bit pixels (discretized logistic)")  # fmt: skip
-    q.add_argument("--binarize", choices=["dynamic", "threshold", "none"], default="dynamic")
-    q.add_argument("--score", choices=["likelihood", "complexity", "ratio"], default="likelihood",
+    q.add_argument("--binarize", choices=BINARIZE, default=d["binarize"])
+    q.add_argument("--score", choices=IMAGE_SCORES, default=d["score"],
                    help="complexity: -log2 p(x) minus the PNG length (Serra et al. 2020); ratio: "
                    "log p(x) minus a background model's, trained on mutated images (Ren et al. 2019)")  # fmt: skip
-    q.add_argument("--mutation-rate", type=float, default=0.2,
+    q.add_argument("--mutation-rate", type=float, default=d["mutation_rate"],
                    help="with --score ratio: share of pixels randomized for the background model")  # fmt: skip
-    q.add_argument("--complexity-weight", type=_complexity_weight, default=1.0,
+    q.add_argument("--complexity-weight", type=_complexity_weight, default=d["complexity_weight"],
                    help="with --score complexity: lambda in -log2 p(x) - lambda * PNG bits; 1 is "
                    "Serra et al. (other-domain inputs), 'fit' fits it on the validation images "
                    "(novelty within one domain, e.g. one-class)")  # fmt: skip
-    q.add_argument("--latent-dim", type=int, default=32)
-    q.add_argument("--beta", type=float, default=1.0)
-    q.add_argument("--max-epochs", type=int, default=20)
+    q.add_argument("--latent-dim", type=int, default=d["latent_dim"])
+    q.add_argument("--beta", type=float, default=d["beta"])
+    q.add_argument("--max-epochs", type=int, default=d["max_epochs"])
     q.add_argument("--max-minutes", type=float, help="wall-clock training budget")
-    q.add_argument("--k", type=int, default=64, help="importance samples when scoring")
-    q.add_argument("--alpha", type=float, default=0.05)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--k", type=int, default=d["k"], help="importance samples when scoring")
+    q.add_argument("--alpha", type=float, default=d["alpha"])
+    q.add_argument("--seed", type=int, default=d["seed"])
     q.add_argument("--register", metavar="NAME",
                    help="also log the run (curves, sample/reconstruction/traversal PNGs) and register a version of NAME in MLflow")  # fmt: skip
     q.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")  # fmt: skip

@@ -1,19 +1,18 @@
 """The detector users touch: a tabular VAE with an honest log p(x) and calibrated flags.
 
-It follows scikit-learn's outlier-detector API (``IsolationForest``): ``fit`` returns
-self; fitted state ends in ``_``; ``score_samples`` is higher-is-more-normal (here the
-importance-sampled log-likelihood, in nats); ``decision_function`` is
-``score_samples - offset_``; ``predict`` gives +1 (inlier) / -1 (outlier).
+The estimator contract, the outlier API (``score_samples`` is the importance-sampled
+log-likelihood in nats, higher is more normal; ``decision_function``, ``predict``,
+``p_values``, ``recalibrate``), calibration, the bundle and the Lightning fit come from
+:class:`anomaly_vae.core.Detector`; this module says what is particular to tables: the
+schema and preprocessing, the schedule sized from the rows, per-feature contributions
+and explanations, generation and the drift reference.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 import math
 import numbers
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly_vae.bundle import inconsistent_bundle, read_bundle, write_bundle
+from anomaly_vae.core import Detector
 from anomaly_vae.data.io import read_table
-from anomaly_vae.data.preprocessing import (
-    WINSOR_TAIL,
-    TabularArrays,
-    TabularPreprocessor,
-    check_winsorize,
+from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor, check_winsorize
+from anomaly_vae.data.schema import KINDS, Schema, infer_schema
+from anomaly_vae.defaults import (
+    DISCRETE_LIKELIHOODS,
+    MAX_CALIBRATION,
+    MIN_ROWS,
+    MIN_SIGMA_RULES,
+    MIN_STEPS,
+    SMALL_TABLE_ROWS,
+    STEPS_PER_ITEM,
+    TABULAR,
+    TARGET_STEPS,
 )
-from anomaly_vae.data.schema import DISCRETE_LEVELS, KINDS, Schema, infer_schema
-from anomaly_vae.exceptions import NotFittedError, SchemaError
+from anomaly_vae.exceptions import SchemaError
 from anomaly_vae.nn.tabular import (
     TabularTensors,
     TabularVAE,
@@ -38,41 +43,15 @@ from anomaly_vae.nn.tabular import (
     default_min_sigma,
     scott_min_sigma,
 )
-from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
 
-log = logging.getLogger(__name__)
-
-#: Fewest rows ``fit`` accepts: fewer cannot be split into train and calibration rows.
-MIN_ROWS = 10
-
-#: Gradient steps the default schedule aims for; epochs follow from rows and batch size.
-TARGET_STEPS = 3000
-#: Floor of the step budget; it binds below 40 training rows, where Lightning's per-step
-#: overhead is most of the fit time. (At 30 it bound below 60: ADBench's Hepatitis, 41
-#: training rows, went from 32 to 24 steps, AUROC 82.1 -> 81.7 over 3 seeds, median fit
-#: 0.25 -> 0.18 s over 10 fits, where PyOD's VAE takes 0.20 s.)
-MIN_STEPS = 20
-#: Below this many training rows the schedule takes half a step per row: on the ADBench
-#: sets that small, 30 to 300 steps gave the same AUROC, and fit time is what differs.
-SMALL_TABLE_ROWS = 500
-
-#: Optimizer steps per iteration of Lightning's training loop on one process (see
-#: ``TabularDataModule``): its fixed cost per iteration was about a fifth of a step on
-#: ADBench's musk. 16 batches are at most 8,192 rows in memory at once.
-STEPS_PER_ITEM = 16
-
-#: Most rows held out for calibration: p-values resolve to 1/20,001 with this many, and
-#: on larger tables (over 100,000 rows at the default fraction) the rest train the model.
-MAX_CALIBRATION = 20_000
-
-
-#: The floor rules ``min_sigma`` accepts by name (:func:`~anomaly_vae.nn.tabular.
-#: default_min_sigma`, :func:`~anomaly_vae.nn.tabular.scott_min_sigma`).
-MIN_SIGMA_RULES = ("auto", "scott")
-
-#: How a discrete column's levels can be modelled (``discrete_likelihood``).
-DISCRETE_LIKELIHOODS = ("ordinal", "categorical")
+__all__ = [
+    "DISCRETE_LIKELIHOODS",
+    "MAX_CALIBRATION",
+    "MIN_ROWS",
+    "MIN_SIGMA_RULES",
+    "TabularDetector",
+]
 
 
 def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
@@ -89,7 +68,7 @@ def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
     raise SchemaError(msg)
 
 
-class TabularDetector:
+class TabularDetector(Detector):
     """Variational-autoencoder outlier detector and density estimator for tables.
 
     Parameters left as None are sized from the data at ``fit``: see
@@ -163,40 +142,39 @@ class TabularDetector:
         progress: show progress bars for training and long scoring.
     """
 
-    #: the manifest of the bundle it was loaded from (files, sha256, versions)
-    manifest_: dict[str, Any]
+    _kind = "tabular"
 
     def __init__(
         self,
         *,
-        latent_dim: int | None = None,
-        hidden: list[int] | None = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int | None = None,
-        max_epochs: int | None = None,
-        batch_size: int | None = None,
-        lr: float = 2e-3,
-        patience: int | None = None,
-        trim_fraction: float = 0.1,
-        robust_validation: bool = False,
-        min_sigma: float | str = "auto",
-        student_df: float | None = 3.0,
-        winsorize: float = WINSOR_TAIL,
-        k: int = 64,
-        alpha: float = 0.05,
-        contamination: float | None = None,
-        calibration_fraction: float = 0.2,
-        validation_fraction: float = 0.1,
-        id_column: str | None = None,
-        categorical: list[str] | None = None,
-        discrete_levels: int = DISCRETE_LEVELS,
-        discrete_likelihood: str = "ordinal",
-        schema: Schema | dict[str, Any] | None = None,
-        seed: int = 0,
-        accelerator: str = "cpu",
-        devices: int | str = 1,
-        strategy: str = "auto",
-        progress: bool = False,
+        latent_dim: int | None = TABULAR["latent_dim"],
+        hidden: list[int] | None = TABULAR["hidden"],
+        beta: float = TABULAR["beta"],
+        kl_warmup_epochs: int | None = TABULAR["kl_warmup_epochs"],
+        max_epochs: int | None = TABULAR["max_epochs"],
+        batch_size: int | None = TABULAR["batch_size"],
+        lr: float = TABULAR["lr"],
+        patience: int | None = TABULAR["patience"],
+        trim_fraction: float = TABULAR["trim_fraction"],
+        robust_validation: bool = TABULAR["robust_validation"],
+        min_sigma: float | str = TABULAR["min_sigma"],
+        student_df: float | None = TABULAR["student_df"],
+        winsorize: float = TABULAR["winsorize"],
+        k: int = TABULAR["k"],
+        alpha: float = TABULAR["alpha"],
+        contamination: float | None = TABULAR["contamination"],
+        calibration_fraction: float = TABULAR["calibration_fraction"],
+        validation_fraction: float = TABULAR["validation_fraction"],
+        id_column: str | None = TABULAR["id_column"],
+        categorical: list[str] | None = TABULAR["categorical"],
+        discrete_levels: int = TABULAR["discrete_levels"],
+        discrete_likelihood: str = TABULAR["discrete_likelihood"],
+        schema: Schema | dict[str, Any] | None = TABULAR["schema"],
+        seed: int = TABULAR["seed"],
+        accelerator: str = TABULAR["accelerator"],
+        devices: int | str = TABULAR["devices"],
+        strategy: str = TABULAR["strategy"],
+        progress: bool = TABULAR["progress"],
     ) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
@@ -397,7 +375,7 @@ class TabularDetector:
         #: ends with the same weights; only rank 0 should write files.
         self.global_rank_ = rank
         cal = self._score_arrays(arrays.take(cal_idx))
-        self._calibrate(cal, alpha=self.alpha, contamination=self.contamination)
+        self._calibrate_result(cal, alpha=self.alpha, contamination=self.contamination)
         self.reference_ = self._reference(frame.iloc[train_idx], arrays.take(train_idx))
         self.training_["fit_seconds"] = time.perf_counter() - t0
         return self
@@ -410,16 +388,10 @@ class TabularDetector:
         schedule: dict[str, int],
     ) -> tuple[list[dict[str, float]], int, int, int]:
         """Fit ``net`` with Lightning; returns (history, best epoch, global rank, world size)."""
-        # Lightning is imported here only: it costs seconds, and scoring never needs it.
-        import pytorch_lightning as pl
-
         from anomaly_vae.data.datamodule import TabularDataModule, held_out_batches
-        from anomaly_vae.models.tabular import EpochProgress, TabularVAEModule, quiet_trainer
+        from anomaly_vae.models.vae import VAEModule
 
-        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        pl.seed_everything(self.seed, workers=True, verbose=False)
-        module = TabularVAEModule(
+        module = VAEModule(
             net,
             beta=self.beta,
             kl_warmup_epochs=schedule["kl_warmup_epochs"],
@@ -431,72 +403,36 @@ class TabularDetector:
             held_out_seed=self.seed,
             log_metrics=False,  # the history has them; self.log costs ~1 ms per call
         )
-        callbacks: list[pl.Callback] = (
-            [EpochProgress(schedule["max_epochs"])] if self.progress else []
+        dm = TabularDataModule(
+            train,
+            schedule["batch_size"],
+            self.seed,
+            schedule["rows_per_epoch"],
+            steps_per_item=STEPS_PER_ITEM,
         )
-        trainer = quiet_trainer(
+        rank, world = self._fit_lightning(
+            module,
             max_epochs=schedule["max_epochs"],
-            accelerator=self.accelerator,
-            devices=self.devices,
-            strategy=self.strategy,
+            datamodule=dm,
             limit_val_batches=0,
-            callbacks=callbacks,
             deterministic=True,
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            # validation_step serves the image path; here the module scores held_out
-            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-            # the module's fast batch copy is meant to win over the datamodule's default
-            warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
-            dm = TabularDataModule(
-                train,
-                schedule["batch_size"],
-                self.seed,
-                schedule["rows_per_epoch"],
-                steps_per_item=STEPS_PER_ITEM,
-            )
-            trainer.fit(module, datamodule=dm)
-        return module.history, module.best_epoch, trainer.global_rank, trainer.world_size
+        return module.history, module.best_epoch, rank, world
 
     # ================================================================== calibration
-    def _calibrate(
+    def _calibrate_result(
         self, cal: ScoreResult, *, alpha: float | None, contamination: float | None
     ) -> None:
-        if contamination is not None:
-            alpha = None
-        self.calibration_ = Calibration.fit(
-            cal.log_likelihood, alpha=alpha, contamination=contamination
-        )
-        self.offset_ = self.calibration_.threshold
+        self._calibrate(cal.log_likelihood, alpha=alpha, contamination=contamination)
         # typical per-feature terms on normal rows, so explain() can say which column is
         # unusually unlikely rather than which column is always costly (many categories)
         self.feature_baseline_ = np.median(cal.contributions, axis=0)
 
-    def recalibrate(
-        self, X: Any, *, alpha: float | None = None, contamination: float | None = None
-    ) -> TabularDetector:
-        """Re-set the threshold on new normal rows without retraining; returns self.
-
-        With neither rate given, the current method and rate are kept.
-        """
-        self._check_fitted()
-        if alpha is None and contamination is None:
-            alpha, contamination = self.calibration_.alpha, self.calibration_.contamination
-        frame = _as_frame(X)
-        arrays = self.preprocessor_.transform(frame, allow_extra=True)
-        self._calibrate(self._score_arrays(arrays), alpha=alpha, contamination=contamination)
-        return self
+    def _calibrate_on(self, X: Any, *, alpha: float | None, contamination: float | None) -> None:
+        arrays = self.preprocessor_.transform(_as_frame(X), allow_extra=True)
+        self._calibrate_result(self._score_arrays(arrays), alpha=alpha, contamination=contamination)
 
     # ================================================================== scoring
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            msg = (
-                f"this {type(self).__name__} is not fitted yet; call fit (or "
-                f"{type(self).__name__}.load) before using it"
-            )
-            raise NotFittedError(msg)
 
     def _encode_frame(self, X: Any, allow_extra: bool) -> tuple[pd.DataFrame, TabularArrays]:
         self._check_fitted()
@@ -549,22 +485,13 @@ class TabularDetector:
         in the order of :attr:`feature_names_`."""
         return self._score_arrays(arrays, k, progress=False, contributions=contributions)
 
-    def score_samples(self, X: Any, *, k: int | None = None) -> np.ndarray:
-        """Importance-sampled log p(x) per row, [N] float64 nats; higher is more normal."""
+    def _normality(self, X: Any, k: int | None) -> np.ndarray:
         _, arrays = self._encode_frame(X, allow_extra=False)
         return self._score_arrays(arrays, k, contributions=False).log_likelihood
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """``score_samples(X) - offset_``: negative for outliers, [N]."""
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X: Any) -> np.ndarray:
-        """+1 for inliers, -1 for outliers, [N] int."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
-
-    def p_values(self, X: Any) -> np.ndarray:
-        """Split-conformal p-values, [N] in (0, 1]; small means unusual."""
-        return self.calibration_.p_values(self.score_samples(X))
+    def score_samples(self, X: Any, *, k: int | None = None) -> np.ndarray:
+        """Importance-sampled log p(x) per row, [N] float64 nats; higher is more normal."""
+        return self._normality(X, k)
 
     def score(
         self,
@@ -720,60 +647,27 @@ class TabularDetector:
         }
 
     # ================================================================== persistence
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (scikit-learn convention)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        params = {n: getattr(self, n) for n in names}
+    def _bundle_params(self) -> dict[str, Any]:
+        params = self.get_params(deep=False)
         if isinstance(params.get("schema"), Schema):
             params["schema"] = params["schema"].to_dict()
         return params
 
-    def save(self, path: str | Path) -> Path:
-        """Write the detector bundle directory (see ``anomaly_vae.bundle``)."""
-        self._check_fitted()
-        docs = {
-            "config.json": {
-                "model": self.net_.config(),
-                "params": self.get_params(),
-                "training": self.training_,
-                "history": self.history_,
-            },
+    def _documents(self) -> dict[str, Any]:
+        return {
             "schema.json": self.schema_.to_dict(),
             "preprocessing.json": self.preprocessor_.to_dict(),
-            "calibration.json": {
-                "scorer": {"k": self.sampler_.k, "seed": self.sampler_.seed},
-                **self.calibration_.to_dict(),
-                "feature_baseline": self.feature_baseline_.tolist(),
-            },
-            "reference.json": self.reference_,
         }
-        return write_bundle(path, "tabular", docs, self.net_.state_dict())
 
-    @classmethod
-    def load(cls, path: str | Path) -> TabularDetector:
-        """Read a bundle written by :meth:`save`; never unpickles."""
-        manifest, docs, weights = read_bundle(path, kind="tabular")
-        with inconsistent_bundle(path):
-            cfg = docs["config.json"]
-            params = dict(cfg["params"])
-            det = cls(**params)
-            det.schema_ = Schema.from_dict(docs["schema.json"])
-            det.preprocessor_ = TabularPreprocessor.from_dict(
-                det.schema_, docs["preprocessing.json"]
-            )
-            net = TabularVAE(**cfg["model"])
-            net.load_state_dict(weights)
-            net.eval()
-            det.net_ = net
-            cal = docs["calibration.json"]
-            det.sampler_ = ImportanceSampler(
-                k=int(cal["scorer"]["k"]), seed=int(cal["scorer"]["seed"])
-            )
-            det.calibration_ = Calibration.from_dict(cal)
-            det.offset_ = det.calibration_.threshold
-            det.feature_baseline_ = np.asarray(cal["feature_baseline"], dtype=np.float64)
-            det.reference_ = docs.get("reference.json", {})
-            det.training_ = cfg.get("training", {})
-            det.history_ = cfg.get("history", [])
-        det.manifest_ = manifest
-        return det
+    def _calibration_document(self) -> dict[str, Any]:
+        return {"feature_baseline": self.feature_baseline_.tolist()}
+
+    def _restore(self, docs: dict[str, Any], weights: dict[str, Any], cfg: dict[str, Any]) -> None:
+        self.schema_ = Schema.from_dict(docs["schema.json"])
+        self.preprocessor_ = TabularPreprocessor.from_dict(self.schema_, docs["preprocessing.json"])
+        net = TabularVAE(**cfg["model"])
+        net.load_state_dict(weights)
+        net.eval()
+        self.net_ = net
+        baseline = docs["calibration.json"]["feature_baseline"]
+        self.feature_baseline_ = np.asarray(baseline, dtype=np.float64)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SkNotFittedError
+import functools
+import sys
 
 
 class AnomalyVAEError(Exception):
@@ -13,8 +14,25 @@ class SchemaError(AnomalyVAEError, ValueError):
     """A frame does not match the schema: names the column(s) and the first rows."""
 
 
-class NotFittedError(AnomalyVAEError, _SkNotFittedError):
-    """A detector was used before ``fit`` (also an sklearn ``NotFittedError``)."""
+class NotFittedError(AnomalyVAEError, ValueError, AttributeError):
+    """A detector was used before ``fit``. It has the bases of scikit-learn's
+    ``NotFittedError`` (ValueError, AttributeError) and, raised through
+    :func:`not_fitted` while scikit-learn is loaded, is one of those too."""
+
+
+@functools.cache
+def _with_sklearn(sk_not_fitted: type[Exception]) -> type[NotFittedError]:
+    return type("NotFittedError", (NotFittedError, sk_not_fitted), {"__module__": __name__})
+
+
+def not_fitted(msg: str) -> NotFittedError:
+    """A :class:`NotFittedError` to raise; also scikit-learn's ``NotFittedError`` when
+    scikit-learn's exceptions are loaded. Importing scikit-learn only for a base class
+    cost a third of the service's start-up, and code that catches scikit-learn's error
+    has imported it already."""
+    sk = sys.modules.get("sklearn.exceptions")
+    cls = _with_sklearn(sk.NotFittedError) if sk is not None else NotFittedError
+    return cls(msg)
 
 
 class BundleError(AnomalyVAEError, ValueError):

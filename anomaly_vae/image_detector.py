@@ -21,6 +21,11 @@ Scores (``score=`` at construction; the threshold is calibrated on the chosen on
   fraction ``mutation_rate`` of their pixels replaced by random values. The background
   model learns the population statistics (how much ink, how flat) but not the semantics,
   so the ratio keeps what is specific to the normal class.
+
+The estimator contract and the outlier API (``score_samples`` returns the calibrated
+normality: log p(x) in nats, -S(x) in bits or the log ratio in nats, higher is more
+normal; ``decision_function``, ``predict``, ``p_values``, ``recalibrate``), calibration,
+the bundle and the Lightning fit come from :class:`anomaly_vae.core.Detector`.
 """
 
 from __future__ import annotations
@@ -28,31 +33,28 @@ from __future__ import annotations
 import io
 import math
 import time
-import warnings
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from anomaly_vae.bundle import inconsistent_bundle, read_bundle, write_bundle
+from anomaly_vae.core import Detector
 from anomaly_vae.data.images import load_images
-from anomaly_vae.exceptions import ImageError, NotFittedError
-from anomaly_vae.nn.conv import LIKELIHOODS, ConvVAE
-from anomaly_vae.scoring.calibration import Calibration
+from anomaly_vae.defaults import BINARIZE, FIT, IMAGE, IMAGE_LIKELIHOODS, MIN_IMAGES
+from anomaly_vae.defaults import IMAGE_SCORES as SCORES
+from anomaly_vae.exceptions import ImageError, not_fitted
+from anomaly_vae.nn.conv import ConvVAE
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
 
-SCORES = ("likelihood", "complexity", "ratio")
-#: ``complexity_weight`` value that fits lambda on the validation images.
-FIT = "fit"
+__all__ = ["BINARIZE", "FIT", "SCORES", "ImageDetector", "latent_traversal", "png_bits"]
+
 #: Images per scorer pass. Every pass is padded to exactly this many images: convolution
 #: kernels are chosen by batch size, and a short last chunk changed scores by up to 7e-6
 #: nats; with fixed-size passes an image's score is the same bits in any batch.
 ROW_CHUNK = 16
 #: Weight-name prefix of the ratio score's background model in the bundle.
 BACKGROUND = "background."
-BINARIZE = ("dynamic", "threshold", "none")
 
 
 def _mutate(images: np.ndarray, rate: float, seed: int) -> np.ndarray:
@@ -100,7 +102,7 @@ class _ImageData(torch.utils.data.Dataset[torch.Tensor]):
         return (u * 255.0 < x.to(torch.float32)).to(torch.uint8) * 255
 
 
-class ImageDetector:
+class ImageDetector(Detector):
     """Convolutional-VAE detector and density estimator for images.
 
     Args:
@@ -120,43 +122,47 @@ class ImageDetector:
         max_minutes: a wall-clock budget for training (Lightning's ``max_time``).
         k: importance samples per image when scoring.
         alpha: target false-positive rate of the conformal threshold.
+        contamination: alternatively, the expected outlier fraction; the threshold is
+            that quantile of the calibration images' normality. Overrides ``alpha``.
         calibration_fraction, validation_fraction: held-out shares of the images.
         seed: seeds splits, weights, shuffling, binarization and the scorer.
         accelerator, devices, strategy: passed to the Lightning Trainer.
         progress: progress bars.
     """
 
-    #: the manifest of the bundle it was loaded from (files, sha256, versions)
-    manifest_: dict[str, Any]
+    _kind = "image"
+    # ``score`` names the score kind; the attribute would hide the ``score`` method
+    _param_attributes: ClassVar[dict[str, str]] = {"score": "score_kind"}
 
     def __init__(
         self,
         *,
-        likelihood: str = "bernoulli",
-        binarize: str = "dynamic",
-        score: str = "likelihood",
-        mutation_rate: float = 0.2,
-        complexity_weight: float | str = 1.0,
-        latent_dim: int = 32,
-        width_mult: int = 32,
-        beta: float = 1.0,
-        max_epochs: int = 20,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        patience: int = 5,
-        max_minutes: float | None = None,
-        k: int = 64,
-        alpha: float = 0.05,
-        calibration_fraction: float = 0.1,
-        validation_fraction: float = 0.05,
-        seed: int = 0,
-        accelerator: str = "cpu",
-        devices: int | str = 1,
-        strategy: str = "auto",
-        progress: bool = False,
+        likelihood: str = IMAGE["likelihood"],
+        binarize: str = IMAGE["binarize"],
+        score: str = IMAGE["score"],
+        mutation_rate: float = IMAGE["mutation_rate"],
+        complexity_weight: float | str = IMAGE["complexity_weight"],
+        latent_dim: int = IMAGE["latent_dim"],
+        width_mult: int = IMAGE["width_mult"],
+        beta: float = IMAGE["beta"],
+        max_epochs: int = IMAGE["max_epochs"],
+        batch_size: int = IMAGE["batch_size"],
+        lr: float = IMAGE["lr"],
+        patience: int = IMAGE["patience"],
+        max_minutes: float | None = IMAGE["max_minutes"],
+        k: int = IMAGE["k"],
+        alpha: float = IMAGE["alpha"],
+        contamination: float | None = IMAGE["contamination"],
+        calibration_fraction: float = IMAGE["calibration_fraction"],
+        validation_fraction: float = IMAGE["validation_fraction"],
+        seed: int = IMAGE["seed"],
+        accelerator: str = IMAGE["accelerator"],
+        devices: int | str = IMAGE["devices"],
+        strategy: str = IMAGE["strategy"],
+        progress: bool = IMAGE["progress"],
     ) -> None:
-        if likelihood not in LIKELIHOODS:
-            msg = f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}"
+        if likelihood not in IMAGE_LIKELIHOODS:
+            msg = f"likelihood must be one of {IMAGE_LIKELIHOODS}, got {likelihood!r}"
             raise ValueError(msg)
         if binarize not in BINARIZE:
             msg = f"binarize must be one of {BINARIZE}, got {binarize!r}"
@@ -175,6 +181,9 @@ class ImageDetector:
         ):
             msg = f"complexity_weight must be a number >= 0 or {FIT!r}, got {complexity_weight!r}"
             raise ValueError(msg)
+        if contamination is not None and not 0.0 < contamination < 0.5:
+            msg = f"contamination must be in (0, 0.5), got {contamination!r}"
+            raise ValueError(msg)
         ImportanceSampler(k=k)  # validates k
         self.likelihood, self.binarize, self.score_kind = likelihood, binarize, score
         self.mutation_rate = mutation_rate
@@ -187,7 +196,7 @@ class ImageDetector:
             patience,
         )
         self.max_minutes = max_minutes
-        self.k, self.alpha = k, alpha
+        self.k, self.alpha, self.contamination = k, alpha, contamination
         self.calibration_fraction, self.validation_fraction = (
             calibration_fraction,
             validation_fraction,
@@ -195,32 +204,6 @@ class ImageDetector:
         self.seed = seed
         self.accelerator, self.devices, self.strategy = accelerator, devices, strategy
         self.progress = progress
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "likelihood": self.likelihood,
-            "binarize": self.binarize,
-            "score": self.score_kind,
-            "mutation_rate": self.mutation_rate,
-            "complexity_weight": self.complexity_weight,
-            "latent_dim": self.latent_dim,
-            "width_mult": self.width_mult,
-            "beta": self.beta,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "patience": self.patience,
-            "max_minutes": self.max_minutes,
-            "k": self.k,
-            "alpha": self.alpha,
-            "calibration_fraction": self.calibration_fraction,
-            "validation_fraction": self.validation_fraction,
-            "seed": self.seed,
-            "accelerator": self.accelerator,
-            "devices": self.devices,
-            "strategy": self.strategy,
-            "progress": self.progress,
-        }
 
     # ------------------------------------------------------------------ fitting
     def _prepare(self, images: np.ndarray) -> np.ndarray:
@@ -232,15 +215,11 @@ class ImageDetector:
     def fit(self, X: Any, y: Any = None) -> ImageDetector:
         """Fit on mostly normal images (array or path, see ``load_images``); returns self.
         With ``score="ratio"`` a background model is trained as well (twice the time)."""
-        import logging
-
-        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         t0 = time.perf_counter()
         images = load_images(X)
         n = len(images)
-        if n < 20:
-            msg = f"fit needs at least 20 images, got {n}"
+        if n < MIN_IMAGES:
+            msg = f"fit needs at least {MIN_IMAGES} images, got {n}"
             raise ImageError(msg)
         _, c, h, w = images.shape
         rng = np.random.default_rng(self.seed)
@@ -289,8 +268,9 @@ class ImageDetector:
             "epochs_run": len(history),
             "best_epoch": best_epoch,
         }
-        normality = self._normality(images[cal_idx], self._score_images(images[cal_idx]))
-        self.calibration_ = Calibration.fit(normality, alpha=self.alpha)
+        normality = self._image_normality(images[cal_idx], self._score_images(images[cal_idx]))
+        self._calibrate(normality, alpha=self.alpha, contamination=self.contamination)
+        self.reference_ = {}
         self.training_["fit_seconds"] = time.perf_counter() - t0
         return self
 
@@ -312,18 +292,11 @@ class ImageDetector:
         self, train: _ImageData, val_images: np.ndarray, shape: tuple[int, int, int]
     ) -> tuple[ConvVAE, list[dict[str, float]], int, int]:
         """Fit one ConvVAE with Lightning on ``train``, early-stopping on the prepared
-        ``val_images``; returns (net in eval mode, history, best epoch, global rank)."""
+        ``val_images``; returns (net in eval mode, history, best epoch, global rank).
+        The held-out ELBO comes from Lightning's validation loop over ``val_images``."""
         import datetime as dt
 
-        import pytorch_lightning as pl
-        from pytorch_lightning.callbacks import EarlyStopping
-
-        from anomaly_vae.models.tabular import (
-            EpochProgress,
-            KeepBestWeights,
-            TabularVAEModule,
-            quiet_trainer,
-        )
+        from anomaly_vae.models.vae import VAEModule
 
         torch.manual_seed(self.seed)
         net = ConvVAE(*shape, self.latent_dim, self.width_mult, self.likelihood)
@@ -340,36 +313,20 @@ class ImageDetector:
             sampler = torch.utils.data.BatchSampler(base, self.batch_size, drop_last=False)
             return torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler)
 
-        pl.seed_everything(self.seed, workers=True, verbose=False)
-        module = TabularVAEModule(net, beta=self.beta, kl_warmup_epochs=0, lr=self.lr)
-        keep = KeepBestWeights("val_elbo")
-        callbacks: list[pl.Callback] = [
-            EarlyStopping("val_elbo", mode="max", patience=self.patience),
-            keep,
-        ]
-        if self.progress:
-            callbacks.append(EpochProgress(self.max_epochs))
-        trainer = quiet_trainer(
-            max_epochs=self.max_epochs,
-            max_time=dt.timedelta(minutes=self.max_minutes) if self.max_minutes else None,
-            accelerator=self.accelerator,
-            devices=self.devices,
-            strategy=self.strategy,
-            num_sanity_val_steps=0,
-            callbacks=callbacks,
+        module = VAEModule(
+            net, beta=self.beta, kl_warmup_epochs=0, lr=self.lr, patience=self.patience
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.fit(module, loader(train, True), loader(val, False))
+        rank, _ = self._fit_lightning(
+            module,
+            max_epochs=self.max_epochs,
+            loaders=(loader(train, True), loader(val, False)),
+            max_time=dt.timedelta(minutes=self.max_minutes) if self.max_minutes else None,
+            num_sanity_val_steps=0,
+        )
         net.eval()
-        return net, module.history, keep.best_epoch, trainer.global_rank
+        return net, module.history, module.best_epoch, rank
 
     # ------------------------------------------------------------------ scoring
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            msg = "this ImageDetector is not fitted yet; call fit (or ImageDetector.load)"
-            raise NotFittedError(msg)
-
     def _checked(self, X: Any) -> np.ndarray:
         self._check_fitted()
         images = load_images(X)
@@ -405,7 +362,17 @@ class ImageDetector:
             res = sampler.score(net or self.net_, x, len(x), contributions=contributions)
         return ScoreResult(*(getattr(res, f)[:n] for f in ScoreResult.__dataclass_fields__))
 
-    def _normality(
+    def _normality(self, X: Any, k: int | None) -> np.ndarray:
+        images = self._checked(X)
+        return self._image_normality(images, self._score_images(images, k), k)
+
+    def score_samples(self, X: Any, *, k: int | None = None) -> np.ndarray:
+        """Per image, the normality the threshold is set on, [N] float64, higher is more
+        normal: log p(x) in nats (``likelihood``), -S(x) = log2 p(x) + lambda L(x) in
+        bits (``complexity``), or log p(x) - log p_bg(x) in nats (``ratio``)."""
+        return self._normality(X, k)
+
+    def _image_normality(
         self,
         images: np.ndarray,
         res: ScoreResult,
@@ -419,7 +386,7 @@ class ImageDetector:
         if self.score_kind == "ratio":
             if self.background_ is None:
                 msg = "score='ratio' needs the background model, which this detector lacks"
-                raise NotFittedError(msg)
+                raise not_fitted(msg)
             return res.log_likelihood - self.background_log_likelihood(images, k)
         # -S(x) = log2 p(x) + lambda L(x), bits; L compresses the pixels the model
         # scored (binarized for bernoulli), so both terms describe the same image
@@ -450,7 +417,7 @@ class ImageDetector:
             }
         )
         bits = png_bits(self._prepare(images)) if self.score_kind == "complexity" else None
-        normality = self._normality(images, res, k, bits)
+        normality = self._image_normality(images, res, k, bits)
         if self.score_kind == "complexity":
             out["complexity_bits"] = bits
         if self.score_kind == "ratio":
@@ -490,58 +457,33 @@ class ImageDetector:
             return self.net_.mean_image(mu).numpy()
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        self._check_fitted()
-        docs = {
-            "config.json": {
-                "model": self.net_.config(),
-                "params": self.get_params(),
-                "training": self.training_,
-                "history": self.history_,
-            },
-            "calibration.json": {
-                "scorer": {
-                    "k": self.sampler_.k,
-                    "seed": self.sampler_.seed,
-                    "complexity_weight": self.complexity_weight_,
-                },
-                **self.calibration_.to_dict(),
-            },
-        }
+    def _scorer_document(self) -> dict[str, Any]:
+        return {"complexity_weight": self.complexity_weight_}
+
+    def _weights(self) -> dict[str, Any]:
         weights = dict(self.net_.state_dict())
         if self.background_ is not None:
             weights |= {f"{BACKGROUND}{k}": v for k, v in self.background_.state_dict().items()}
-        return write_bundle(path, "image", docs, weights)
+        return weights
 
-    @classmethod
-    def load(cls, path: str | Path) -> ImageDetector:
-        """Read a bundle written by :meth:`save`; never unpickles."""
-        manifest, docs, weights = read_bundle(path, kind="image")
-        with inconsistent_bundle(path):
-            cfg = docs["config.json"]
-            det = cls(**cfg["params"])
-            net = ConvVAE(**cfg["model"])
-            bg = {k[len(BACKGROUND) :]: v for k, v in weights.items() if k.startswith(BACKGROUND)}
-            net.load_state_dict({k: v for k, v in weights.items() if not k.startswith(BACKGROUND)})
-            net.eval()
-            det.net_ = net
-            det.background_ = None
-            if det.score_kind == "ratio":
-                det.background_ = ConvVAE(**cfg["model"])
-                det.background_.load_state_dict(bg)
-                det.background_.eval()
-            det.shape_ = (net.channels, net.height, net.width)
-            cal = docs["calibration.json"]
-            det.sampler_ = ImportanceSampler(
-                k=int(cal["scorer"]["k"]), seed=int(cal["scorer"]["seed"]), row_chunk=ROW_CHUNK
-            )
-            det.calibration_ = Calibration.from_dict(cal)
-            # bundles from before complexity_weight: Serrà et al.'s lambda = 1
-            det.complexity_weight_ = float(cal["scorer"].get("complexity_weight", 1.0))
-            det.training_ = cfg.get("training", {})
-            det.history_ = cfg.get("history", [])
-        det.manifest_ = manifest
-        return det
+    def _make_sampler(self, k: int, seed: int) -> ImportanceSampler:
+        return ImportanceSampler(k=k, seed=seed, row_chunk=ROW_CHUNK)
+
+    def _restore(self, docs: dict[str, Any], weights: dict[str, Any], cfg: dict[str, Any]) -> None:
+        net = ConvVAE(**cfg["model"])
+        bg = {k[len(BACKGROUND) :]: v for k, v in weights.items() if k.startswith(BACKGROUND)}
+        net.load_state_dict({k: v for k, v in weights.items() if not k.startswith(BACKGROUND)})
+        net.eval()
+        self.net_ = net
+        self.background_ = None
+        if self.score_kind == "ratio":
+            self.background_ = ConvVAE(**cfg["model"])
+            self.background_.load_state_dict(bg)
+            self.background_.eval()
+        self.shape_ = (net.channels, net.height, net.width)
+        # bundles from before complexity_weight: Serrà et al.'s lambda = 1
+        scorer = docs["calibration.json"]["scorer"]
+        self.complexity_weight_ = float(scorer.get("complexity_weight", 1.0))
 
 
 def latent_traversal(

@@ -18,6 +18,7 @@ at torch's default threads on two cores slowed a fit tenfold.
     python benchmarks/tabular.py --datasets wine WDBC  # a subset
     python benchmarks/tabular.py --methods anomaly-vae:no-trim --no-ablations  # one ablation
     python benchmarks/tabular.py --seeds 3 4 5 --methods anomaly-vae IForest --no-ablations
+    python benchmarks/tabular.py --datasets cardio wine --seeds 0 --methods anomaly-vae --no-ablations --verify
 
 The table and the ablations use the protocol's seeds (0, 1, 2) only. Results for other
 seeds (the last command) go to a section of their own: the same detector and
@@ -175,7 +176,13 @@ def run_method(method: str, x_tr: np.ndarray, x_te: np.ndarray, seed: int) -> di
     }
 
 
-def evaluate(path: Path, seed: int, methods: tuple[str, ...], force: bool) -> None:
+def evaluate(
+    path: Path, seed: int, methods: tuple[str, ...], force: bool, verify: bool = False
+) -> int:
+    """Run ``methods`` on one set and seed and cache each row; returns the number of
+    mismatches. With ``verify``, recompute and compare AUROC and AUPRC with the cached
+    row to the last bit instead of writing it (the check that a refactor changed no
+    result)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
@@ -184,9 +191,14 @@ def evaluate(path: Path, seed: int, methods: tuple[str, ...], force: bool) -> No
     y = np.asarray(data["y"]).astype(int)
     x_tr, x_te, _, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
     name = path.stem.split("_", 1)[1]
+    mismatches = 0
     for method in methods:
         cache = OUT / f"{name}__{seed}__{method}.json"
-        if cache.exists() and not force:
+        if verify and not cache.exists():
+            print(f"{name:>14} seed {seed} {method:>11}: no cached row to verify", flush=True)
+            mismatches += 1
+            continue
+        if cache.exists() and not force and not verify:
             continue
         res = run_method(method, x_tr, x_te, seed)
         s = res.pop("scores")
@@ -205,12 +217,24 @@ def evaluate(path: Path, seed: int, methods: tuple[str, ...], force: bool) -> No
             "n_test": len(x_te),
             **res,
         }
+        if verify:
+            old = json.loads(cache.read_text())
+            same = all(old[key] == row[key] for key in ("auroc", "auprc"))
+            mismatches += not same
+            print(
+                f"{name:>14} seed {seed} {method:>11}: {'identical' if same else 'DIFFERENT'}"
+                f" AUROC {row['auroc']!r} (cached {old['auroc']!r}), AUPRC {row['auprc']!r}"
+                f" (cached {old['auprc']!r})",
+                flush=True,
+            )
+            continue
         OUT.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(row))
         print(
             f"{name:>14} seed {seed} {method:>11}: AUROC {row['auroc']:.3f} AUPRC {row['auprc']:.3f} fit {row['fit_s']:.1f}s {row['rows_per_s']:.0f} rows/s {row['note']}",
             flush=True,
         )
+    return mismatches
 
 
 def load_rows() -> list[dict[str, Any]]:
@@ -441,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--force", action="store_true", help="recompute cached results")
     p.add_argument(
+        "--verify",
+        action="store_true",
+        help="recompute and compare AUROC/AUPRC with the cached rows bit for bit; writes "
+        "nothing, exits 1 on any difference",
+    )
+    p.add_argument(
         "--report-only", action="store_true", help="only rewrite RESULTS.md from the cache"
     )
     args = p.parse_args(argv)
@@ -450,13 +480,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no tabular data at {data_dir()} (set ANOMALY_VAE_DATA)", file=sys.stderr)
         return 2
     if not args.report_only:
+        mismatches = 0
         for path in list_sets(args.datasets):
             for seed in args.seeds:
                 methods = tuple(args.methods)
                 if not args.no_ablations:
                     methods += tuple(f"anomaly-vae:{k}" for k in ABLATIONS)
                 methods = tuple(dict.fromkeys(methods))  # an ablation named twice runs once
-                evaluate(path, seed, methods, args.force)
+                mismatches += evaluate(path, seed, methods, args.force, args.verify)
+        if args.verify:
+            print(f"verify: {mismatches} row(s) differ from the cache")
+            return 1 if mismatches else 0
     print(write_results("python benchmarks/tabular.py"))
     return 0
 

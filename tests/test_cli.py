@@ -192,17 +192,42 @@ def test_train_flag_defaults_and_usage_errors(trained, capsys, flag, default, ba
 
 
 def test_discrete_likelihood_choices_are_the_detectors():
-    """The CLI spells the choices out (it imports no torch before parsing); they must stay
-    the detector's, or a valid detector option would be a usage error."""
+    """Every way the detector models discrete levels is a valid CLI choice, and parses
+    to itself, or a valid detector option would be a usage error."""
     from anomaly_vae.cli import _parser
     from anomaly_vae.detector import DISCRETE_LIKELIHOODS
 
-    train = next(
-        a
-        for a in _parser()._subparsers._group_actions[0].choices["train"]._actions
-        if "--discrete-likelihood" in a.option_strings
-    )
-    assert tuple(train.choices) == DISCRETE_LIKELIHOODS
+    for choice in DISCRETE_LIKELIHOODS:
+        args = _parser().parse_args(
+            ["train", "d.csv", "--out", "b", "--discrete-likelihood", choice]
+        )
+        assert args.discrete_likelihood == choice
+
+
+@pytest.mark.parametrize(
+    ("command", "detector"),
+    [
+        (["train", "d.csv", "--out", "b"], "TabularDetector"),
+        (["images", "train", "d", "--out", "b"], "ImageDetector"),
+    ],
+)
+def test_flag_defaults_are_the_detectors(command, detector):
+    """A flag left unset trains the detector the library's defaults would: the parsed
+    default of every flag named like a constructor argument is that argument's default."""
+    import inspect
+
+    import anomaly_vae
+    from anomaly_vae.cli import _parser
+
+    params = inspect.signature(getattr(anomaly_vae, detector)).parameters
+    args = vars(_parser().parse_args(command))
+    shared = {name for name in args if name in params}
+    assert {"beta", "k", "alpha", "seed"} <= shared
+    for name in shared:
+        value = args[name]
+        if name == "devices":
+            value = int(value)
+        assert value == params[name].default, name
 
 
 def test_min_sigma_words_are_the_detectors_rules():

@@ -34,7 +34,7 @@ class _GroupDataset(_BatchDataset):
 
 class TabularDataModule(pl.LightningDataModule):
     """Training tensors with a seeded shuffle. Validation rows do not go through
-    Lightning's loop: the module scores them (``TabularVAEModule(held_out=...)``, batches
+    Lightning's loop: the module scores them (``VAEModule(held_out=...)``, batches
     from :func:`held_out_batches`).
 
     Args:
@@ -45,7 +45,7 @@ class TabularDataModule(pl.LightningDataModule):
             than the table holds cycles through fresh permutations.
         steps_per_item: on one process, the loader yields lists of up to this many
             consecutive batches, and the module takes one optimizer step per batch
-            (``TabularVAEModule.training_step``): the same batches in the same order,
+            (``VAEModule.training_step``): the same batches in the same order,
             with Lightning's fixed cost per loop iteration (about 1.5 ms on CPU, a
             fifth of a small table's step) paid once per list. Under a distributed
             strategy every item is one batch, because DDP synchronizes gradients once

@@ -13,19 +13,17 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.data.schema import Schema, describe_rows
-from anomaly_vae.exceptions import NotFittedError, SchemaError
+from anomaly_vae.defaults import WINSOR_TAIL
+from anomaly_vae.exceptions import SchemaError, not_fitted
 
 #: Smallest scale used for a numeric column (in its own units, relative to its size), so
 #: a constant column does not divide by zero.
 _MIN_SCALE = 1e-6
 
-#: Default share of each tail clipped (winsorized) before a numeric column's center and
-#: scale are taken. Training rows hold outliers (ADBench fits on contaminated data), and a few
-#: extreme values would otherwise set the unit in which every other row, and the
-#: decoder's noise floor, are measured. On the 29 ADBench sets it raised the AUROC wins
-#: against IsolationForest over the plain mean and standard deviation
-#: (benchmarks/RESULTS.md, ablations).
-WINSOR_TAIL = 0.025
+# WINSOR_TAIL (anomaly_vae.defaults): the default share of each tail clipped before a
+# numeric column's center and scale are taken. Training rows hold outliers, and a few
+# extreme values would otherwise set the unit in which every other row, and the
+# decoder's noise floor, are measured (benchmarks/RESULTS.md, ablations).
 
 
 @dataclass
@@ -191,7 +189,7 @@ class TabularPreprocessor:
     def _check_fitted(self) -> tuple[np.ndarray, np.ndarray]:
         if self.center_ is None or self.scale_ is None:
             msg = "this TabularPreprocessor is not fitted yet; call fit first"
-            raise NotFittedError(msg)
+            raise not_fitted(msg)
         return self.center_, self.scale_
 
     @property

@@ -14,16 +14,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from anomaly_vae.defaults import DISCRETE_LEVELS
 from anomaly_vae.exceptions import SchemaError
 
 ColumnKind = Literal["numeric", "categorical", "boolean"]
 KINDS: tuple[ColumnKind, ...] = ("numeric", "categorical", "boolean")
 
-#: Numeric columns holding at most this many distinct integers are modelled as discrete
-#: (a likelihood over their levels, not a density): integer-coded columns such as counts,
-#: grades and 0..16 pixel intensities. On ADBench this raised mean AUROC (letter +15,
-#: optdigits +19; benchmarks/RESULTS.md, ablations).
-DISCRETE_LEVELS = 20
+# DISCRETE_LEVELS (anomaly_vae.defaults): numeric columns holding at most this many
+# distinct integers are modelled as discrete (a likelihood over their levels, not a
+# density): integer-coded columns such as counts, grades and 0..16 pixel intensities.
 #: ... provided each level recurs: at least this many training rows per distinct value.
 #: A categorical over L levels has L - 1 free probabilities per decoder output; with
 #: fewer rows per level the continuous model, which shares strength across neighbouring

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anomaly_vae import TabularDetector
-from anomaly_vae.models.tabular import TabularVAEModule
+from anomaly_vae.models.vae import VAEModule
 from anomaly_vae.nn.base import single_sample_elbo
 from anomaly_vae.nn.tabular import TabularTensors, TabularVAE
 
@@ -38,7 +38,7 @@ def _elbo(net: TabularVAE, batch: TabularTensors) -> torch.Tensor:
 @pytest.mark.parametrize("trim", [0.0, 0.25])
 def test_training_loss_leaves_out_the_highest_loss_rows(trim):
     net, batch = _net_and_batch()
-    module = TabularVAEModule(net, trim_fraction=trim)
+    module = VAEModule(net, trim_fraction=trim)
     elbo = _elbo(net, batch)
     torch.manual_seed(1)
     loss = module.training_loss(batch)
@@ -51,7 +51,7 @@ def test_training_loss_leaves_out_the_highest_loss_rows(trim):
 @pytest.mark.parametrize("robust", [True, False])
 def test_validation_elbo_is_trimmed_only_when_asked(robust):
     net, batch = _net_and_batch()
-    module = TabularVAEModule(net, trim_fraction=0.25, robust_validation=robust)
+    module = VAEModule(net, trim_fraction=0.25, robust_validation=robust)
     elbo = _elbo(net, batch)
     torch.manual_seed(1)
     with torch.no_grad():  # as Lightning runs validation
@@ -107,7 +107,7 @@ def test_held_out_elbo_is_the_row_mean_on_repeated_noise():
     val = _rows(10, 1)
     batches = held_out_batches(val, 4)
     assert [b.n_rows for b in batches] == [4, 4, 2]
-    module = TabularVAEModule(net, held_out=batches, held_out_seed=7)
+    module = VAEModule(net, held_out=batches, held_out_seed=7)
     first = module.held_out_elbo()
     torch.manual_seed(123)  # the global generator plays no part
     assert module.held_out_elbo() == first
@@ -122,12 +122,12 @@ def test_held_out_elbo_is_the_row_mean_on_repeated_noise():
 
 def _quiet_trainer(max_epochs: int) -> Any:
     """A CPU Trainer without logger, checkpoints, bars or Lightning's validation loop."""
-    from anomaly_vae.models.tabular import quiet_trainer
+    from anomaly_vae.models.vae import quiet_trainer
 
     return quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, deterministic=True)
 
 
-class _ScriptedModule(TabularVAEModule):
+class _ScriptedModule(VAEModule):
     """A held-out ELBO read from a script, and the weights at every epoch's end."""
 
     def __init__(self, script: list[float], **kwargs):
@@ -165,13 +165,13 @@ def test_held_out_selection_stops_early_and_restores_the_best_epoch(script, epoc
         assert not torch.equal(module.net.state_dict()["encoder.0.weight"], last)
 
 
-def _train_grouped(steps_per_item: int) -> tuple[TabularVAEModule, int]:
+def _train_grouped(steps_per_item: int) -> tuple[VAEModule, int]:
     import pytorch_lightning as pl
 
     from anomaly_vae.data.datamodule import TabularDataModule
 
     torch.manual_seed(0)
-    module = TabularVAEModule(TabularVAE(2, [], 0, latent_dim=2, hidden=[8]), trim_fraction=0.1)
+    module = VAEModule(TabularVAE(2, [], 0, latent_dim=2, hidden=[8]), trim_fraction=0.1)
     trainer = _quiet_trainer(3)
     # 70 rows in batches of 16: 5 steps per epoch, the last one 6 rows
     dm = TabularDataModule(_rows(70, 3), 16, seed=0, steps_per_item=steps_per_item)

@@ -1,8 +1,10 @@
-"""LightningModule around :class:`~anomaly_vae.nn.tabular.TabularVAE`: the training loop only.
+"""The one LightningModule both detectors train through: the training loop only.
 
-The math lives in ``nn/``; this module adds beta and KL warm-up, optional robust
-trimming, the optimizer, logging, and model selection on held-out ELBO: early stopping
-and keeping the best epoch's weights.
+The math lives in ``nn/`` (any VAE that follows :class:`~anomaly_vae.nn.base.VAEProtocol`:
+the tabular ``TabularVAE``, the image ``ConvVAE``); this module adds beta and KL
+warm-up, optional robust trimming, the optimizer, logging, and model selection on the
+held-out ELBO: early stopping and keeping the best epoch's weights, one mechanism for
+every kind of data.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from anomaly_vae.nn.base import VAEProtocol, single_sample_elbo
 from anomaly_vae.nn.tabular import TabularTensors
 
 
-class TabularVAEModule(pl.LightningModule):
+class VAEModule(pl.LightningModule):
     """Trains an injected VAE (a :class:`TabularVAE`, or any module that follows
     :class:`~anomaly_vae.nn.base.VAEProtocol`, such as the image ``ConvVAE``) on the
     (beta-)ELBO.
+
+    Where the held-out ELBO comes from is the data kind's choice: tables hand their
+    validation batches to ``held_out`` (scored here with common random numbers); images
+    give Lightning a validation loader (``validation_step``). Model selection is the same
+    either way: with ``patience`` set, the best epoch's weights are kept and put back, and
+    training stops after ``patience`` epochs without a better value.
 
     Args:
         net: the VAE.
@@ -41,10 +49,10 @@ class TabularVAEModule(pl.LightningModule):
             table's epoch. Under DDP each rank scores every ``world_size``-th batch and
             the sums are all-reduced, so every rank sees the same value. The best
             epoch's weights are put back when training ends (``best_epoch``). None:
-            validation, if any, comes from Lightning's loop (``validation_step``) and
-            selection from callbacks.
-        patience: with ``held_out``, stop after this many epochs without a better
-            validation ELBO (None: never stop early).
+            validation, if any, comes from Lightning's loop (``validation_step``).
+        patience: stop after this many epochs without a better validation ELBO (None:
+            never stop early). Either source of the validation ELBO is watched the same
+            way; the best epoch's weights are kept whenever there is one.
         held_out_seed: seed of the latent draws for the held-out ELBO. Batch ``i`` uses
             ``held_out_seed + i`` in every epoch (common random numbers), so epochs are
             compared on the same noise and the value does not depend on the world size.
@@ -222,11 +230,14 @@ class TabularVAEModule(pl.LightningModule):
             row["val_elbo"] = self.held_out_elbo()  # already the mean over ranks
             if self.log_metrics:
                 self.log("val_elbo", row["val_elbo"], prog_bar=True, sync_dist=True)
-            self._select(row["val_elbo"])
         else:
+            # Lightning's validation loop ran just before this hook; its value (a float32
+            # tensor, mean over ranks) is what selection compares
             val = self.trainer.callback_metrics.get("val_elbo")
             if val is not None:
                 row["val_elbo"] = float(val)
+        if "val_elbo" in row:
+            self._select(row["val_elbo"])
         self.history.append(row)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -248,33 +259,6 @@ def quiet_trainer(**kwargs: Any) -> pl.Trainer:
         enable_progress_bar=False,
         **kwargs,
     )
-
-
-class KeepBestWeights(pl.Callback):
-    """Keeps the weights of the epoch with the best monitored metric (max) and puts them
-    back when training ends, so early stopping returns the best model, not the last."""
-
-    def __init__(self, monitor: str = "val_elbo") -> None:
-        self.monitor = monitor
-        self.best: float = -float("inf")
-        self.best_epoch: int = -1
-        self.state: dict[str, Any] | None = None
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        v = float(value)
-        if v > self.best:
-            self.best = v
-            self.best_epoch = trainer.current_epoch
-            self.state = copy.deepcopy(pl_module.state_dict())
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.state is not None:
-            pl_module.load_state_dict(self.state)
 
 
 class EpochProgress(pl.Callback):

@@ -1,0 +1,110 @@
+"""Every default the detectors and the command line share, in one torch-free module.
+
+The detectors' constructors take their defaults from here and the CLI builds its flags
+from the same values, so the two cannot drift apart, and ``anomaly-vae --help`` starts
+without importing torch or Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+#: Fewest rows ``TabularDetector.fit`` accepts: fewer cannot be split into training and
+#: calibration rows.
+MIN_ROWS: Final = 10
+#: Fewest images ``ImageDetector.fit`` accepts.
+MIN_IMAGES: Final = 20
+
+#: Gradient steps the tabular schedule aims for; epochs follow from rows and batch size.
+TARGET_STEPS: Final = 3000
+#: Floor of the step budget; it binds below 40 training rows, where Lightning's per-step
+#: overhead is most of the fit time.
+MIN_STEPS: Final = 20
+#: Below this many training rows the schedule takes half a step per row: on the ADBench
+#: sets that small, more steps bought no AUROC, only fit time.
+SMALL_TABLE_ROWS: Final = 500
+#: Optimizer steps per iteration of Lightning's training loop on one process (see
+#: ``TabularDataModule``): 16 batches are at most 8,192 rows in memory at once.
+STEPS_PER_ITEM: Final = 16
+#: Most rows held out for calibration: p-values resolve to 1/20,001 with this many, and
+#: on larger tables (over 100,000 rows at the default fraction) the rest train the model.
+MAX_CALIBRATION: Final = 20_000
+
+#: The floor rules ``min_sigma`` accepts by name (``default_min_sigma``, ``scott_min_sigma``
+#: in ``anomaly_vae.nn.tabular``).
+MIN_SIGMA_RULES: Final = ("auto", "scott")
+#: How a discrete column's levels can be modelled (``discrete_likelihood``).
+DISCRETE_LIKELIHOODS: Final = ("ordinal", "categorical")
+#: A numeric column whose training values are integers with at most this many distinct
+#: values is modelled as discrete.
+DISCRETE_LEVELS: Final = 20
+#: Share of each tail of a numeric column clipped before its center and scale are taken.
+WINSOR_TAIL: Final = 0.025
+
+#: Image likelihoods: binarized pixels, or a discretized logistic over 8-bit pixels.
+IMAGE_LIKELIHOODS: Final = ("bernoulli", "logistic")
+#: Image anomaly scores (see ``anomaly_vae.image_detector``).
+IMAGE_SCORES: Final = ("likelihood", "complexity", "ratio")
+#: How binary pixels are made for the Bernoulli likelihood.
+BINARIZE: Final = ("dynamic", "threshold", "none")
+#: ``complexity_weight`` value that fits lambda on the validation images.
+FIT: Final = "fit"
+
+#: ``TabularDetector``'s constructor defaults (None: sized from the data at ``fit``).
+TABULAR: Final[dict[str, Any]] = {
+    "latent_dim": None,
+    "hidden": None,
+    "beta": 1.0,
+    "kl_warmup_epochs": None,
+    "max_epochs": None,
+    "batch_size": None,
+    "lr": 2e-3,
+    "patience": None,
+    "trim_fraction": 0.1,
+    "robust_validation": False,
+    "min_sigma": "auto",
+    "student_df": 3.0,
+    "winsorize": WINSOR_TAIL,
+    "k": 64,
+    "alpha": 0.05,
+    "contamination": None,
+    "calibration_fraction": 0.2,
+    "validation_fraction": 0.1,
+    "id_column": None,
+    "categorical": None,
+    "discrete_levels": DISCRETE_LEVELS,
+    "discrete_likelihood": "ordinal",
+    "schema": None,
+    "seed": 0,
+    "accelerator": "cpu",
+    "devices": 1,
+    "strategy": "auto",
+    "progress": False,
+}
+
+#: ``ImageDetector``'s constructor defaults.
+IMAGE: Final[dict[str, Any]] = {
+    "likelihood": "bernoulli",
+    "binarize": "dynamic",
+    "score": "likelihood",
+    "mutation_rate": 0.2,
+    "complexity_weight": 1.0,
+    "latent_dim": 32,
+    "width_mult": 32,
+    "beta": 1.0,
+    "max_epochs": 20,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "patience": 5,
+    "max_minutes": None,
+    "k": 64,
+    "alpha": 0.05,
+    "contamination": None,
+    "calibration_fraction": 0.1,
+    "validation_fraction": 0.05,
+    "seed": 0,
+    "accelerator": "cpu",
+    "devices": 1,
+    "strategy": "auto",
+    "progress": False,
+}
