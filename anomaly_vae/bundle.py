@@ -34,7 +34,8 @@ JSON_FILES = (
 WEIGHTS = "weights.safetensors"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -68,7 +69,7 @@ def write_bundle(
             "kind": kind,
             "library_version": __version__,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if target.exists():
@@ -113,7 +114,7 @@ def read_bundle(
         if not p.exists():
             msg = f"bundle {str(root)!r} is missing {name}"
             raise BundleError(msg)
-        if _sha256(p) != digest:
+        if sha256_file(p) != digest:
             msg = f"bundle {str(root)!r}: {name} does not match its sha256 in manifest.json (corrupt or edited)"
             raise BundleError(msg)
     if WEIGHTS not in files:

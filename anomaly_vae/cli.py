@@ -45,6 +45,34 @@ EXIT_NO_INPUT = 4
 EXIT_OUTPUT = 5
 EXIT_GATE_REFUSED = 6
 
+#: Top-level modules of the optional extras, and the extra that installs each: a command
+#: that reaches one on an install without it gets a message naming the extra.
+EXTRAS = {
+    "mlflow": "service",
+    "fastapi": "service",
+    "uvicorn": "service",
+    "pydantic_settings": "service",
+    "prometheus_client": "service",
+    "multipart": "service",
+    "python_multipart": "service",
+    "orjson": "service",
+    "pyspark": "spark",
+    "pyod": "bench",
+}
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The one-line message for a command that needs an extra this install lacks, or
+    None when ``exc`` is not about an extra's module (a genuine bug)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return (
+        f"this command needs {top!r}, which comes with the {extra!r} extra: "
+        f"pip install 'anomaly-vae[{extra}]'"
+    )
+
 
 def _optional_float(text: str) -> float | None:
     """argparse type: a float, or None for 'none'."""
@@ -691,8 +719,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_score_batch(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines.batch import expand_dates, log_run, score_batch
-    from pipelines.models import is_model_uri, load_detector, resolve_model
+    from anomaly_vae.pipelines.batch import log_run, score_batch
+    from anomaly_vae.pipelines.models import is_model_uri, load_detector, resolve_model
+    from anomaly_vae.pipelines.partitions import expand_dates
 
     store = args.store or "mlruns"
     ref = resolve_model(args.model, store)
@@ -724,7 +753,7 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from pipelines.train import run_pipeline
+    from anomaly_vae.pipelines.train import run_pipeline
 
     decision = run_pipeline(args.config, store=args.store)
     doc = json.dumps(decision, indent=1, default=str)
@@ -849,11 +878,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(env)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-vae-metrics-")
-    from service.settings import Settings
+    from anomaly_vae.service.settings import Settings
 
     Settings()  # fail fast, with the message, on bad settings
     uvicorn.run(
-        "service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+        "anomaly_vae.service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
     )
     return 0
 
@@ -891,6 +924,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default", CalibrationWarning)
     try:
         return COMMANDS[args.command](args)
+    except ImportError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except ModelUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL_UNAVAILABLE

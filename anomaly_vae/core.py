@@ -170,6 +170,7 @@ class Detector:
 
     def p_values(self, X: Any) -> np.ndarray:
         """Split-conformal p-values, [N] in (0, 1]; small means unusual."""
+        self._check_fitted()
         return self.calibration_.p_values(self.score_samples(X))
 
     def recalibrate(

@@ -510,23 +510,50 @@ class TabularDetector(Detector):
         are approximate.
         """
         frame, arrays = self._encode_frame(X, allow_extra=allow_extra)
-        return self._result_frame(
+        return self.result_frame(
             frame, self._score_arrays(arrays, k, progress, contributions=False)
         )
 
-    def _result_frame(self, frame: pd.DataFrame, res: ScoreResult) -> pd.DataFrame:
+    #: The columns of :meth:`result_columns`, in output order.
+    RESULT_COLUMNS = ("log_likelihood", "stderr", "elbo", "kl", "score", "p_value", "is_outlier")
+
+    def result_columns(self, res: ScoreResult) -> dict[str, np.ndarray]:
+        """The per-record output of a scoring result, [N] each, keyed and ordered as
+        :data:`RESULT_COLUMNS`: log-likelihood and its stderr, ELBO and KL (nats), score
+        (= -log_likelihood), the conformal p-value and the flag. The one place that turns
+        scores into output, for :meth:`score`, the service's routes, the MLflow model and
+        batch scoring alike."""
+        ll = res.log_likelihood
+        return {
+            "log_likelihood": ll,
+            "stderr": res.stderr,
+            "elbo": res.elbo,
+            "kl": res.kl,
+            "score": -ll,
+            "p_value": self.calibration_.p_values(ll),
+            "is_outlier": self.calibration_.is_outlier(ll),
+        }
+
+    def result_frame(self, frame: pd.DataFrame, res: ScoreResult) -> pd.DataFrame:
+        """:meth:`result_columns` as a frame on ``frame``'s index, after the id column when
+        the schema has one and ``frame`` carries it."""
         out = pd.DataFrame(index=frame.index)
         sid = self.schema_.id_column
         if sid is not None and sid in frame.columns:
             out[sid] = frame[sid].to_numpy()
-        out["log_likelihood"] = res.log_likelihood
-        out["stderr"] = res.stderr
-        out["elbo"] = res.elbo
-        out["kl"] = res.kl
-        out["score"] = -res.log_likelihood
-        out["p_value"] = self.calibration_.p_values(res.log_likelihood)
-        out["is_outlier"] = self.calibration_.is_outlier(res.log_likelihood)
+        for name, values in self.result_columns(res).items():
+            out[name] = values
         return out
+
+    def top_features(self, res: ScoreResult, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``top`` most unusual features of each record: (indices into
+        :attr:`feature_names_` [N, t], most unusual first; excess [N, F], each feature's
+        contribution minus its median on the calibration rows, nats). ``t`` is ``top``
+        clipped to [1, F]. Needs ``res`` scored with contributions."""
+        names = self.feature_names_
+        top = max(1, min(top, len(names)))
+        excess = res.contributions - self.feature_baseline_
+        return np.argsort(excess, axis=1, kind="stable")[:, :top], excess
 
     @property
     def feature_names_(self) -> list[str]:
@@ -557,9 +584,7 @@ class TabularDetector(Detector):
 
     def _explain_result(self, frame: pd.DataFrame, res: ScoreResult, top: int) -> pd.DataFrame:
         names = self.feature_names_
-        top = max(1, min(top, len(names)))
-        excess = res.contributions - self.feature_baseline_
-        order = np.argsort(excess, axis=1, kind="stable")[:, :top]
+        order, excess = self.top_features(res, top)
         rows = []
         for i, label in enumerate(frame.index):
             for r, j in enumerate(order[i]):

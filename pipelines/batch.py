@@ -1,4 +1,6 @@
-"""Batch scoring of CSV and Parquet tables of any size, with flat memory.
+"""Batch scoring of CSV and Parquet tables of any size, with flat memory: the run
+(:func:`score_batch`) and the local engine; ``.spark`` is the other engine, and both
+share ``.partitions`` (discovery, manifests, commit) and ``.tables`` (reading, output).
 
 Input is a file, a directory (searched recursively; partitioned layouts such as
 ``date=2026-11-22/`` are kept) or a glob. The unit of work is a *partition*: a directory
@@ -25,332 +27,32 @@ column as text (use Parquet to carry other types through).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import glob
-import hashlib
-import json
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from anomaly_vae.detector import TabularDetector
-from anomaly_vae.exceptions import InputNotFoundError, OutputError, SchemaError
-from pipelines.models import ModelRef
+from anomaly_vae.exceptions import OutputError, SchemaError
 
-DATA_SUFFIXES = (".csv", ".parquet", ".pq")
-#: Score columns written after the id (or input) columns, in this order.
-SCORE_COLUMNS = ("log_likelihood", "stderr", "score", "p_value", "is_outlier")
-SCORE_TYPES = (pa.float64(), pa.float64(), pa.float64(), pa.float64(), pa.bool_())
-PARTITION_MANIFEST = "_partition.json"
-RUN_MANIFEST = "_manifest.json"
+from .models import ModelRef
+from .partitions import (
+    RUN_MANIFEST,
+    Partition,
+    RunReport,
+    discover,
+    finish_partition,
+    partition_done,
+    partition_manifest,
+    staged,
+    write_json,
+)
+from .tables import count_rows, empty_output, iter_frames, output_table
+
 DEFAULT_BATCH_ROWS = 65_536
-_CSV_BLOCK_BYTES = 8 << 20
-
-
-@dataclass(frozen=True)
-class Partition:
-    """A unit of work: ``rel`` is its path under the input root ('' for the root itself),
-    ``files`` its data files in sorted order."""
-
-    rel: str
-    files: tuple[Path, ...]
-
-    def target(self, output: Path) -> Path:
-        return output / self.rel if self.rel else output
-
-
-@dataclass
-class RunReport:
-    """What a run did; ``to_dict`` is the run manifest."""
-
-    model: ModelRef
-    input: str
-    output: str
-    engine: str
-    k: int
-    started: str
-    partitions: list[dict[str, Any]] = field(default_factory=list)
-    duration_s: float = 0.0
-
-    def totals(self) -> dict[str, int]:
-        done = [p for p in self.partitions if p.get("rows_out") is not None]
-        return {
-            "partitions": len(self.partitions),
-            "partitions_scored": sum(p["status"] == "scored" for p in self.partitions),
-            "partitions_skipped": sum(p["status"] == "skipped" for p in self.partitions),
-            "rows_in": sum(int(p["rows_in"]) for p in done),
-            "rows_out": sum(int(p["rows_out"]) for p in done),
-            "outliers": sum(int(p["outliers"]) for p in done),
-        }
-
-    def scored_rows(self) -> int:
-        return sum(int(p["rows_out"]) for p in self.partitions if p["status"] == "scored")
-
-    def to_dict(self) -> dict[str, Any]:
-        scored = self.scored_rows()
-        return {
-            "model": self.model.to_dict(),
-            "input": self.input,
-            "output": self.output,
-            "engine": self.engine,
-            "k": self.k,
-            "started": self.started,
-            "duration_s": round(self.duration_s, 3),
-            "rows_per_s_scored": round(scored / self.duration_s, 1) if self.duration_s else None,
-            **self.totals(),
-            "partitions_detail": self.partitions,
-        }
-
-
-# ------------------------------------------------------------------ input discovery
-def expand_dates(text: str, today: dt.date | None = None) -> str:
-    """Replace ``{today}`` and ``{yesterday}`` with ISO dates (UTC), so one command line
-    scores "yesterday's partition" from cron with no shell date arithmetic."""
-    day = today or dt.datetime.now(dt.UTC).date()
-    return text.replace("{today}", day.isoformat()).replace(
-        "{yesterday}", (day - dt.timedelta(days=1)).isoformat()
-    )
-
-
-def _hidden(rel_parts: tuple[str, ...]) -> bool:
-    return any(p.startswith((".", "_")) for p in rel_parts)
-
-
-def discover(input_spec: str) -> tuple[Path, list[Partition]]:
-    """Find the data files of ``input_spec`` (file, directory or glob) and group them into
-    partitions; returns (root, partitions sorted by path).
-
-    Raises:
-        InputNotFoundError: nothing matched (names the input).
-        SchemaError: a file has an unsupported suffix, or the layout mixes files at the
-            root with partition directories.
-    """
-    path = Path(input_spec)
-    if any(ch in input_spec for ch in "*?["):
-        prefix = input_spec[: min(input_spec.find(ch) for ch in "*?[" if ch in input_spec)]
-        root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
-        files = [Path(f) for f in sorted(glob.glob(input_spec, recursive=True))]
-        files = [f for f in files if f.is_file() and f.suffix.lower() in DATA_SUFFIXES]
-    elif path.is_file():
-        if path.suffix.lower() not in DATA_SUFFIXES:
-            msg = f"input {input_spec!r} is not a CSV or Parquet file (suffixes {DATA_SUFFIXES})"
-            raise SchemaError(msg)
-        return path.parent, [Partition("", (path,))]
-    elif path.is_dir():
-        root = path
-        files = sorted(
-            f
-            for f in path.rglob("*")
-            if f.is_file()
-            and f.suffix.lower() in DATA_SUFFIXES
-            and not _hidden(f.relative_to(path).parts)
-        )
-    else:
-        msg = f"input {input_spec!r} does not exist"
-        raise InputNotFoundError(msg)
-    if not files:
-        msg = f"input {input_spec!r} holds no CSV or Parquet files"
-        raise InputNotFoundError(msg)
-    groups: dict[str, list[Path]] = {}
-    for f in files:
-        rel = f.parent.relative_to(root).as_posix()
-        groups.setdefault("" if rel == "." else rel, []).append(f)
-    if "" in groups and len(groups) > 1:
-        msg = (
-            f"input {input_spec!r} mixes data files at its top level with partition "
-            f"directories ({sorted(groups)[1]!r}, ...); point it at one or the other"
-        )
-        raise SchemaError(msg)
-    return root, [Partition(rel, tuple(fs)) for rel, fs in sorted(groups.items())]
-
-
-# ------------------------------------------------------------------ reading
-def csv_header(path: Path) -> list[str]:
-    with path.open(newline="") as fh:
-        try:
-            return next(csv.reader(fh))
-        except StopIteration:
-            msg = f"{path}: empty CSV file (no header row)"
-            raise SchemaError(msg) from None
-
-
-def csv_column_types(detector: TabularDetector, header: list[str]) -> dict[str, pa.DataType]:
-    """Arrow types for a CSV's columns: float64 for the model's numeric and discrete
-    (integer-level) columns, text for everything else (categories and booleans are
-    validated by the detector)."""
-    numeric = {c.name for c in detector.schema_.columns if c.kind == "numeric" or c.discrete}
-    return {name: pa.float64() if name in numeric else pa.string() for name in header}
-
-
-def iter_frames(path: Path, detector: TabularDetector, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """Stream ``path`` as DataFrames of at most ``batch_rows`` rows, indexed by row number
-    in the file (0 = first data row), so errors name the file's rows."""
-    offset = 0
-    try:
-        if path.suffix.lower() == ".csv":
-            header = csv_header(path)
-            reader = pacsv.open_csv(
-                path,
-                read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=csv_column_types(detector, header), strings_can_be_null=True
-                ),
-            )
-            batches: Iterator[pa.RecordBatch] = _rebatch(reader, batch_rows)
-        else:
-            # pre_buffer=False: with it, pyarrow caches every row group's raw bytes for the
-            # whole iteration, and memory grows with the file (measured: +98% at 10M rows)
-            batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
-        for batch in batches:
-            frame = batch.to_pandas()
-            frame.index = pd.RangeIndex(offset, offset + len(frame))
-            offset += len(frame)
-            yield frame
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        msg = f"{path}: could not read rows after row {offset}: {exc}"
-        raise SchemaError(msg) from exc
-
-
-def _rebatch(reader: Any, rows: int) -> Iterator[pa.RecordBatch]:
-    """Cut a CSV reader's blocks into batches of at most ``rows`` rows."""
-    for block in reader:
-        for start in range(0, block.num_rows, rows):
-            yield block.slice(start, rows)
-
-
-def count_rows(path: Path) -> int | None:
-    """Rows of a Parquet file from its footer; None for CSV (unknown without a pass)."""
-    if path.suffix.lower() == ".csv":
-        return None
-    try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    except (pa.ArrowInvalid, OSError) as exc:
-        msg = f"{path}: not a readable Parquet file: {exc}"
-        raise SchemaError(msg) from exc
-
-
-# ------------------------------------------------------------------ scoring
-def carried_columns(detector: TabularDetector, columns: list[str], keep_columns: bool) -> list[str]:
-    """Input columns copied into the output, in input order: all of them with
-    ``keep_columns`` (an error if one is named like a score column), else the id column
-    when the input has it, else none. Both engines use this."""
-    if keep_columns:
-        clash = [c for c in SCORE_COLUMNS if c in columns]
-        if clash:
-            msg = f"--keep-columns: input columns {clash} clash with score columns; rename them"
-            raise SchemaError(msg)
-        return list(columns)
-    id_col = detector.schema_.id_column
-    return [id_col] if id_col is not None and id_col in columns else []
-
-
-def partition_manifest(
-    part: Partition,
-    ref: ModelRef,
-    k: int,
-    counts: tuple[int, int, int],
-    t0: float,
-    root: Path,
-    tmp: Path,
-    outputs: list[Path],
-    engine: str | None = None,
-) -> dict[str, Any]:
-    """The ``_partition.json`` of a scored partition: ``counts`` is (rows in, rows out,
-    outliers); paths are relative to the input root and the output root."""
-    rows_in, rows_out, outliers = counts
-    return {
-        "partition": part.rel,
-        "status": "scored",
-        **({"engine": engine} if engine else {}),
-        "model": ref.to_dict(),
-        "k": k,
-        "rows_in": int(rows_in),
-        "rows_out": int(rows_out),
-        "outliers": int(outliers),
-        "duration_s": round(time.perf_counter() - t0, 3),
-        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "inputs": _file_entries(list(part.files), root),
-        "outputs": [
-            {**e, "path": (Path(part.rel) / e["path"]).as_posix()}
-            for e in _file_entries(outputs, tmp)
-        ],
-    }
-
-
-def output_table(
-    detector: TabularDetector,
-    frame: pd.DataFrame,
-    scored: pd.DataFrame,
-    keep_columns: bool,
-) -> pa.Table:
-    """The output rows of one batch: the id column (or every input column with
-    ``keep_columns``) followed by :data:`SCORE_COLUMNS`."""
-    carried = frame[carried_columns(detector, list(frame.columns), keep_columns)]
-    table = pa.Table.from_pandas(carried, preserve_index=False)
-    for name, typ in zip(SCORE_COLUMNS, SCORE_TYPES, strict=True):
-        table = table.append_column(name, pa.array(scored[name].to_numpy(), type=typ))
-    return table
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_entries(paths: list[Path], root: Path) -> list[dict[str, Any]]:
-    return [
-        {
-            "path": p.relative_to(root).as_posix(),
-            "bytes": p.stat().st_size,
-            "sha256": sha256_file(p),
-        }
-        for p in paths
-    ]
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _clear_stale(target: Path) -> None:
-    """Remove temporary directories of killed runs for this target."""
-    if target.parent.is_dir():
-        for stale in target.parent.glob(f".{target.name}.inprogress-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def commit_partition(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Rename a finished temporary directory into place (atomic when ``target`` is new)."""
-    try:
-        if target.exists():
-            if not overwrite:
-                msg = f"{target} appeared while this run was writing it (two runs on one output?)"
-                raise OutputError(msg)
-            keep = [p for p in target.iterdir() if p.name == RUN_MANIFEST]
-            for p in keep:  # the run manifest of a root partition survives an overwrite
-                os.replace(p, tmp / p.name)
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except OutputError:
-        raise
-    except OSError as exc:
-        msg = f"could not move the finished output into {target}: {exc}"
-        raise OutputError(msg) from exc
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -389,17 +91,15 @@ def score_partition_local(
     """Score one partition into a temporary directory and rename it into place; returns
     its manifest (also written as ``_partition.json`` inside it)."""
     target = part.target(output)
-    _clear_stale(target)
-    tmp = target.parent / f".{target.name}.inprogress-{os.getpid()}"
     t0 = time.perf_counter()
     rows_in = rows_out = outliers = 0
     outputs: list[Path] = []
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        msg = f"cannot create output under {target.parent}: {exc}"
-        raise OutputError(msg) from exc
-    try:
+    with staged(target) as tmp:
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            msg = f"cannot create output under {target.parent}: {exc}"
+            raise OutputError(msg) from exc
         for i, src in enumerate(part.files):
             out_file = tmp / f"part-{i:05d}-{src.stem}.parquet"
             writer: pq.ParquetWriter | None = None
@@ -420,7 +120,7 @@ def score_partition_local(
                     if on_rows is not None:
                         on_rows(len(frame))
                 if writer is None:  # a file with a header and no rows
-                    empty = _empty_output(detector, src, keep_columns)
+                    empty = empty_output(detector, src, keep_columns)
                     pq.write_table(empty, out_file)
             finally:
                 if writer is not None:
@@ -430,39 +130,8 @@ def score_partition_local(
             part, ref, k or detector.sampler_.k, (rows_in, rows_out, outliers), t0, root, tmp,
             outputs,
         )  # fmt: skip
-        _write_json(tmp / PARTITION_MANIFEST, manifest)
-        commit_partition(tmp, target, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        finish_partition(tmp, target, manifest, overwrite)
     return manifest
-
-
-def _empty_output(detector: TabularDetector, src: Path, keep_columns: bool) -> pa.Table:
-    if src.suffix.lower() == ".csv":
-        header = csv_header(src)
-        types = csv_column_types(detector, header)
-        in_schema = pa.schema([(n, types[n]) for n in header])
-    else:
-        in_schema = pq.read_schema(src)
-    fields = [in_schema.field(n) for n in carried_columns(detector, in_schema.names, keep_columns)]
-    fields += [pa.field(n, t) for n, t in zip(SCORE_COLUMNS, SCORE_TYPES, strict=True)]
-    return pa.schema(fields).empty_table()
-
-
-def partition_done(part: Partition, output: Path) -> dict[str, Any] | None:
-    """The manifest of a partition already scored into ``output``, or None."""
-    manifest = part.target(output) / PARTITION_MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        doc: dict[str, Any] = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return doc
-
-
-Engine = Callable[..., dict[str, Any]]
 
 
 def score_batch(
@@ -525,7 +194,7 @@ def score_batch(
             smoothing=0.1,
         ) as bar:
             if engine == "spark":
-                from pipelines.spark import SparkScorer
+                from .spark import SparkScorer
 
                 with SparkScorer(ref, master=spark_master) as spark:
                     for part in todo:
@@ -560,7 +229,7 @@ def score_batch(
     report.duration_s = time.perf_counter() - t0
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RUN_MANIFEST, report.to_dict())
+        write_json(out / RUN_MANIFEST, report.to_dict())
     except OSError as exc:
         msg = f"could not write the run manifest into {out}: {exc}"
         raise OutputError(msg) from exc

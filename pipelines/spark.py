@@ -3,7 +3,7 @@ the same atomic commit as the local engine, with the scoring spread over Spark e
 
 Each partition is read by Spark (CSV with the same column typing as the local engine,
 Parquet as stored), scored with ``mapInPandas`` over the detector bundle, and written as
-Parquet into the hidden temporary directory that :func:`pipelines.batch.commit_partition`
+Parquet into the hidden temporary directory that :func:`.partitions.commit_partition`
 renames into place. The bundle travels to executors with ``SparkContext.addFile``, so
 on a cluster only the driver needs the bundle (or the registry): submit with
 ``spark-submit --master spark://HOST:7077 $(which anomaly-vae) score-batch --engine spark
@@ -17,7 +17,6 @@ engine.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -29,19 +28,10 @@ import pandas as pd
 
 from anomaly_vae.detector import TabularDetector
 from anomaly_vae.exceptions import OutputError, SchemaError
-from pipelines.batch import (
-    PARTITION_MANIFEST,
-    SCORE_COLUMNS,
-    Partition,
-    _clear_stale,
-    _write_json,
-    carried_columns,
-    commit_partition,
-    csv_column_types,
-    csv_header,
-    partition_manifest,
-)
-from pipelines.models import ModelRef
+
+from .models import ModelRef
+from .partitions import Partition, finish_partition, partition_manifest, staged
+from .tables import SCORE_COLUMNS, carried_columns, csv_column_types, csv_header
 
 _DETECTORS: dict[str, TabularDetector] = {}
 
@@ -147,19 +137,16 @@ class SparkScorer:
         """Score one partition with Spark and commit it atomically; returns its manifest."""
         t0 = time.perf_counter()
         target = part.target(output)
-        _clear_stale(target)
-        tmp = target.parent / f".{target.name}.inprogress-{os.getpid()}"
         target.parent.mkdir(parents=True, exist_ok=True)
         csvs = tuple(f for f in part.files if f.suffix.lower() == ".csv")
         others = tuple(f for f in part.files if f.suffix.lower() != ".csv")
         rows_in = 0
-        try:
+        with staged(target) as tmp:
             for group in (g for g in (csvs, others) if g):  # one Spark job per format
                 rows_in += self._score_group(detector, group, tmp, k=k, keep_columns=keep_columns)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return self._commit(detector, part, root, tmp, target, rows_in, t0, k, overwrite)
+            manifest = self._manifest(detector, part, root, tmp, rows_in, t0, k)
+            finish_partition(tmp, target, manifest, overwrite)
+        return manifest
 
     def _score_group(
         self,
@@ -197,37 +184,33 @@ class SparkScorer:
             raise OutputError(msg) from exc
         return int(df.count())
 
-    def _commit(
+    def _manifest(
         self,
         detector: TabularDetector,
         part: Partition,
         root: Path,
         tmp: Path,
-        target: Path,
         rows_in: int,
         t0: float,
         k: int | None,
-        overwrite: bool,
     ) -> dict[str, Any]:
-        try:
-            import pyarrow.parquet as pq
+        """The partition manifest of Spark's output in ``tmp``; every row read must be
+        written."""
+        import pyarrow.parquet as pq
 
-            outputs = sorted(tmp.glob("part-*.parquet"))
-            rows_out = sum(pq.ParquetFile(f).metadata.num_rows for f in outputs)
-            outliers = sum(
-                int(pq.read_table(f, columns=["is_outlier"])["is_outlier"].to_numpy().sum())
-                for f in outputs
+        outputs = sorted(tmp.glob("part-*.parquet"))
+        rows_out = sum(pq.ParquetFile(f).metadata.num_rows for f in outputs)
+        outliers = sum(
+            int(pq.read_table(f, columns=["is_outlier"])["is_outlier"].to_numpy().sum())
+            for f in outputs
+        )
+        manifest = partition_manifest(
+            part, self.ref, k or detector.sampler_.k, (rows_in, rows_out, outliers), t0,
+            root, tmp, outputs, engine="spark",
+        )  # fmt: skip
+        if manifest["rows_in"] != manifest["rows_out"]:
+            msg = (
+                f"partition {part.rel!r}: {manifest['rows_in']} rows in, {manifest['rows_out']} out"
             )
-            manifest = partition_manifest(
-                part, self.ref, k or detector.sampler_.k, (rows_in, rows_out, outliers), t0,
-                root, tmp, outputs, engine="spark",
-            )  # fmt: skip
-            if manifest["rows_in"] != manifest["rows_out"]:
-                msg = f"partition {part.rel!r}: {manifest['rows_in']} rows in, {manifest['rows_out']} out"
-                raise OutputError(msg)
-            _write_json(tmp / PARTITION_MANIFEST, manifest)
-            commit_partition(tmp, target, overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            raise OutputError(msg)
         return manifest

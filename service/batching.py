@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
 from anomaly_vae.data.preprocessing import TabularArrays
 from anomaly_vae.scoring.iwae import ScoreResult
-from service import metrics
-from service.model_store import LoadedModel
-from service.settings import Settings
+
+from . import metrics
+from .model_store import LoadedModel
+from .settings import Settings
 
 
 class QueueFull(Exception):
@@ -146,9 +146,3 @@ def _score_with_threads(
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return detector.score_encoded(arrays, k=k, contributions=contributions)
-
-
-def outlier_flags(model: LoadedModel, res: ScoreResult) -> tuple[np.ndarray, np.ndarray]:
-    """(p-values, is_outlier) for a result under the model's calibration."""
-    cal = model.detector.calibration_
-    return cal.p_values(res.log_likelihood), cal.is_outlier(res.log_likelihood)

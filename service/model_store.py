@@ -13,8 +13,9 @@ from typing import Any
 from anomaly_vae import load_detector
 from anomaly_vae.detector import TabularDetector
 from anomaly_vae.image_detector import ImageDetector
-from service import metrics
-from service.settings import Settings
+
+from . import metrics
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

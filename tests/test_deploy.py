@@ -15,9 +15,8 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 def exported_metric_names() -> set[str]:
+    import anomaly_vae.service.metrics  # noqa: F401  (registers the metrics)
     from prometheus_client import REGISTRY
-
-    import service.metrics  # noqa: F401  (registers the metrics)
 
     # families list no samples until a label set is used: derive the series names
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}

@@ -36,7 +36,7 @@ class _Process:
 
 
 class Server(_Process):
-    """``uvicorn service.app:create_app`` in a subprocess on a free loopback port."""
+    """``uvicorn anomaly_vae.service.app:create_app`` in a subprocess on a free loopback port."""
 
     def __init__(
         self,
@@ -64,7 +64,7 @@ class Server(_Process):
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "service.app:create_app",
+                "anomaly_vae.service.app:create_app",
                 "--factory",
                 "--host",
                 "127.0.0.1",

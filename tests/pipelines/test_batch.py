@@ -16,11 +16,12 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from anomaly_vae.pipelines.partitions import discover, expand_dates
 
 from anomaly_vae import TabularDetector
+from anomaly_vae.bundle import sha256_file
 from anomaly_vae.cli import main
 from anomaly_vae.exceptions import InputNotFoundError, SchemaError
-from pipelines.batch import discover, expand_dates, sha256_file
 from tests.conftest import make_mixed
 from tests.pipelines.conftest import DAYS, write_partitions
 

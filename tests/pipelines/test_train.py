@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from anomaly_vae.pipelines.train import PipelineConfig
 
 from anomaly_vae.cli import main
 from anomaly_vae.exceptions import SchemaError
-from pipelines.train import PipelineConfig
 from tests.conftest import make_mixed
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_log_likelihood_gate_without_labels(tmp_path: Path) -> None:
 
 
 def test_calibration_check(tmp_path: Path) -> None:
-    from pipelines.train import decide
+    from anomaly_vae.pipelines.train import decide
 
     cfg = PipelineConfig(data_path=tmp_path, name="m")
     base = {"target_fpr": 0.05, "n_normal": 400.0, "mean_log_likelihood": -3.0}

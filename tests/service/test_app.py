@@ -7,10 +7,9 @@ import time
 
 import httpx
 import pytest
+from anomaly_vae.service.app import create_app
+from anomaly_vae.service.settings import Settings
 from pydantic import ValidationError
-
-from service.app import create_app
-from service.settings import Settings
 
 
 def test_settings_refuse_insecure_production_and_missing_model(tmp_path):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from anomaly_vae.service import metrics
 from prometheus_client import CollectorRegistry, Histogram
-
-from service import metrics
 
 
 def _buckets(hist: Histogram) -> dict[str, float]:
@@ -46,7 +45,7 @@ def test_observe_scores_equals_observing_each_value() -> None:
 def test_bulk_threads_default_to_this_workers_share_of_the_cores(monkeypatch) -> None:
     import os
 
-    from service.settings import Settings
+    from anomaly_vae.service.settings import Settings
 
     cores = len(os.sched_getaffinity(0))
     assert Settings(bundle_path="b").bulk_thread_count() == cores

@@ -1,0 +1,213 @@
+"""Request bodies to frames and images, and the per-request limits: every route checks
+its record count, ``k`` and top-feature count through :func:`check_limits`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from .errors import RequestError
+from .schemas import ImageScoreRequest, ScoreRequest
+from .settings import Settings
+
+#: The table forms of MLflow's scoring protocol, as ``mlflow models serve`` takes them.
+MLFLOW_FORMS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def check_limits(
+    settings: Settings,
+    *,
+    n: int | None = None,
+    field: str | None = None,
+    k: int | None = None,
+    k_loc: tuple[str, ...] = ("body", "k"),
+    top: int = 0,
+    what: str = "records",
+    allow_empty: bool = False,
+) -> None:
+    """The request limits from settings: 413 for more than ``max_records`` records (and
+    422 for none) named at ``field``, 422 for ``k`` above ``max_k`` or ``top`` above
+    ``max_contributions``."""
+    if n is not None:
+        loc: list[str | int] = ["body", field] if field else ["body"]
+        if n > settings.max_records:
+            msg = f"{n} {what} is more than the limit of {settings.max_records}"
+            raise RequestError(413, loc, msg)
+        if n == 0 and not allow_empty:
+            raise RequestError(422, loc, f"no {what} to score")
+    if k is not None and k > settings.max_k:
+        raise RequestError(422, list(k_loc), f"k={k} is above the limit of {settings.max_k}")
+    if top > settings.max_contributions:
+        raise RequestError(
+            422,
+            ["body", "contributions"],
+            f"contributions={top} is above the limit of {settings.max_contributions}",
+        )
+
+
+def validate_json(model: type[BaseModel], body: bytes) -> Any:
+    """Parse and validate a JSON body in one pass (pydantic-core's JSON parser: about 4x
+    faster than ``json.loads`` followed by validation on 1000-record bodies). Errors
+    become 422s in FastAPI's own shape, ``loc`` starting with ``body``."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        detail = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise RequestError(422, ["body"], "invalid request", detail=detail) from exc
+
+
+def parse_score_request(body: bytes) -> ScoreRequest:
+    """A ``/v1/score`` body as a :class:`ScoreRequest` (see :func:`validate_json`)."""
+    req: ScoreRequest = validate_json(ScoreRequest, body)
+    return req
+
+
+def frame_from_request(req: ScoreRequest, settings: Settings) -> pd.DataFrame:
+    """The records of a ``/v1/score`` request as a frame, within the record limit."""
+    if (req.records is None) == (req.columns is None):
+        raise RequestError(422, ["body"], "give exactly one of 'records' or 'columns'")
+    if req.records is not None:
+        check_limits(settings, n=len(req.records), field="records")
+        keys = list(req.records[0])
+        for i, rec in enumerate(req.records):
+            if list(rec) != keys and set(rec) != set(keys):
+                missing = sorted(set(keys) - set(rec))
+                extra = sorted(set(rec) - set(keys))
+                raise RequestError(
+                    422,
+                    ["body", "records", i],
+                    f"record {i} has different fields from record 0 (missing {missing}, extra {extra}); use null for a missing value",
+                )
+        return pd.DataFrame.from_records(req.records, columns=keys)
+    assert req.columns is not None
+    lengths = {name: len(v) for name, v in req.columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise RequestError(422, ["body", "columns"], f"columns have different lengths: {lengths}")
+    check_limits(settings, n=next(iter(lengths.values()), 0), field="columns")
+    return pd.DataFrame(req.columns)
+
+
+def parse_invocations(body: bytes, content_type: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """An ``/invocations`` body (MLflow's scoring protocol: JSON in one of
+    :data:`MLFLOW_FORMS`, or CSV) as (frame, params)."""
+    if content_type == "text/csv":
+        try:
+            return pd.read_csv(io.BytesIO(body)), {}
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise RequestError(400, ["body"], f"could not parse CSV: {exc}", "csv_invalid") from exc
+    if content_type != "application/json":
+        raise RequestError(
+            415,
+            ["header", "content-type"],
+            f"unsupported content type {content_type!r}; use application/json or text/csv",
+            "unsupported",
+        )
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, ["body"], f"malformed JSON: {exc}", "json_invalid") from exc
+    if not isinstance(payload, dict):
+        raise RequestError(
+            400, ["body"], f"expected a JSON object with one of {', '.join(MLFLOW_FORMS)}"
+        )
+    params: dict[str, Any] = payload.get("params") or {}
+    keys = [k for k in MLFLOW_FORMS if k in payload]
+    if len(keys) != 1:
+        raise RequestError(
+            400,
+            ["body"],
+            f"expected exactly one of {', '.join(MLFLOW_FORMS)}; got {sorted(payload)}",
+        )
+    data = payload[keys[0]]
+    try:
+        if keys[0] == "dataframe_split":
+            frame = pd.DataFrame(data["data"], columns=data["columns"])
+        else:
+            frame = pd.DataFrame(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RequestError(
+            400, ["body", keys[0]], f"cannot read {keys[0]} as a table: {exc}"
+        ) from exc
+    return frame, params
+
+
+async def read_image_request(
+    request: Request, k: int | None, heatmap: bool
+) -> tuple[list[tuple[str, bytes]], int | None, bool]:
+    """The uploaded images of a ``/v1/score/images`` request as (label, bytes) pairs,
+    with ``k`` and ``heatmap`` (a JSON body's own values win over the query's)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    blobs: list[tuple[str, bytes]] = []
+    if ctype == "multipart/form-data":
+        form = await request.form()
+        for item in form.getlist("files"):
+            if isinstance(item, str):
+                raise RequestError(422, ["body", "files"], "files must be uploaded files")
+            blobs.append((item.filename or f"files[{len(blobs)}]", await item.read()))
+        if not blobs:
+            raise RequestError(422, ["body", "files"], "no files uploaded (field name: files)")
+    elif ctype == "application/json":
+        req: ImageScoreRequest = validate_json(ImageScoreRequest, await request.body())
+        k = req.k if req.k is not None else k
+        heatmap = heatmap or req.heatmap
+        for i, text in enumerate(req.images):
+            try:
+                blobs.append((f"images[{i}]", base64.b64decode(text, validate=True)))
+            except (binascii.Error, ValueError) as exc:
+                raise RequestError(
+                    422, ["body", "images", i], f"images[{i}]: not valid base64"
+                ) from exc
+    else:
+        raise RequestError(
+            415, ["header", "content-type"],
+            f"unsupported content type {ctype!r}; use multipart/form-data or application/json",
+            "unsupported",
+        )  # fmt: skip
+    return blobs, k, heatmap
+
+
+def decode_images(blobs: list[tuple[str, bytes]], shape: tuple[int, int, int]) -> np.ndarray:
+    """PNG/JPEG bytes to uint8 [N, C, H, W] in the model's channels; a 422 naming the
+    image (file name or list index) that cannot be read or has the wrong size."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    out = np.empty((len(blobs), c, h, w), np.uint8)
+    for i, (label, data) in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise RequestError(
+                422, ["body", label], f"{label}: not a readable PNG or JPEG image", "image_invalid"
+            ) from exc
+        if arr.shape[:2] != (h, w):
+            raise RequestError(
+                422,
+                ["body", label],
+                f"{label}: image is {arr.shape[1]}x{arr.shape[0]} pixels; the model takes {w}x{h}",
+                "image_size",
+            )
+        out[i] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    return out
+
+
+def plain(v: Any) -> Any:
+    """A value as JSON takes it: numpy scalars as Python ones, NaN as null."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v

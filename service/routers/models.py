@@ -1,0 +1,59 @@
+"""``GET /v1/models`` and ``POST /v1/models/reload``: what is served, and hot reload."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import SettingsDep, StoreDep
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models")
+async def models(settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
+    """What is loaded: name, version, alias, when, columns, calibration summary."""
+    model = store.current
+    return {
+        "loaded": model.describe() if model else None,
+        "last_error": store.last_error,
+        "target": {
+            "name": settings.model_name,
+            "alias": settings.model_alias,
+            "bundle": str(settings.bundle_path) if settings.bundle_path else None,
+        },
+        "poll_seconds": settings.poll_seconds,
+    }
+
+
+@router.post("/v1/models/reload")
+async def reload(
+    settings: SettingsDep,
+    store: StoreDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Load the version the alias points at now (admin token as ``Authorization:
+    Bearer <token>``). A failed load keeps the current model and answers 409."""
+    if not settings.admin_token:
+        raise HTTPException(
+            403, detail="reload is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured"
+        )
+    if not secrets.compare_digest(authorization or "", f"Bearer {settings.admin_token}"):
+        raise HTTPException(
+            401, detail="missing or wrong admin token (Authorization: Bearer <token>)"
+        )
+    try:
+        changed, model = await run_in_threadpool(store.reload)
+    except Exception as exc:
+        current = store.current
+        raise HTTPException(
+            409,
+            detail={
+                "msg": f"load failed, still serving version {current.version if current else None}",
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        ) from exc
+    return {"changed": changed, "loaded": model.describe() if model else None}

@@ -1,0 +1,176 @@
+"""``POST /v1/score`` and ``POST /invocations``: tables scored through the batcher."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pandas as pd
+from fastapi import APIRouter, Request, Response
+
+from anomaly_vae.detector import TabularDetector
+from anomaly_vae.image_detector import ImageDetector
+from anomaly_vae.scoring.iwae import ScoreResult
+
+from .. import metrics
+from ..deps import BatcherDep, Model, SettingsDep
+from ..errors import RequestError
+from ..model_store import LoadedModel
+from ..parsing import (
+    check_limits,
+    frame_from_request,
+    parse_invocations,
+    parse_score_request,
+    plain,
+)
+from ..schemas import ScoreRequest, ScoreResponse
+
+router = APIRouter(tags=["scoring"])
+
+
+def tabular(model: LoadedModel) -> TabularDetector:
+    """The loaded tabular detector; 409 naming the image route when an image model is
+    loaded."""
+    det = model.detector
+    if isinstance(det, ImageDetector):
+        raise RequestError(
+            409,
+            ["model"],
+            f"the loaded model {model.name!r} scores images; POST them to /v1/score/images",
+            "wrong_model_kind",
+        )
+    return det
+
+
+def model_ref(model: LoadedModel) -> dict[str, Any]:
+    """The ``model`` object every scoring response carries."""
+    return {"name": model.name, "version": model.version, "alias": model.alias}
+
+
+def score_rows(
+    det: TabularDetector, frame: pd.DataFrame, res: ScoreResult, top: int
+) -> list[dict[str, Any]]:
+    """``/v1/score``'s result objects from the library's result columns: id (when the
+    schema has one), log_likelihood, stderr (absent at K=1), score, p_value, is_outlier,
+    and with ``top`` the most unusual features."""
+    cols = det.result_columns(res)
+    sid = det.schema_.id_column
+    ids = [plain(v) for v in frame[sid].tolist()] if sid and sid in frame.columns else None
+    # columns to Python lists once (C loops), then one dict per record
+    ll, pv, fl = (
+        cols["log_likelihood"].tolist(),
+        cols["p_value"].tolist(),
+        cols["is_outlier"].tolist(),
+    )
+    sc = cols["score"].tolist()
+    se = cols["stderr"].tolist()
+    results: list[dict[str, Any]] = []
+    for i in range(len(ll)):
+        item: dict[str, Any] = {} if ids is None or ids[i] is None else {"id": ids[i]}
+        item["log_likelihood"] = ll[i]
+        if not math.isnan(se[i]):  # response_model_exclude_none, as declared in the schema
+            item["stderr"] = se[i]
+        item["score"] = sc[i]
+        item["p_value"] = pv[i]
+        item["is_outlier"] = fl[i]
+        results.append(item)
+    if top:
+        names = det.feature_names_
+        order, excess = det.top_features(res, top)
+        for i, item in enumerate(results):
+            item["contributions"] = [
+                {
+                    "feature": names[j],
+                    "value": plain(frame.iloc[i][names[j]]),
+                    "contribution": float(res.contributions[i, j]),
+                    "excess": float(excess[i, j]),
+                }
+                for j in order[i]
+            ]
+    return results
+
+
+@router.post(
+    "/v1/score",
+    response_model=ScoreResponse,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
+            "required": True,
+        }
+    },
+)
+async def score(
+    model: Model, request: Request, settings: SettingsDep, batcher: BatcherDep
+) -> Response:
+    """Score records: log-likelihood (nats) with its standard error, anomaly score,
+    p-value, outlier flag and, on request, the features that made each record unusual.
+    Every response names the model version that scored it.
+
+    The body is a ``ScoreRequest``: ``{"records": [{column: value, ...}, ...]}`` or
+    ``{"columns": {column: [values...]}}``, with optional ``k`` and ``contributions``.
+    """
+    with batcher.request():
+        req = parse_score_request(await request.body())
+        frame = frame_from_request(req, settings)
+        check_limits(settings, k=req.k, top=req.contributions)
+        det = tabular(model)
+        arrays = det.encode_rows(frame, allow_extra=False)
+        res = await batcher.score(model, arrays, req.k, req.contributions > 0)
+        results = score_rows(det, frame, res, req.contributions)
+        metrics.RECORDS.inc(len(res))
+        metrics.OUTLIERS.inc(sum(r["is_outlier"] for r in results))
+        metrics.observe_scores(-res.log_likelihood)
+        doc = {"model": model_ref(model), "k": req.k or det.sampler_.k, "results": results}
+    # serialized directly (the declared response_model documents the shape): pydantic
+    # validation of 1000 result objects cost more than the JSON encoding itself
+    return Response(content=orjson.dumps(doc), media_type="application/json")
+
+
+@router.post(
+    "/invocations",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "dataframe_split": {
+                            "columns": ["mean radius", "mean texture"],
+                            "data": [[14.1, 19.3]],
+                        }
+                    }
+                },
+                "text/csv": {"example": "mean radius,mean texture\n14.1,19.3\n"},
+            },
+            "required": True,
+        }
+    },
+)
+async def invocations(
+    model: Model, request: Request, settings: SettingsDep, batcher: BatcherDep
+) -> dict[str, Any]:
+    """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``,
+    ``instances`` or ``inputs`` JSON, or CSV), so clients of ``mlflow models serve``
+    work unchanged. Answers ``{"predictions": [...]}`` with the detector's columns, the
+    same frame as the registered pyfunc model returns."""
+    with batcher.request():
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        frame, params = parse_invocations(await request.body(), ctype)
+        check_limits(settings, n=len(frame), allow_empty=True)
+        k = params.get("k")
+        if k is not None and (not isinstance(k, int) or not 1 <= k <= settings.max_k):
+            raise RequestError(
+                422,
+                ["body", "params", "k"],
+                f"k must be an integer in [1, {settings.max_k}], got {k!r}",
+            )
+        det = tabular(model)
+        arrays = det.encode_rows(frame, allow_extra=True)
+        res = await batcher.score(model, arrays, k, False)
+        out = det.result_frame(frame, res).reset_index(drop=True)
+        metrics.RECORDS.inc(len(res))
+        metrics.OUTLIERS.inc(int(out["is_outlier"].sum()))
+        records = [{k2: plain(v) for k2, v in row.items()} for row in out.to_dict(orient="records")]
+        return {"predictions": records}
