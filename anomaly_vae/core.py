@@ -132,6 +132,8 @@ class Detector:
 
         tags = Tags(estimator_type="outlier_detector", target_tags=TargetTags(required=False))
         tags.non_deterministic = False
+        # missing values are marginalized out of the likelihood, by design
+        tags.input_tags.allow_nan = True
         return tags
 
     def _bundle_params(self) -> dict[str, Any]:

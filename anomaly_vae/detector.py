@@ -54,18 +54,41 @@ __all__ = [
 ]
 
 
+def _as_array(X: Any, what: str = "X") -> Any:
+    """``X`` as it is if a frame or a path; any other array-like (lists, array wrappers)
+    as a 2-D numpy array. Sparse and complex input and other shapes are errors."""
+    if isinstance(X, pd.DataFrame | str | Path):
+        return X
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        msg = f"{what}: sparse input is not supported; pass a dense array (X.toarray())"
+        raise SchemaError(msg)
+    unknown = f"{what} must be a pandas DataFrame, a 2-D numpy array or a CSV/Parquet path, got {type(X).__name__}"
+    if not isinstance(X, np.ndarray | list | tuple) and not hasattr(X, "__array__"):
+        raise SchemaError(unknown)
+    try:
+        arr = np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(unknown) from exc
+    if arr.dtype.kind == "c":
+        msg = f"{what} holds complex values: Complex data not supported"
+        raise SchemaError(msg)
+    if arr.ndim != 2:
+        msg = (
+            f"{what} must be 2-D [rows, columns], got an array of shape {arr.shape}; "
+            "Reshape your data with X.reshape(-1, 1) for one column or X.reshape(1, -1) "
+            "for one row"
+        )
+        raise SchemaError(msg)
+    return arr
+
+
 def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
+    X = _as_array(X, what)
     if isinstance(X, pd.DataFrame):
         return X
     if isinstance(X, str | Path):
         return read_table(X)
-    if isinstance(X, np.ndarray):
-        if X.ndim != 2:
-            msg = f"{what} must be 2-D [rows, columns], got an array of shape {X.shape}"
-            raise SchemaError(msg)
-        return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
-    msg = f"{what} must be a pandas DataFrame, a 2-D numpy array or a CSV/Parquet path, got {type(X).__name__}"
-    raise SchemaError(msg)
+    return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
 
 
 class TabularDetector(Detector):
@@ -89,7 +112,7 @@ class TabularDetector(Detector):
         robust_validation: with ``trim_fraction`` > 0, early stopping and the kept epoch
             watch the validation ELBO of each batch's best ``1 - trim_fraction`` rows,
             so outliers among the validation rows do not steer model selection. Off by
-            default: on ADBench it moved mean AUROC by +0.14 and AUPRC by -0.2, noise.
+            default: on ADBench its effect was within seed noise.
         min_sigma: floor of the decoder's standard deviation for numeric columns, in
             standardized units, or a rule: "auto" (the default) is one standard
             deviation up to 10,000 training rows, falling as rows**(-1/4) to 0.6 from
@@ -134,8 +157,8 @@ class TabularDetector(Detector):
             levels, and the level's position as the encoder's input, so neighbouring
             levels share strength; two decoder outputs and one encoder input per column)
             or ``"categorical"`` (unordered: one-hot in, one free probability per level
-            out). Ordinal raised mean AUROC on ADBench (optdigits 67 -> 82;
-            benchmarks/RESULTS.md, ablations).
+            out). Ordinal raised mean AUROC on ADBench (benchmarks/RESULTS.md,
+            ablations).
         schema: a :class:`Schema` (or its dict) to use instead of inferring one.
         seed: seeds the split, the initial weights, shuffling and the scorer's samples.
         accelerator, devices, strategy: passed to the Lightning Trainer.
@@ -285,8 +308,14 @@ class TabularDetector(Detector):
         """
         self._check_params()
         frame = _as_frame(X)
+        if len(frame) == 0:
+            msg = f"0 sample(s) (shape={frame.shape}) while a minimum of {MIN_ROWS} is required"
+            raise ValueError(msg)
+        if frame.shape[1] == 0:
+            msg = f"0 feature(s) (shape={frame.shape}) while a minimum of 1 is required"
+            raise ValueError(msg)
         if len(frame) < MIN_ROWS:
-            msg = f"fit needs at least {MIN_ROWS} rows, got {len(frame)}"
+            msg = f"fit needs at least {MIN_ROWS} rows, got {len(frame)} (n_samples = {len(frame)})"
             raise ValueError(msg)
         t0 = time.perf_counter()
         if self.schema is None:
@@ -356,6 +385,7 @@ class TabularDetector(Detector):
         )
         net.eval()
         self.schema_ = schema
+        self.n_features_in_ = len(schema.columns)
         self.preprocessor_ = pre
         self.net_ = net
         self.sampler_ = ImportanceSampler(k=self.k, seed=self.seed)
@@ -436,7 +466,8 @@ class TabularDetector(Detector):
 
     def _encode_frame(self, X: Any, allow_extra: bool) -> tuple[pd.DataFrame, TabularArrays]:
         self._check_fitted()
-        if isinstance(X, np.ndarray) and X.dtype.kind in "fiub" and X.ndim == 2:
+        X = _as_array(X)
+        if isinstance(X, np.ndarray) and X.dtype.kind in "fiub":
             # a numeric matrix skips pandas: validated and encoded column-vectorized
             arrays = self.preprocessor_.transform_matrix(X)
             return pd.DataFrame(index=pd.RangeIndex(X.shape[0])), arrays
@@ -496,6 +527,7 @@ class TabularDetector(Detector):
     def score(
         self,
         X: Any,
+        y: Any = None,
         *,
         k: int | None = None,
         allow_extra: bool = False,
@@ -505,7 +537,8 @@ class TabularDetector(Detector):
         ``stderr``, ``elbo``, ``kl`` (nats), ``score`` (= -log_likelihood, higher is more
         anomalous), ``p_value``, ``is_outlier``, and the id column when the schema has one.
 
-        Note: p-values and the threshold were calibrated at the detector's own K; at a
+        ``y`` is ignored (scikit-learn's ``score(X, y)`` signature). Note: p-values and
+        the threshold were calibrated at the detector's own K; at a
         different ``k`` log-likelihoods shift (the bound tightens with K), so the flags
         are approximate.
         """
@@ -689,6 +722,7 @@ class TabularDetector(Detector):
 
     def _restore(self, docs: dict[str, Any], weights: dict[str, Any], cfg: dict[str, Any]) -> None:
         self.schema_ = Schema.from_dict(docs["schema.json"])
+        self.n_features_in_ = len(self.schema_.columns)
         self.preprocessor_ = TabularPreprocessor.from_dict(self.schema_, docs["preprocessing.json"])
         net = TabularVAE(**cfg["model"])
         net.load_state_dict(weights)

@@ -457,6 +457,23 @@ class ImageDetector(Detector):
             return self.net_.mean_image(mu).numpy()
 
     # ------------------------------------------------------------------ persistence
+    def _documents(self) -> dict[str, Any]:
+        """``schema.json`` of an image bundle: what the model takes."""
+        c, h, w = self.shape_
+        return {
+            "schema.json": {
+                "kind": "image",
+                "shape": [c, h, w],
+                "layout": "NCHW",
+                "dtype": "uint8",
+                "value_range": [0, 255],
+                "channels": "grayscale" if c == 1 else "RGB",
+                "pixels_as_scored": "binarized at 128"
+                if self.likelihood == "bernoulli"
+                else "8-bit",
+            }
+        }
+
     def _scorer_document(self) -> dict[str, Any]:
         return {"complexity_weight": self.complexity_weight_}
 
@@ -481,6 +498,12 @@ class ImageDetector(Detector):
             self.background_.load_state_dict(bg)
             self.background_.eval()
         self.shape_ = (net.channels, net.height, net.width)
+        schema = docs.get("schema.json")  # bundles from before it have none
+        if schema is not None and tuple(schema["shape"]) != self.shape_:
+            msg = (
+                f"schema.json gives image shape {schema['shape']}, the weights {list(self.shape_)}"
+            )
+            raise KeyError(msg)
         # bundles from before complexity_weight: Serrà et al.'s lambda = 1
         scorer = docs["calibration.json"]["scorer"]
         self.complexity_weight_ = float(scorer.get("complexity_weight", 1.0))

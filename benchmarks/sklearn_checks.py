@@ -53,7 +53,8 @@ def run(estimator: Any, only: tuple[str, ...] | None = None) -> list[dict[str, A
         status = r["status"] if applies else "not applicable"
         reason = ""
         if r.get("exception") is not None and status == "failed":
-            reason = f"{type(r['exception']).__name__}: {str(r['exception']).splitlines()[0][:160]}"
+            first = (str(r["exception"]).splitlines() or [""])[0][:160]
+            reason = f"{type(r['exception']).__name__}: {first}"
         rows.append({"check": name, "status": status, "reason": reason})
     return rows
 

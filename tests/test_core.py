@@ -128,3 +128,52 @@ def test_image_detector_not_fitted():
 def test_image_contamination_is_checked():
     with pytest.raises(ValueError, match=r"contamination must be in \(0, 0.5\), got 0.7"):
         ImageDetector(contamination=0.7)
+
+
+def test_image_bundle_has_a_schema(image_fitted, tmp_path):
+    import hashlib
+    import json
+
+    from anomaly_vae.exceptions import BundleError
+
+    path = image_fitted.save(tmp_path / "b")
+    schema = json.loads((path / "schema.json").read_text())
+    assert schema["kind"] == "image"
+    assert schema["shape"] == [1, 16, 16]
+    assert schema["dtype"] == "uint8" and schema["value_range"] == [0, 255]
+    # a schema that disagrees with the weights, re-signed so it passes the sha256 check
+    schema["shape"] = [3, 16, 16]
+    (path / "schema.json").write_text(json.dumps(schema))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["schema.json"] = hashlib.sha256(
+        (path / "schema.json").read_bytes()
+    ).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"schema.json gives image shape \[3, 16, 16\]"):
+        ImageDetector.load(path)
+
+
+def test_tabular_takes_array_likes_and_names_what_it_cannot(fitted):
+    """scikit-learn's input conventions: lists are arrays; 1-D, sparse and complex input
+    get errors that say so (the messages scikit-learn's checks look for)."""
+    from scipy import sparse
+
+    from anomaly_vae.exceptions import SchemaError
+
+    det = TabularDetector(k=2, max_epochs=1, seed=0)
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    det.fit(rows.tolist())
+    assert det.n_features_in_ == 3
+    np.testing.assert_array_equal(det.score_samples(rows[:5].tolist()), det.score_samples(rows[:5]))
+    assert "log_likelihood" in det.score(rows[:5], None).columns  # score(X, y)
+    with pytest.raises(SchemaError, match="Reshape your data"):
+        det.score_samples(rows[:, 0])
+    with pytest.raises(SchemaError, match="sparse input is not supported"):
+        det.score_samples(sparse.csr_matrix(rows))
+    with pytest.raises(SchemaError, match="Complex data not supported"):
+        det.score_samples(rows.astype(complex))
+    with pytest.raises(SchemaError, match="X has 2 features, but TabularDetector is expecting 3"):
+        det.score_samples(rows[:, :2])
+    with pytest.raises(ValueError, match=r"0 sample\(s\) \(shape=\(0, 3\)\)"):
+        TabularDetector().fit(rows[:0])
+    assert fitted.n_features_in_ == len(fitted.schema_.columns)

@@ -264,7 +264,11 @@ class TabularPreprocessor:
         center, scale = self._check_fitted()
         specs = self.schema.columns
         if matrix.ndim != 2 or matrix.shape[1] != len(specs):
-            msg = f"expected a matrix with {len(specs)} columns {self.schema.names}, got shape {matrix.shape}"
+            msg = (
+                f"expected a matrix with {len(specs)} columns {self.schema.names}, got shape "
+                f"{matrix.shape} (X has {matrix.shape[-1]} features, but TabularDetector is "
+                f"expecting {len(specs)} features as input)"
+            )
             raise SchemaError(msg)
         if any(not c.discrete for c in self.schema.of_kind("categorical")):
             return self.transform(pd.DataFrame(matrix, columns=self.schema.names))

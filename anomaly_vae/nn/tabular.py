@@ -247,8 +247,8 @@ class TabularVAE(torch.nn.Module):
         [-1, 1] (0, the middle, where missing or unknown), booleans (0 where missing).
 
         Ordinal columns enter as one number rather than one-hot, so the encoder too sees
-        neighbouring levels as near: on ADBench's optdigits (59 columns of 0..16) that
-        raised AUROC from 71.3 to 82.3 over the one-hot input (seeds 3-5: 74.2 -> 76.7).
+        neighbouring levels as near (the categorical-levels ablation in
+        benchmarks/RESULTS.md measures what that buys).
         """
         parts = [batch.num.to(self.log_scale.dtype)]
         idx = batch.cat
@@ -553,8 +553,8 @@ def default_architecture(n_rows: int, input_dim: int) -> tuple[int, list[int]]:
 
 
 #: Lower bound of :func:`default_min_sigma` and :func:`scott_min_sigma`, in standardized
-#: units. On the 29 ADBench sets 0.6 beat 0 and 0.5 in mean AUROC (80.9 against 80.5 and
-#: 80.7, under Scott's rule), and 0.3 lost 1.1 points where it binds (cover 89.6 -> 83.1).
+#: units: below it, many-row tables resolve density spikes that hurt detection more than
+#: the finer structure helps (the floor's history is in the commit messages).
 MIN_SIGMA_LOWER = 0.6
 
 #: Training rows up to which :func:`default_min_sigma` is one standard deviation.
@@ -568,18 +568,14 @@ def default_min_sigma(n_rows: int) -> float:
     standard deviation up to 10,000 training rows, then lower as rows grow, reaching
     0.6 from about 77,000. A floor keeps the decoder from turning integer-valued and
     near-constant columns into density spikes, and it smooths the density the scores
-    come from; only many rows resolve finer structure worth scoring (ADBench's skin,
-    136,000 rows of 3 columns: AUROC 61 with a floor of 1, 83 with 0.6).
+    come from; only many rows resolve finer structure worth scoring.
 
     The rows alone decide it. Scott's rule (:func:`scott_min_sigma`, the previous
     default) also raised the floor with the column count, which left tables of a few
-    thousand rows over few columns at 0.6 to 0.75; at 1 they gained on ADBench (cardio
-    83 -> 89, pendigits 88 -> 93, Waveform 70 -> 77, mammography 84 -> 86 on seeds
-    0, 1, 2; +4.7, +5.8, +9.3, +4.6 on seeds 3, 4, 5), for small losses on landsat and
-    SpamBase (-2.9 and -1.2). ``FULL_FLOOR_ROWS`` and the exponent were read off that
-    benchmark (benchmarks/RESULTS.md, ablations): the sets of 120,000 rows and more keep
-    0.6, smtp (48,000 rows) gets 0.68, and campaign, shuttle and ALOI (21,000 to 25,000
-    rows, floors about 0.8) moved by less than half a point.
+    thousand rows over few columns with a floor too low for detection.
+    ``FULL_FLOOR_ROWS`` and the exponent were read off the ADBench benchmark (what they
+    buy and cost per set: benchmarks/RESULTS.md, the scott-floor and fixed-floor
+    ablations).
 
     Args:
         n_rows: training rows (>= 1).
