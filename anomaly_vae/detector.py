@@ -404,9 +404,10 @@ class TabularDetector(Detector):
         #: this process's rank in a distributed (e.g. DDP) fit; 0 otherwise. Every rank
         #: ends with the same weights; only rank 0 should write files.
         self.global_rank_ = rank
-        cal = self._score_arrays(arrays.take(cal_idx))
+        cal_rows = arrays.take(cal_idx)
+        cal = self._score_arrays(cal_rows)
         self._calibrate_result(cal, alpha=self.alpha, contamination=self.contamination)
-        self.reference_ = self._reference(frame.iloc[train_idx], arrays.take(train_idx))
+        self.reference_ = self._drift_reference(arrays.take(train_idx), cal_rows, cal)
         self.training_["fit_seconds"] = time.perf_counter() - t0
         return self
 
@@ -668,41 +669,45 @@ class TabularDetector(Detector):
         return self.preprocessor_.decode(num.numpy(), cat.numpy(), binv.numpy())
 
     # ================================================================== drift reference
-    def _reference(self, frame: pd.DataFrame, arrays: TabularArrays) -> dict[str, Any]:
-        """Reference statistics for drift monitoring (training rows)."""
-        cal_ref = self.calibration_.reference
-        edges = np.quantile(cal_ref, np.linspace(0, 1, 21)).tolist()
-        features: dict[str, Any] = {}
-        for j, spec in enumerate(self.schema_.of_kind("numeric")):
-            obs = arrays.num[:, j][arrays.num_mask[:, j]]
-            vals = self.preprocessor_.inverse_numeric(obs[:, None])[:, 0] if obs.size else obs
-            features[spec.name] = {
-                "kind": "numeric",
-                "quantiles": np.quantile(vals, np.linspace(0, 1, 11)).tolist() if vals.size else [],
-                "missing_rate": float(1 - arrays.num_mask[:, j].mean()),
-            }
-        for j, spec in enumerate(self.schema_.of_kind("categorical")):
-            codes = arrays.cat[:, j]
-            freq = np.bincount(codes[codes >= 0], minlength=len(spec.categories) + 1)
-            features[spec.name] = {
-                "kind": "categorical",
-                "frequencies": (freq / max(1, freq.sum())).tolist(),
-                "missing_rate": float((codes < 0).mean()),
-            }
-        for j, spec in enumerate(self.schema_.of_kind("boolean")):
-            m = arrays.bin_mask[:, j]
-            features[spec.name] = {
-                "kind": "boolean",
-                "rate_true": float(arrays.bin[m, j].mean()) if m.any() else None,
-                "missing_rate": float(1 - m.mean()),
-            }
+    def _drift_reference(
+        self, train: TabularArrays, cal_rows: TabularArrays, cal: ScoreResult
+    ) -> dict[str, Any]:
+        """The drift reference (see :mod:`anomaly_vae.drift.reference`): features from
+        the training rows, the model's outputs from the calibration rows."""
+        from anomaly_vae.drift.reference import tabular_reference
+
+        with torch.inference_mode():
+            mu, _ = self.net_.encode(TabularTensors.from_arrays(cal_rows))
+        return tabular_reference(self, train, cal_rows, cal, mu.numpy())
+
+    def drift_outputs(
+        self, X: Any, *, k: int | None = None, allow_extra: bool = False
+    ) -> dict[str, Any]:
+        """What a drift check needs of a batch of rows (see :mod:`anomaly_vae.drift`):
+        ``normality`` (log p(x), nats) [N], ``flags`` [N], ``mu`` [N, L], ``kl`` [N],
+        ``contributions`` [N, F], ``arrays`` (the encoded rows) and ``feature_order``
+        (numeric, categorical, boolean column names)."""
+        _, arrays = self._encode_frame(X, allow_extra=allow_extra)
+        res = self._score_arrays(arrays, k, progress=False)
         with torch.inference_mode():
             mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
         return {
-            "score_histogram": {"edges": edges},
-            "features": features,
-            "latent": {"mean": mu.mean(0).tolist(), "std": mu.std(0, correction=0).tolist()},
+            "normality": res.log_likelihood,
+            "flags": self.calibration_.is_outlier(res.log_likelihood),
+            "mu": mu.numpy(),
+            "kl": res.kl,
+            "contributions": res.contributions,
+            "arrays": arrays,
+            "feature_order": tuple([c.name for c in self.schema_.of_kind(kind)] for kind in KINDS),
         }
+
+    def rebuild_reference(self, X: Any) -> TabularDetector:
+        """Recompute the drift reference from rows like the training data (for a bundle
+        written before the reference existed); the rows stand in for both the training
+        and the calibration rows. Returns self."""
+        arrays = self.preprocessor_.transform(_as_frame(X), allow_extra=True)
+        self.reference_ = self._drift_reference(arrays, arrays, self._score_arrays(arrays))
+        return self
 
     # ================================================================== persistence
     def _bundle_params(self) -> dict[str, Any]:

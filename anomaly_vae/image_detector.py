@@ -268,9 +268,10 @@ class ImageDetector(Detector):
             "epochs_run": len(history),
             "best_epoch": best_epoch,
         }
-        normality = self._image_normality(images[cal_idx], self._score_images(images[cal_idx]))
+        cal_res = self._score_images(images[cal_idx])
+        normality = self._image_normality(images[cal_idx], cal_res)
         self._calibrate(normality, alpha=self.alpha, contamination=self.contamination)
-        self.reference_ = {}
+        self.reference_ = self._drift_reference(images[cal_idx], normality, cal_res)
         self.training_["fit_seconds"] = time.perf_counter() - t0
         return self
 
@@ -393,6 +394,36 @@ class ImageDetector(Detector):
         if bits is None:
             bits = png_bits(self._prepare(images))
         return res.log_likelihood / math.log(2.0) + self.complexity_weight_ * bits
+
+    def _drift_reference(
+        self, images: np.ndarray, normality: np.ndarray, res: ScoreResult
+    ) -> dict[str, Any]:
+        """The drift reference of calibration ``images``: scores, latent means, KL."""
+        from anomaly_vae.drift.reference import model_part
+
+        return model_part(normality, self.encode(images), res.kl, self.seed)
+
+    def drift_outputs(self, X: Any, *, k: int | None = None) -> dict[str, Any]:
+        """What a drift check needs of a batch of images (see :mod:`anomaly_vae.drift`):
+        ``normality`` [N] (the calibrated score's units), ``flags`` [N], ``mu`` [N, L],
+        ``kl`` [N]."""
+        images = self._checked(X)
+        res = self._score_images(images, k)
+        normality = self._image_normality(images, res, k)
+        return {
+            "normality": normality,
+            "flags": self.calibration_.is_outlier(normality),
+            "mu": self.encode(images),
+            "kl": res.kl,
+        }
+
+    def rebuild_reference(self, X: Any) -> ImageDetector:
+        """Recompute the drift reference from images like the training data (for a
+        bundle written before the reference existed). Returns self."""
+        images = self._checked(X)
+        res = self._score_images(images)
+        self.reference_ = self._drift_reference(images, self._image_normality(images, res), res)
+        return self
 
     def background_log_likelihood(self, images: np.ndarray, k: int | None = None) -> np.ndarray:
         """log p_bg(x) per image under the ratio score's background model, nats, [N]."""

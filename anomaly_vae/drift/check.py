@@ -1,0 +1,462 @@
+"""Check a window of records against a detector's drift reference.
+
+:class:`WindowStats` accumulates what the tests need, batch by batch, in memory that does
+not grow with the window (bin counts, sums, a bottom-k sample of latent means keyed by a
+hash of each record's position), and two of them merge exactly, so a window can be
+streamed from a file of any size or gathered from partitions. :func:`evaluate` turns
+them into a :class:`DriftReport`:
+
+- scores: the window's calibrated scores against the calibration scores, a two-sample
+  chi-square test on the reference's score ventiles (two-sided: out-of-distribution data
+  can be *more* likely), with the shift in mean score (nats, or bits for the image
+  complexity score) and its confidence interval; the outlier rate against its exact
+  Beta-binomial null (:func:`~anomaly_vae.drift.stats.outlier_rate_test`);
+- latent: MMD of latent means against the reference sample (permutation p-value), and
+  the KL terms' distribution (content off the training manifold has large KL);
+- features (tables): per column, a two-sample chi-square test on the reference's bins
+  (numeric: quantile bins; categorical and boolean: levels incl. unknown and missing),
+  with PSI, Jensen-Shannon, total variation and, for numeric columns, the binned
+  Wasserstein distance in the column's standard deviations; and per column the shift of
+  its mean log-likelihood contribution in nats (what the model finds unusual, which sees
+  a change in the dependence between columns that every marginal test misses).
+
+An alarm needs both: the test's Holm-adjusted p-value (over every test of the window) at
+or below ``level``, and an effect at least its practical margin (:class:`Margins`), so a
+huge window of unchanged data does not alarm on noise. Drifted features are listed by
+their Benjamini-Hochberg q-value. A window under ``min_rows`` that raises no alarm is
+reported as too small, never as drift-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anomaly_vae.drift import stats as S
+from anomaly_vae.drift.reference import REFERENCE_FORMAT, bin_counts, sample_rows
+from anomaly_vae.exceptions import BundleError
+
+#: Latent means kept from a window (and from the reference) for the MMD test.
+MMD_SAMPLE = 300
+#: Permutations of the MMD test: p-values resolve to 1/200, below any usual level.
+MMD_PERMUTATIONS = 199
+#: Fewest records a window needs before "no drift" is said of it.
+MIN_ROWS = 100
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Practical margins: the least effect an alarm needs, per kind of test.
+
+    Attributes:
+        score: binned Wasserstein distance of the scores, in reference standard deviations.
+        outlier_rate: realized outlier rate above the null's rate (absolute).
+        numeric: binned Wasserstein distance of a numeric column, in its standard deviations.
+        categorical: total-variation distance of a categorical or boolean column's levels.
+        contribution: shift of a column's mean log-likelihood contribution, nats.
+        kl: binned Wasserstein distance of the KL terms, in reference standard deviations.
+        latent: MMD of the latent means (the capped sample keeps its significance from
+            growing with the window, so no margin is needed by default).
+    """
+
+    score: float = 0.05
+    outlier_rate: float = 0.01
+    numeric: float = 0.05
+    categorical: float = 0.02
+    contribution: float = 0.05
+    kl: float = 0.05
+    latent: float = 0.0
+
+
+def _row_priority(seed: int, index: np.ndarray) -> np.ndarray:
+    """A uniform pseudo-random priority per record position (splitmix64): the same record
+    position gets the same priority in any batch or partition, so bottom-k samples merge."""
+    x = (index.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) & np.uint64(
+        0xFFFFFFFFFFFFFFFF
+    )
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def require_reference(detector: Any) -> dict[str, Any]:
+    """The detector's drift reference, or a ``BundleError`` that names the fix."""
+    ref = getattr(detector, "reference_", None) or {}
+    if ref.get("format") != REFERENCE_FORMAT:
+        msg = (
+            "this detector has no drift reference (its bundle predates drift monitoring); "
+            "recompute it from rows like the training data: anomaly-vae drift-reference "
+            "BUNDLE DATA --out NEW_BUNDLE (or detector.rebuild_reference(X))"
+        )
+        raise BundleError(msg)
+    return ref
+
+
+@dataclass
+class WindowStats:
+    """Sufficient statistics of a window, mergeable (see the module docstring)."""
+
+    reference: dict[str, Any] = field(repr=False)
+    seed: int = 0
+    n: int = 0
+    flagged: int = 0
+    score_sum: float = 0.0
+    score_sumsq: float = 0.0
+    score_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    kl_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    latent_priority: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    latent_sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    feature_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    feature_missing: dict[str, int] = field(default_factory=dict)
+    contrib_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    contrib_sumsq: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        ref = self.reference
+        if not self.score_counts.size:
+            self.score_counts = np.zeros(len(ref["scores"]["counts"]), np.int64)
+            self.kl_counts = np.zeros(len(ref["latent"]["kl"]["counts"]), np.int64)
+            dim = len(ref["latent"]["sample"][0]) if ref["latent"]["sample"] else 0
+            self.latent_sample = np.zeros((0, dim))
+            for name, f in ref.get("features", {}).items():
+                self.feature_counts[name] = np.zeros(len(f["counts"]), np.int64)
+                self.feature_missing[name] = 0
+            n_f = len(ref.get("contributions", {}).get("names", []))
+            self.contrib_sum, self.contrib_sumsq = np.zeros(n_f), np.zeros(n_f)
+
+    # ------------------------------------------------------------------ updating
+    def update(
+        self,
+        normality: np.ndarray,
+        flags: np.ndarray,
+        mu: np.ndarray,
+        kl: np.ndarray,
+        *,
+        arrays: Any = None,
+        contributions: np.ndarray | None = None,
+        feature_order: tuple[list[str], list[str], list[str]] | None = None,
+    ) -> None:
+        """Add a batch: calibrated normality [N], outlier flags [N], latent means
+        [N, L], KL terms [N] and, for tables, the encoded rows (``TabularArrays``), the
+        contributions [N, F] and the (numeric, categorical, boolean) column names."""
+        ref = self.reference
+        n = len(normality)
+        index = np.arange(self.n, self.n + n)
+        self.n += n
+        self.flagged += int(np.asarray(flags).sum())
+        normality = np.asarray(normality, dtype=np.float64)
+        self.score_sum += float(normality.sum())
+        self.score_sumsq += float((normality * normality).sum())
+        self.score_counts += bin_counts(normality, np.asarray(ref["scores"]["cuts"]))
+        self.kl_counts += bin_counts(np.asarray(kl), np.asarray(ref["latent"]["kl"]["cuts"]))
+        self._keep_latent(_row_priority(self.seed, index), np.asarray(mu, dtype=np.float64))
+        if arrays is None or feature_order is None:
+            return
+        numeric, categorical, boolean = feature_order
+        feats = ref["features"]
+        for j, name in enumerate(numeric):
+            seen = arrays.num_mask[:, j]
+            self.feature_counts[name] += bin_counts(
+                arrays.num[seen, j], np.asarray(feats[name]["cuts"])
+            )
+            self.feature_missing[name] += int((~seen).sum())
+        for j, name in enumerate(categorical):
+            codes = arrays.cat[:, j]
+            levels = len(feats[name]["counts"])
+            self.feature_counts[name] += np.bincount(codes[codes >= 0], minlength=levels)[:levels]
+            self.feature_missing[name] += int((codes < 0).sum())
+        for j, name in enumerate(boolean):
+            seen = arrays.bin_mask[:, j]
+            ones = int(arrays.bin[seen, j].sum())
+            self.feature_counts[name] += np.array([int(seen.sum()) - ones, ones])
+            self.feature_missing[name] += int((~seen).sum())
+        if contributions is not None and contributions.size:
+            c = np.asarray(contributions, dtype=np.float64)
+            self.contrib_sum += c.sum(0)
+            self.contrib_sumsq += (c * c).sum(0)
+
+    def _keep_latent(self, priority: np.ndarray, mu: np.ndarray) -> None:
+        pr = np.concatenate([self.latent_priority, priority])
+        rows = np.vstack([self.latent_sample, mu]) if self.latent_sample.size else mu
+        keep = np.argsort(pr, kind="stable")[:MMD_SAMPLE]
+        self.latent_priority, self.latent_sample = pr[keep], rows[keep]
+
+    def merge(self, other: WindowStats) -> WindowStats:
+        """Add another window's statistics (another partition or batch); returns self.
+        Positions are the other's own: give each part a distinct ``seed`` stream or
+        merge parts that number their records apart."""
+        self.n += other.n
+        self.flagged += other.flagged
+        self.score_sum += other.score_sum
+        self.score_sumsq += other.score_sumsq
+        self.score_counts = self.score_counts + other.score_counts
+        self.kl_counts = self.kl_counts + other.kl_counts
+        self._keep_latent(other.latent_priority, other.latent_sample)
+        for name in self.feature_counts:
+            self.feature_counts[name] = self.feature_counts[name] + other.feature_counts[name]
+            self.feature_missing[name] += other.feature_missing[name]
+        self.contrib_sum = self.contrib_sum + other.contrib_sum
+        self.contrib_sumsq = self.contrib_sumsq + other.contrib_sumsq
+        return self
+
+
+# ---------------------------------------------------------------------- the report
+@dataclass
+class DriftReport:
+    """The outcome of a drift check. ``verdict`` is ``drift``, ``no_drift`` or
+    ``too_few_rows``; ``fired`` lists the tests that alarmed and the rule; ``signals``
+    holds the score, outlier-rate, latent and KL tests; ``features`` one row per
+    column (tables), sorted by q-value. Every test row has the statistic, p-value,
+    Holm-adjusted p-value, effect, margin, threshold (= level) and verdict."""
+
+    verdict: str
+    n: int
+    level: float
+    min_rows: int
+    rule: str
+    fired: list[dict[str, Any]]
+    signals: dict[str, dict[str, Any]]
+    features: list[dict[str, Any]]
+    margins: dict[str, float]
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drifted(self) -> bool:
+        return self.verdict == "drift"
+
+    def drifted_features(self) -> list[str]:
+        """Columns whose distribution or contribution drifted (q <= level and effect at
+        least its margin), most significant first."""
+        return [f["feature"] for f in self.features if f["verdict"] == "drift"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _row(outcome: S.Test, margin: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "statistic": outcome.statistic,
+        "p_value": outcome.p_value,
+        "effect": outcome.effect,
+        "margin": margin,
+        **extra,
+    }
+
+
+def evaluate(
+    stats: WindowStats,
+    calibration: Any,
+    *,
+    level: float = 0.05,
+    margins: Margins | None = None,
+    min_rows: int = MIN_ROWS,
+) -> DriftReport:
+    """The report of a window's statistics against their reference. ``calibration`` is
+    the detector's :class:`~anomaly_vae.scoring.calibration.Calibration` (reference
+    scores, n, alpha)."""
+    if not 0.0 < level < 1.0:
+        msg = f"level must be in (0, 1), got {level!r}"
+        raise ValueError(msg)
+    if stats.n == 0:
+        msg = "the window is empty: no records to check"
+        raise ValueError(msg)
+    margins = margins or Margins()
+    ref = stats.reference
+    tests: list[tuple[str, dict[str, Any]]] = []
+
+    # scores
+    sref = ref["scores"]
+    r_counts = np.asarray(sref["counts"])
+    chi, p, dof = S.chi2_two_sample(r_counts, stats.score_counts)
+    w1 = S.binned_wasserstein(r_counts, stats.score_counts, np.asarray(sref["cuts"]), sref["std"])
+    ref_scores = calibration.reference
+    shift = S.mean_shift(stats.score_sum, stats.score_sumsq, stats.n, ref_scores)
+    lo, hi = S.mean_shift_interval(stats.score_sum, stats.score_sumsq, stats.n, ref_scores)
+    scores = _row(
+        S.Test(chi, p, w1),
+        margins.score,
+        test="two-sample chi-square on the reference's score ventiles",
+        effect_unit="Wasserstein distance in reference standard deviations",
+        dof=dof,
+        mean_shift=shift.effect,
+        mean_shift_ci95=[lo, hi],
+        psi=S.psi(r_counts, stats.score_counts),
+        reference_counts=r_counts.tolist(),
+        window_counts=stats.score_counts.tolist(),
+        cuts=sref["cuts"],
+    )
+    tests.append(("scores", scores))
+
+    # outlier rate
+    alpha = calibration.alpha if calibration.alpha is not None else calibration.contamination
+    rate = S.outlier_rate_test(stats.flagged, stats.n, calibration.n, float(alpha))
+    ci = S.clopper_pearson(stats.flagged, stats.n)
+    outliers = _row(
+        rate,
+        margins.outlier_rate,
+        test="exact Beta-binomial null of the conformal flag count (one-sided)",
+        effect_unit="rate above the null's rate",
+        flagged=stats.flagged,
+        rate=stats.flagged / stats.n,
+        rate_ci95=list(ci),
+        alpha=alpha,
+    )
+    tests.append(("outlier_rate", outliers))
+
+    # latent
+    lref = ref["latent"]
+    ref_sample = np.asarray(lref["sample"], dtype=np.float64)
+    if len(ref_sample) > MMD_SAMPLE:
+        ref_sample = ref_sample[sample_rows(len(ref_sample), MMD_SAMPLE, stats.seed)]
+    mmd = S.mmd_test(
+        stats.latent_sample, ref_sample, lref["bandwidth"], MMD_PERMUTATIONS, stats.seed
+    )
+    tests.append(
+        (
+            "latent",
+            _row(
+                mmd,
+                margins.latent,
+                test=f"MMD of latent means, Gaussian kernel, {MMD_PERMUTATIONS} permutations",
+                effect_unit="MMD",
+                window_sample=len(stats.latent_sample),
+                reference_sample=len(ref_sample),
+            ),
+        )
+    )
+    kref = lref["kl"]
+    k_counts = np.asarray(kref["counts"])
+    kchi, kp, kdof = S.chi2_two_sample(k_counts, stats.kl_counts)
+    kw = S.binned_wasserstein(k_counts, stats.kl_counts, np.asarray(kref["cuts"]), kref["std"])
+    tests.append(
+        (
+            "kl",
+            _row(
+                S.Test(kchi, kp, kw),
+                margins.kl,
+                test="two-sample chi-square on the reference's KL ventiles",
+                effect_unit="Wasserstein distance in reference standard deviations",
+                dof=kdof,
+            ),
+        )
+    )
+
+    # features
+    feature_rows: list[dict[str, Any]] = []
+    feats = ref.get("features", {})
+    contrib = ref.get("contributions", {})
+    c_names = contrib.get("names", [])
+    c_sample = np.asarray(contrib.get("sample", []), dtype=np.float64)
+    for name, f in feats.items():
+        r = np.asarray(f["counts"], dtype=np.float64)
+        w = stats.feature_counts[name].astype(np.float64)
+        # missing values are a level of their own: a change in the missing rate is drift
+        r_all, w_all = np.append(r, f["missing"]), np.append(w, stats.feature_missing[name])
+        numeric = f["kind"] == "numeric"
+        chi, p, dof = (
+            S.chi2_two_sample(r_all, w_all, ordered=False)
+            if not numeric
+            else S.chi2_two_sample(r, w)
+        )
+        if numeric:
+            missing_chi = S.chi2_two_sample(
+                np.array([r.sum(), f["missing"]]),
+                np.array([w.sum(), stats.feature_missing[name]]),
+                ordered=False,
+            )
+            if missing_chi[1] < p:
+                chi, p, dof = missing_chi
+            effect = S.binned_wasserstein(r, w, np.asarray(f["cuts"]), f["std"] or 1.0)
+            margin, unit = (
+                margins.numeric,
+                "Wasserstein distance in the column's standard deviations",
+            )
+        else:
+            effect = S.total_variation(r_all, w_all)
+            margin, unit = margins.categorical, "total-variation distance"
+        row = _row(
+            S.Test(chi, p, effect),
+            margin,
+            feature=name,
+            kind=f["kind"],
+            test="two-sample chi-square on the reference's "
+            + ("quantile bins" if numeric else "levels (with unknown and missing)"),
+            effect_unit=unit,
+            dof=dof,
+            psi=S.psi(r_all, w_all),
+            js_distance=S.js_distance(r_all, w_all),
+            missing_rate=stats.feature_missing[name] / stats.n,
+            reference_missing_rate=f["missing"] / max(r.sum() + f["missing"], 1),
+            reference_counts=r.tolist(),
+            window_counts=w.tolist(),
+            cuts=f.get("cuts"),
+            levels=f.get("levels"),
+        )
+        if name in c_names and c_sample.size:
+            j = c_names.index(name)
+            ct = S.mean_shift(
+                float(stats.contrib_sum[j]), float(stats.contrib_sumsq[j]), stats.n, c_sample[:, j]
+            )
+            row["contribution"] = _row(
+                ct,
+                margins.contribution,
+                test="Welch z-test of the mean log-likelihood contribution",
+                effect_unit="nats",
+            )
+        feature_rows.append(row)
+
+    # multiple testing: Holm over every test (the alarm), BH over the features (the list)
+    family: list[dict[str, Any]] = [row for _, row in tests]
+    for row in feature_rows:
+        family.append(row)
+        if "contribution" in row:
+            family.append(row["contribution"])
+    adjusted = S.holm(np.array([t["p_value"] for t in family]))
+    for t, pa in zip(family, adjusted.tolist(), strict=True):
+        t["p_holm"] = pa
+        t["threshold"] = level
+        t["verdict"] = "drift" if pa <= level and abs(t["effect"]) >= t["margin"] else "no_drift"
+    feature_p = [
+        min(fr["p_value"], fr.get("contribution", {}).get("p_value", 1.0)) for fr in feature_rows
+    ]
+    for fr, q in zip(feature_rows, S.benjamini_hochberg(np.array(feature_p)).tolist(), strict=True):
+        fr["q_value"] = q
+        shifted = fr["verdict"] == "drift" or fr.get("contribution", {}).get("verdict") == "drift"
+        fr["verdict"] = "drift" if shifted else "no_drift"
+    feature_rows.sort(key=lambda fr: (fr["q_value"], -abs(fr["effect"])))
+
+    fired = [{"signal": name, "p_holm": row["p_holm"], "effect": row["effect"], "margin": row["margin"]}
+             for name, row in tests if row["verdict"] == "drift"]  # fmt: skip
+    for fr in feature_rows:
+        if fr["verdict"] != "drift":
+            continue
+        own = fr["p_holm"] <= level and abs(fr["effect"]) >= fr["margin"]
+        src = fr if own else fr["contribution"]
+        fired.append({"signal": f"{'feature' if own else 'contribution'}:{fr['feature']}",
+                      "p_holm": src["p_holm"], "effect": src["effect"], "margin": src["margin"]})  # fmt: skip
+    if fired:
+        verdict = "drift"
+    elif stats.n < min_rows:
+        verdict = "too_few_rows"
+    else:
+        verdict = "no_drift"
+    rule = (
+        f"a test alarms when its Holm-adjusted p-value (over all {len(family)} tests) is at "
+        f"most {level} and its effect is at least its margin; features are listed by "
+        "Benjamini-Hochberg q-value"
+    )
+    return DriftReport(
+        verdict=verdict,
+        n=stats.n,
+        level=level,
+        min_rows=min_rows,
+        rule=rule,
+        fired=fired,
+        signals=dict(tests),
+        features=feature_rows,
+        margins=asdict(margins),
+    )

@@ -1,0 +1,128 @@
+"""The drift reference a detector carries in its bundle (``reference.json``).
+
+Written at ``fit`` (or recomputed by :func:`rebuild`), from rows the model never trained
+on where the model's outputs are concerned, and from the training rows for the raw
+features:
+
+- ``scores``: the calibration scores themselves live in ``calibration.json``; here, the
+  bin cuts at their ventiles and their standard deviation, the unit of the score
+  effect;
+- ``features`` (tables): per numeric column, cuts at the training rows' quantiles
+  (standardized units) and the exact count of training rows in each bin, the missing
+  count, and the column's standard deviation; per categorical or boolean column, the
+  count of every level, the unknown slot and missing;
+- ``latent``: a capped, seeded sample of the calibration rows' posterior means mu(x), the
+  kernel bandwidth for the MMD test, and their KL terms binned like the scores;
+- ``contributions`` (tables): the same calibration rows' per-feature log-likelihood
+  terms (nats), for the shift of what the model finds unusual, column by column.
+
+Images get the score, latent and KL parts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from anomaly_vae.drift.stats import median_bandwidth
+
+#: Format of the reference written by this library; older bundles have none (or format 1,
+#: a summary nothing reads) and must be recomputed.
+REFERENCE_FORMAT = 2
+#: Calibration rows kept for the latent and contribution samples.
+MAX_SAMPLE = 1000
+#: Quantile bins of a numeric column and of the scores.
+BINS = 20
+
+
+def quantile_cuts(values: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """The inner bin edges ("cuts") q_1 < ... < q_{B-1} at the ``bins``-quantiles of
+    ``values``, with repeated quantiles (ties, discrete values) kept once; the bins are
+    (-inf, q_1], (q_1, q_2], ..., (q_{B-1}, inf)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return np.zeros(0)
+    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` in the bins of ``cuts`` (:func:`quantile_cuts`), [len(cuts) + 1]."""
+    cuts = np.asarray(cuts, dtype=np.float64)
+    idx = np.searchsorted(cuts, np.asarray(values, dtype=np.float64), side="left")
+    return np.bincount(idx, minlength=len(cuts) + 1).astype(np.int64)
+
+
+def sample_rows(n: int, cap: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``cap`` of ``n`` rows, seeded."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
+def _binned(values: np.ndarray) -> dict[str, Any]:
+    cuts = quantile_cuts(values)
+    return {
+        "cuts": cuts.tolist(),
+        "counts": bin_counts(values, cuts).tolist(),
+        "std": float(np.std(values)) if values.size else 0.0,
+        "n": int(values.size),
+    }
+
+
+def model_part(normality: np.ndarray, mu: np.ndarray, kl: np.ndarray, seed: int) -> dict[str, Any]:
+    """The parts every kind has: scores (the calibrated normality [N]), latent means
+    [N, L] and KL terms [N] of the calibration records."""
+    pick = sample_rows(len(mu), MAX_SAMPLE, seed)
+    sample = np.asarray(mu, dtype=np.float64)[pick]
+    return {
+        "format": REFERENCE_FORMAT,
+        "scores": _binned(np.asarray(normality, dtype=np.float64)),
+        "latent": {
+            "sample": sample.round(6).tolist(),
+            "bandwidth": median_bandwidth(sample),
+            "kl": _binned(np.asarray(kl, dtype=np.float64)),
+        },
+    }
+
+
+def tabular_reference(
+    detector: Any, train: Any, cal: Any, cal_result: Any, cal_mu: np.ndarray
+) -> dict[str, Any]:
+    """The reference of a tabular detector: ``train`` and ``cal`` are the encoded
+    training and calibration rows (``TabularArrays``), ``cal_result`` the calibration
+    rows' ``ScoreResult`` (with contributions) and ``cal_mu`` their latent means."""
+    ref = model_part(cal_result.log_likelihood, cal_mu, cal_result.kl, detector.seed)
+    schema = detector.schema_
+    features: dict[str, Any] = {}
+    for j, spec in enumerate(schema.of_kind("numeric")):
+        seen = train.num_mask[:, j]
+        values = train.num[seen, j].astype(np.float64)
+        features[spec.name] = {"kind": "numeric", **_binned(values), "missing": int((~seen).sum())}
+    for j, spec in enumerate(schema.of_kind("categorical")):
+        codes = train.cat[:, j]
+        levels = len(spec.categories) + 1  # the unknown slot last
+        features[spec.name] = {
+            "kind": "categorical",
+            "levels": [str(c) for c in spec.categories] + ["(unknown)"],
+            "counts": np.bincount(codes[codes >= 0], minlength=levels).tolist(),
+            "missing": int((codes < 0).sum()),
+        }
+    for j, spec in enumerate(schema.of_kind("boolean")):
+        seen = train.bin_mask[:, j]
+        ones = int(train.bin[seen, j].sum())
+        features[spec.name] = {
+            "kind": "boolean",
+            "levels": ["false", "true"],
+            "counts": [int(seen.sum()) - ones, ones],
+            "missing": int((~seen).sum()),
+        }
+    pick = sample_rows(len(cal_mu), MAX_SAMPLE, detector.seed)
+    ref["features"] = features
+    ref["contributions"] = {
+        "names": list(detector.feature_names_),
+        "sample": np.asarray(cal_result.contributions)[pick].round(6).tolist(),
+    }
+    ref["n_train"] = len(train)
+    ref["n_calibration"] = len(cal_mu)
+    return ref

@@ -1,0 +1,276 @@
+"""The statistics drift checks are built from, all on counts and samples that merge.
+
+Every test here is two-sample: the reference is itself a finite sample, and a
+goodness-of-fit test that took it as exact would, at large windows, alarm on the
+reference's own sampling noise. Tests and distances come from scipy where it has them
+(chi-square contingency, beta-binomial, the normal distribution, Jensen-Shannon); what
+is written here (binned Wasserstein, PSI, MMD with its permutation p-value, Holm and
+Benjamini-Hochberg) is tested against a direct computation in tests/drift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Least expected window count per bin for the chi-square approximation; sparser
+#: neighbouring bins are merged before the test.
+MIN_EXPECTED = 5.0
+
+
+@dataclass(frozen=True)
+class Test:
+    """One test's outcome: the statistic, its p-value and the effect size."""
+
+    statistic: float
+    p_value: float
+    effect: float
+
+
+def merge_sparse_bins(
+    ref: np.ndarray, win: np.ndarray, min_expected: float = MIN_EXPECTED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge neighbouring bins (ordered bins) until every merged bin's expected window
+    count under the pooled proportions is at least ``min_expected``; [B] -> [B'] each."""
+    total_r, total_w = ref.sum(), win.sum()
+    pooled = (ref + win) / max(total_r + total_w, 1)
+    out_r: list[float] = []
+    out_w: list[float] = []
+    acc_r = acc_w = acc_p = 0.0
+    for r, w, p in zip(ref.tolist(), win.tolist(), pooled.tolist(), strict=True):
+        acc_r, acc_w, acc_p = acc_r + r, acc_w + w, acc_p + p
+        if acc_p * min(total_r, total_w) >= min_expected:
+            out_r.append(acc_r)
+            out_w.append(acc_w)
+            acc_r = acc_w = acc_p = 0.0
+    if acc_r or acc_w:
+        # the tail bins left over: a bin of their own while each sample expects at least
+        # one record there (Cochran's relaxed rule), else merged into the last bin
+        if out_r and acc_p * min(total_r, total_w) < 1.0:
+            out_r[-1] += acc_r
+            out_w[-1] += acc_w
+        else:
+            out_r.append(acc_r)
+            out_w.append(acc_w)
+    return np.asarray(out_r), np.asarray(out_w)
+
+
+def chi2_two_sample(
+    ref: np.ndarray, win: np.ndarray, *, ordered: bool = True
+) -> tuple[float, float, int]:
+    """Two-sample chi-square test of homogeneity on bin counts [B] (reference, window):
+    (statistic, p-value, degrees of freedom). Ordered bins (numeric) are merged where
+    sparse; unordered ones (categories) drop the levels neither sample has."""
+    from scipy.stats import chi2_contingency
+
+    ref = np.asarray(ref, dtype=np.float64)
+    win = np.asarray(win, dtype=np.float64)
+    if ordered:
+        ref, win = merge_sparse_bins(ref, win)
+    else:
+        keep = (ref + win) > 0
+        ref, win = ref[keep], win[keep]
+    if len(ref) < 2 or win.sum() == 0 or ref.sum() == 0:
+        return 0.0, 1.0, 0
+    res = chi2_contingency(np.vstack([ref, win]), correction=False)
+    return float(res.statistic), float(res.pvalue), int(res.dof)
+
+
+def proportions(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def psi(ref: np.ndarray, win: np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index of window against reference bin counts (both [B]):
+    sum (w - r) ln(w / r) over proportions, each floored at ``eps``."""
+    r = np.clip(proportions(ref), eps, None)
+    w = np.clip(proportions(win), eps, None)
+    return float(np.sum((w - r) * np.log(w / r)))
+
+
+def js_distance(ref: np.ndarray, win: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between bin proportions."""
+    from scipy.spatial.distance import jensenshannon
+
+    r, w = proportions(ref), proportions(win)
+    if r.sum() == 0 or w.sum() == 0:
+        return 0.0
+    return float(jensenshannon(r, w, base=2.0))
+
+
+def total_variation(ref: np.ndarray, win: np.ndarray) -> float:
+    """Total-variation distance between bin proportions, in [0, 1]."""
+    return float(0.5 * np.abs(proportions(ref) - proportions(win)).sum())
+
+
+def binned_wasserstein(ref: np.ndarray, win: np.ndarray, cuts: np.ndarray, scale: float) -> float:
+    """Wasserstein-1 distance between two binned distributions on the same bins (inner
+    edges ``cuts`` [B - 1]; counts [B]), in units of ``scale``: the integral of
+    |F_ref - F_win| between the first and last cut, the CDFs taken at each bin's left
+    cut. Mass beyond the outer cuts counts at the cut, so a shift in the far tails is
+    under-stated, never over-stated."""
+    c = np.asarray(cuts, dtype=np.float64)
+    if c.size < 2 or scale <= 0:
+        return 0.0
+    cdf_r = np.cumsum(proportions(ref))[: c.size]  # F at each cut
+    cdf_w = np.cumsum(proportions(win))[: c.size]
+    gaps = np.abs(cdf_r - cdf_w)[:-1]
+    return float(np.sum(gaps * np.diff(c)) / scale)
+
+
+def mean_shift(win_sum: float, win_sumsq: float, n_win: int, ref: np.ndarray) -> Test:
+    """Welch z-test of a window mean (from its sum and sum of squares) against a
+    reference sample [M]: statistic z, two-sided p-value, effect = window mean minus
+    reference mean (the data's units)."""
+    from scipy.stats import norm
+
+    ref = np.asarray(ref, dtype=np.float64)
+    if n_win < 2 or ref.size < 2:
+        return Test(0.0, 1.0, 0.0)
+    m_w = win_sum / n_win
+    v_w = max(win_sumsq / n_win - m_w * m_w, 0.0) * n_win / (n_win - 1)
+    m_r, v_r = float(ref.mean()), float(ref.var(ddof=1))
+    se = math.sqrt(v_w / n_win + v_r / ref.size)
+    shift = m_w - m_r
+    if se == 0.0:
+        return Test(0.0, 1.0 if shift == 0 else 0.0, shift)
+    z = shift / se
+    return Test(z, float(2 * norm.sf(abs(z))), shift)
+
+
+def mean_shift_interval(
+    win_sum: float, win_sumsq: float, n_win: int, ref: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """A ``level`` confidence interval of the window mean minus the reference mean."""
+    from scipy.stats import norm
+
+    ref = np.asarray(ref, dtype=np.float64)
+    if n_win < 2 or ref.size < 2:
+        return (-math.inf, math.inf)
+    m_w = win_sum / n_win
+    v_w = max(win_sumsq / n_win - m_w * m_w, 0.0) * n_win / (n_win - 1)
+    se = math.sqrt(v_w / n_win + float(ref.var(ddof=1)) / ref.size)
+    z = float(norm.ppf(0.5 + level / 2))
+    shift = m_w - float(ref.mean())
+    return (shift - z * se, shift + z * se)
+
+
+def outlier_rate_test(flagged: int, n_win: int, n_ref: int, alpha: float) -> Test:
+    """Whether a window flags more records than a conformal threshold allows.
+
+    Under exchangeability with ``n_ref`` calibration records, the threshold is the
+    m-th smallest of them, m = floor(alpha (n_ref + 1)); given the reference, a record is
+    flagged with probability F(t), and F(t) ~ Beta(m, n_ref + 1 - m). So the window's
+    count is exactly Beta-binomial(n_win, m, n_ref + 1 - m): an exact one-sided p-value
+    at any window size, which a plain binomial test against alpha is not (it ignores the
+    reference's own noise and alarms on it at large windows). Effect: realized rate
+    minus the null's mean rate m / (n_ref + 1) (at most alpha)."""
+    from scipy.stats import betabinom
+
+    m = math.floor(alpha * (n_ref + 1))
+    if n_win == 0 or m < 1:
+        return Test(0.0, 1.0, 0.0)
+    dist = betabinom(n_win, m, n_ref + 1 - m)
+    p = float(dist.sf(flagged - 1))
+    return Test(float(flagged), min(1.0, p), flagged / n_win - m / (n_ref + 1))
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact binomial confidence interval of a rate k / n."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return (0.0, 1.0)
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return (lo, hi)
+
+
+# ---------------------------------------------------------------------- MMD
+def gaussian_gram(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
+    """exp(-|a_i - b_j|^2 / (2 h^2)), [len(a), len(b)]."""
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.exp(-np.clip(d2, 0.0, None) / (2.0 * bandwidth * bandwidth))
+
+
+def median_bandwidth(x: np.ndarray, max_rows: int = 500) -> float:
+    """The median heuristic: the median pairwise distance of (up to ``max_rows`` of) x."""
+    x = np.asarray(x, dtype=np.float64)[:max_rows]
+    d2 = (x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * x @ x.T
+    d = np.sqrt(np.clip(d2[np.triu_indices(len(x), 1)], 0.0, None))
+    med = float(np.median(d)) if d.size else 1.0
+    return med if med > 0 else 1.0
+
+
+def mmd2_unbiased(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
+    """Unbiased MMD^2 from the three Gram blocks (Gretton et al. 2012, eq. 3)."""
+    m, n = len(k_xx), len(k_yy)
+    sxx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    syy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(sxx + syy - 2.0 * k_xy.mean())
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, bandwidth: float, permutations: int, seed: int) -> Test:
+    """Two-sample MMD test with a Gaussian kernel: (MMD^2 unbiased, permutation p-value,
+    MMD = sqrt(max(MMD^2, 0))).
+
+    The p-value is (1 + #{permuted >= observed}) / (1 + permutations), valid at any
+    sample size; its floor is 1 / (1 + permutations). All permutations are evaluated at
+    once: with v the 0/1 indicator of the first sample, 1_a' K 1_a = v' K v, so one
+    matrix product [N, N] x [N, P] gives every permutation's block sums."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m, n = len(x), len(y)
+    if m < 2 or n < 2:
+        return Test(0.0, 1.0, 0.0)
+    gram = gaussian_gram(np.vstack([x, y]), np.vstack([x, y]), bandwidth)
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((m + n, permutations + 1))
+    labels[:m, 0] = 1.0
+    for j in range(1, permutations + 1):
+        labels[rng.permutation(m + n)[:m], j] = 1.0
+    total = gram.sum()
+    ku = gram @ labels  # [N, P + 1]
+    s_aa = (labels * ku).sum(0)
+    s_ab = ((1.0 - labels) * ku).sum(0)
+    s_bb = total - s_aa - 2.0 * s_ab
+    diag = np.diag(gram)
+    tr_a = labels.T @ diag
+    tr_b = diag.sum() - tr_a
+    stats = (s_aa - tr_a) / (m * (m - 1)) + (s_bb - tr_b) / (n * (n - 1)) - 2.0 * s_ab / (m * n)
+    observed = float(stats[0])
+    exceed = int((stats[1:] >= observed).sum())
+    p = (1 + exceed) / (1 + permutations)
+    return Test(observed, p, math.sqrt(max(observed, 0.0)))
+
+
+# ---------------------------------------------------------------------- multiple tests
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), [M] -> [M]."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values (false-discovery rate), [M] -> [M]."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out

@@ -1,0 +1,146 @@
+"""Drift checks end to end on tiny seeded data: the reference, the verdicts, the rules
+against noise at large windows, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly_vae import ImageDetector, TabularDetector
+from anomaly_vae.drift import check_drift, window_stats
+from anomaly_vae.drift.check import evaluate
+from anomaly_vae.drift.reference import REFERENCE_FORMAT
+from anomaly_vae.exceptions import BundleError, SchemaError
+from tests.conftest import make_mixed
+from tests.test_image_detector import squares
+
+
+def test_reference_is_in_the_bundle_and_round_trips(fitted, tmp_path):
+    ref = fitted.reference_
+    assert ref["format"] == REFERENCE_FORMAT
+    assert set(ref["features"]) == {"a", "b", "c", "color", "flag"}
+    a = ref["features"]["a"]
+    assert a["kind"] == "numeric" and sum(a["counts"]) == fitted.training_["n_train"]
+    assert len(a["counts"]) == len(a["cuts"]) + 1
+    color = ref["features"]["color"]
+    assert color["levels"][-1] == "(unknown)" and len(color["counts"]) == len(color["levels"])
+    assert ref["features"]["flag"]["levels"] == ["false", "true"]
+    assert len(ref["latent"]["sample"]) == min(1000, fitted.training_["n_calibration"])
+    assert ref["contributions"]["names"] == fitted.feature_names_
+    loaded = TabularDetector.load(fitted.save(tmp_path / "b"))
+    assert loaded.reference_ == json.loads(json.dumps(ref))
+
+
+@pytest.fixture(scope="module")
+def images_fitted():
+    small = {"max_epochs": 6, "k": 8, "latent_dim": 4, "width_mult": 8, "batch_size": 64}
+    return ImageDetector(**small).fit(squares(300, 0))
+
+
+def test_image_reference_round_trips_and_sees_other_images(images_fitted, tmp_path):
+    ref = images_fitted.reference_
+    assert ref["format"] == REFERENCE_FORMAT and "features" not in ref
+    assert len(ref["latent"]["sample"][0]) == 4
+    loaded = ImageDetector.load(images_fitted.save(tmp_path / "b"))
+    assert loaded.reference_ == json.loads(json.dumps(ref))
+    same = check_drift(loaded, squares(200, 9))
+    assert same.verdict == "no_drift", same.fired
+    noise = np.random.default_rng(1).integers(0, 256, (200, 1, 16, 16)).astype(np.uint8)
+    other = check_drift(loaded, noise)
+    assert other.verdict == "drift"
+    assert {f["signal"] for f in other.fired} >= {"scores", "outlier_rate"}
+
+
+def test_unchanged_data_does_not_alarm_at_a_large_window(fitted):
+    """20,000 fresh rows of the training distribution: every test is significant only by
+    chance, and the margins keep tiny effects from alarming."""
+    report = check_drift(fitted, make_mixed(20_000, seed=5))
+    assert report.verdict == "no_drift", report.fired
+    assert report.n == 20_000
+    assert all(f["verdict"] == "no_drift" for f in report.features)
+
+
+def test_small_window_is_never_called_drift_free(fitted):
+    report = check_drift(fitted, make_mixed(40, seed=6))
+    assert report.verdict == "too_few_rows"
+    assert report.fired == []
+
+
+def test_a_shifted_column_is_named(fitted):
+    frame = make_mixed(2000, seed=7)
+    frame["c"] += 1.0  # half the column's standard deviation
+    report = check_drift(fitted, frame)
+    assert report.verdict == "drift"
+    assert report.drifted_features()[0] == "c"
+    assert "feature:c" in {f["signal"] for f in report.fired}
+    row = report.features[0]
+    assert row["q_value"] <= 0.05 and row["effect"] >= row["margin"]
+
+
+def test_a_dependence_change_with_every_marginal_kept_is_seen(fitted):
+    """b shuffled among rows: its marginal is untouched, its relation to a is gone. The
+    marginal test cannot see it; the contribution of b (in nats) can."""
+    frame = make_mixed(2000, seed=8)
+    frame["b"] = frame["b"].sample(frac=1.0, random_state=0).to_numpy()
+    report = check_drift(fitted, frame)
+    assert report.verdict == "drift"
+    b = next(f for f in report.features if f["feature"] == "b")
+    assert b["p_value"] > 0.05  # the marginal test alone would miss it
+    assert b["contribution"]["verdict"] == "drift" and b["contribution"]["effect"] < -1.0
+
+
+def test_a_category_mix_change_is_seen(fitted):
+    frame = make_mixed(2000, seed=9)
+    frame.loc[frame.index[:400], "color"] = "blue"
+    report = check_drift(fitted, frame)
+    assert "color" in report.drifted_features()
+
+
+def test_streamed_halves_merge_to_the_whole(fitted):
+    frame = make_mixed(3000, seed=10)
+    whole = window_stats(fitted, frame, batch_rows=3000)
+    halves = window_stats(fitted, frame, batch_rows=1000)
+    assert halves.n == whole.n == 3000
+    np.testing.assert_array_equal(halves.score_counts, whole.score_counts)
+    for name in whole.feature_counts:
+        np.testing.assert_array_equal(halves.feature_counts[name], whole.feature_counts[name])
+    np.testing.assert_array_equal(halves.latent_priority, whole.latent_priority)
+    a = window_stats(fitted, frame.iloc[:1200])
+    b = window_stats(fitted, frame.iloc[1200:])
+    merged = a.merge(b)
+    np.testing.assert_array_equal(merged.score_counts, whole.score_counts)
+    assert merged.flagged == whole.flagged
+
+
+def test_a_file_window_streams(fitted, tmp_path):
+    path = tmp_path / "w.parquet"
+    make_mixed(500, seed=11).to_parquet(path)
+    report = check_drift(fitted, path, batch_rows=128, allow_extra=True)
+    assert report.n == 500 and report.verdict in ("no_drift", "drift")
+
+
+def test_bad_windows_name_what_is_wrong(fitted):
+    frame = make_mixed(200, seed=12).drop(columns=["c"])
+    with pytest.raises(SchemaError, match=r"missing columns: \['c'\]"):
+        check_drift(fitted, frame)
+    with pytest.raises(ValueError, match="the window is empty"):
+        check_drift(fitted, make_mixed(200, seed=12).iloc[:0])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        check_drift(fitted, "/nonexistent/window.csv")
+
+
+def test_a_bundle_without_a_reference_names_the_fix(fitted, tmp_path):
+    old = TabularDetector.load(fitted.save(tmp_path / "b"))
+    old.reference_ = {"score_histogram": {}}  # what bundles before drift monitoring held
+    with pytest.raises(BundleError, match="anomaly-vae drift-reference BUNDLE DATA"):
+        check_drift(old, make_mixed(200, seed=13))
+    old.rebuild_reference(make_mixed(800, seed=0))
+    assert check_drift(old, make_mixed(500, seed=14)).verdict == "no_drift"
+
+
+def test_evaluate_checks_its_level(fitted):
+    stats = window_stats(fitted, make_mixed(200, seed=15))
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\), got 2"):
+        evaluate(stats, fitted.calibration_, level=2)

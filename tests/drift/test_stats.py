@@ -1,0 +1,125 @@
+"""The drift statistics against scipy or a direct computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from anomaly_vae.drift import stats as S
+from anomaly_vae.drift.reference import bin_counts, quantile_cuts
+
+
+def test_chi2_two_sample_is_scipys_contingency_test():
+    ref = np.array([50, 60, 40, 30, 20])
+    win = np.array([10, 30, 20, 5, 35])
+    chi, p, dof = S.chi2_two_sample(ref, win)
+    want = sps.chi2_contingency(np.vstack([ref, win]), correction=False)
+    assert chi == pytest.approx(want.statistic) and p == pytest.approx(want.pvalue)
+    assert dof == 4
+
+
+def test_sparse_ordered_bins_merge_until_expected_counts_suffice():
+    ref = np.array([100, 100, 1, 1, 100])
+    win = np.array([10, 10, 0, 0, 10])
+    r, w = S.merge_sparse_bins(ref, win)
+    assert r.sum() == ref.sum() and w.sum() == win.sum()
+    pooled = (r + w) / (r + w).sum()
+    assert (pooled * w.sum() >= S.MIN_EXPECTED).all()
+
+
+def test_psi_js_tvd_by_hand():
+    ref, win = np.array([50, 50]), np.array([80, 20])
+    assert S.psi(ref, win) == pytest.approx((0.8 - 0.5) * math.log(0.8 / 0.5) + (0.2 - 0.5) * math.log(0.2 / 0.5))
+    assert S.total_variation(ref, win) == pytest.approx(0.3)
+    m = np.array([0.65, 0.35])
+    kl = lambda a, b: float(np.sum(a * np.log2(a / b)))  # noqa: E731
+    js = math.sqrt(0.5 * kl(np.array([0.5, 0.5]), m) + 0.5 * kl(np.array([0.8, 0.2]), m))
+    assert S.js_distance(ref, win) == pytest.approx(js)
+
+
+def test_binned_wasserstein_approaches_the_exact_distance():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 200_000), rng.normal(0.5, 1, 200_000)
+    cuts = quantile_cuts(a, bins=200)
+    w = S.binned_wasserstein(bin_counts(a, cuts), bin_counts(b, cuts), cuts, 1.0)
+    assert w == pytest.approx(sps.wasserstein_distance(a, b), abs=0.02)
+    assert S.binned_wasserstein(bin_counts(a, cuts), bin_counts(a, cuts), cuts, 1.0) == 0.0
+
+
+def test_mean_shift_is_welchs_test():
+    rng = np.random.default_rng(1)
+    ref, win = rng.normal(0, 1, 500), rng.normal(0.2, 2, 300)
+    t = S.mean_shift(float(win.sum()), float((win * win).sum()), len(win), ref)
+    want = sps.ttest_ind(win, ref, equal_var=False)
+    assert t.statistic == pytest.approx(want.statistic, rel=1e-6)
+    assert t.p_value == pytest.approx(want.pvalue, rel=0.01)  # normal vs t reference
+    assert t.effect == pytest.approx(win.mean() - ref.mean())
+
+
+def test_outlier_rate_null_is_exact_by_simulation():
+    """The Beta-binomial null: over many reference draws, a window of exchangeable
+    records alarms at most at its level, at a window size where a binomial test does not."""
+    rng = np.random.default_rng(2)
+    n_ref, n_win, alpha, level = 200, 5000, 0.05, 0.05
+    alarms = binomial_alarms = 0
+    trials = 400
+    for _ in range(trials):
+        ref = rng.normal(size=n_ref)
+        m = math.floor(alpha * (n_ref + 1))
+        threshold = np.sort(ref)[m - 1]
+        flagged = int((rng.normal(size=n_win) < threshold).sum())
+        alarms += S.outlier_rate_test(flagged, n_win, n_ref, alpha).p_value <= level
+        binomial_alarms += sps.binomtest(flagged, n_win, alpha, alternative="greater").pvalue <= level
+    assert alarms / trials <= level + 3 * math.sqrt(level * (1 - level) / trials)
+    assert binomial_alarms / trials > 2 * level  # why the plain test is not used
+
+
+def test_clopper_pearson_is_scipys():
+    lo, hi = S.clopper_pearson(7, 50)
+    want = sps.binomtest(7, 50).proportion_ci(0.95, method="exact")
+    assert (lo, hi) == pytest.approx((want.low, want.high))
+
+
+def test_mmd_against_a_direct_computation():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 3)), rng.normal(0.3, 1, size=(30, 3))
+    h = 1.7
+    k = lambda a, b: math.exp(-np.sum((a - b) ** 2) / (2 * h * h))  # noqa: E731
+    sxx = sum(k(x[i], x[j]) for i in range(40) for j in range(40) if i != j) / (40 * 39)
+    syy = sum(k(y[i], y[j]) for i in range(30) for j in range(30) if i != j) / (30 * 29)
+    sxy = sum(k(a, b) for a in x for b in y) / (40 * 30)
+    t = S.mmd_test(x, y, h, permutations=99, seed=0)
+    assert t.statistic == pytest.approx(sxx + syy - 2 * sxy)
+    assert 1 / 100 <= t.p_value <= 1.0
+
+
+def test_mmd_permutation_p_value_is_uniform_under_the_null_and_small_under_a_shift():
+    rng = np.random.default_rng(4)
+    ps = [S.mmd_test(rng.normal(size=(50, 2)), rng.normal(size=(50, 2)), 1.0, 99, s).p_value for s in range(60)]
+    assert np.mean(np.array(ps) <= 0.1) <= 0.1 + 3 * math.sqrt(0.09 / 60)
+    shifted = S.mmd_test(rng.normal(size=(100, 2)), rng.normal(1.0, 1, size=(100, 2)), 1.0, 199, 0)
+    assert shifted.p_value == pytest.approx(1 / 200)
+
+
+def test_holm_and_bh_against_statsmodels_formulas():
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
+    # Holm: sorted p_(i) * (m - i + 1), running max, capped at 1
+    order = np.argsort(p)
+    m = len(p)
+    holm = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        holm[i] = min(running, 1.0)
+    np.testing.assert_allclose(S.holm(p), holm)
+    bh = np.empty(m)
+    running = 1.0
+    for rank in range(m - 1, -1, -1):
+        i = order[rank]
+        running = min(running, p[i] * m / (rank + 1))
+        bh[i] = running
+    np.testing.assert_allclose(S.benjamini_hochberg(p), bh)
+    assert S.holm(np.array([])).size == 0
