@@ -11,7 +11,8 @@ Exit codes, the same for every command, so a scheduler can tell failures apart:
 - 4: no input: the input path or glob matched no data files (for a scheduled run:
   the partition has not landed yet; retry later);
 - 5: output could not be written (disk full, permissions); nothing partial is left;
-- 6: ``pipeline train`` trained and registered a model but the promotion gate refused it.
+- 6: ``pipeline train`` trained and registered a model but the promotion gate refused it;
+- 7: ``drift``: the window drifted from the model's reference (the report says how).
 
 This is the one module of the library that may reach into ``service/`` and
 ``pipelines/``, lazily, inside a command.
@@ -44,6 +45,7 @@ EXIT_MODEL_UNAVAILABLE = 3
 EXIT_NO_INPUT = 4
 EXIT_OUTPUT = 5
 EXIT_GATE_REFUSED = 6
+EXIT_DRIFT = 7
 
 #: Top-level modules of the optional extras, and the extra that installs each: a command
 #: that reaches one on an install without it gets a message naming the extra.
@@ -366,6 +368,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spark-master", help="Spark master URL (default: local[*], or spark-submit's own)"
     )
+
+    p = sub.add_parser(
+        "drift",
+        help="check a table (or images) for drift against a model's reference; HTML + JSON report",
+        description="Compare DATA with the reference in the model's bundle: the scores, the "
+        "outlier rate, the latent codes and (tables) every feature and its log-likelihood "
+        "contribution. Writes OUT/report.html (self-contained) and OUT/report.json. Exit "
+        "codes: 0 no drift (or a window too small to say), 7 drift, 2 bad data or flags, "
+        "3 model unavailable or without a reference.",
+    )
+    p.add_argument("model", help="bundle directory, models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument(
+        "data", nargs="+", help="CSV/Parquet file(s) of a table model, or images of an image model"
+    )
+    p.add_argument("--out", required=True, help="directory for report.html and report.json")
+    p.add_argument(
+        "--level", type=float, default=0.05, help="false-alarm level of the verdict, default 0.05"
+    )
+    p.add_argument("--k", type=int, help="importance samples (default: the detector's own)")
+    p.add_argument(
+        "--allow-extra", action="store_true", help="ignore columns the model does not know"
+    )
+    p.add_argument("--store", help="embedded MLflow store (for models:/ URIs and run logging)")
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log the report to MLflow (logged by default for a models:/ URI, with "
+        "--store or with MLFLOW_TRACKING_URI set)",
+    )
+
+    p = sub.add_parser(
+        "drift-reference",
+        help="recompute a bundle's drift reference from rows like the training data",
+        description="For bundles written before drift monitoring: score DATA (rows or images "
+        "like the training data) and write a copy of the bundle with a drift reference.",
+    )
+    p.add_argument("bundle", help="detector bundle directory")
+    p.add_argument("data", help="table (CSV/Parquet) or images like the training data")
+    p.add_argument("--out", required=True, help="the new bundle directory")
 
     p = sub.add_parser(
         "pipeline",
@@ -752,6 +793,63 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drift(args: argparse.Namespace) -> int:
+    import os
+
+    from anomaly_vae import load_detector
+    from anomaly_vae.drift import window_stats
+    from anomaly_vae.drift.check import evaluate
+    from anomaly_vae.drift.report import write_report
+    from anomaly_vae.exceptions import BundleError, ModelUnavailableError
+    from anomaly_vae.pipelines.models import is_model_uri, resolve_model
+
+    ref = resolve_model(args.model, args.store or "mlruns")
+    try:
+        det = load_detector(ref.bundle)
+    except (BundleError, FileNotFoundError) as exc:
+        msg = f"{ref.uri}: {exc}"
+        raise ModelUnavailableError(msg) from exc
+    try:
+        from anomaly_vae.drift.check import require_reference
+
+        require_reference(det)
+    except BundleError as exc:
+        raise ModelUnavailableError(str(exc)) from exc
+    window = args.data[0] if det.kind == "image" else args.data
+    stats = window_stats(det, window, k=args.k, allow_extra=args.allow_extra)
+    report = evaluate(stats, det.calibration_, level=args.level)
+    report.model = {"kind": det.kind, "k": args.k or det.sampler_.k, "uri": ref.uri,
+                    "name": ref.name, "version": ref.version, "alias": ref.alias}  # fmt: skip
+    page, doc = write_report(report, args.out, stats, title=ref.name or Path(ref.bundle).name)
+    summary = {
+        "verdict": report.verdict,
+        "n": report.n,
+        "fired": [f["signal"] for f in report.fired],
+        "drifted_features": report.drifted_features(),
+        "report": str(page),
+        "json": str(doc),
+    }
+    track = is_model_uri(args.model) or args.store or os.environ.get("MLFLOW_TRACKING_URI")
+    if track and not args.no_track:
+        from anomaly_vae import registry
+
+        registry.configure(args.store or "mlruns")
+        summary["mlflow_run"] = registry.log_drift_run(
+            Path(args.out), report.to_dict(), ref.name, ref.version
+        )
+    print(json.dumps(summary, indent=1))
+    return EXIT_DRIFT if report.drifted else 0
+
+
+def _cmd_drift_reference(args: argparse.Namespace) -> int:
+    from anomaly_vae import load_detector
+
+    det = load_detector(args.bundle)
+    det.rebuild_reference(args.data)
+    print(json.dumps({"bundle": str(det.save(args.out))}))
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from anomaly_vae.pipelines.train import run_pipeline
 
@@ -904,6 +1002,8 @@ COMMANDS = {
     "score-batch": _cmd_score_batch,
     "pipeline": _cmd_pipeline,
     "images": _cmd_images,
+    "drift": _cmd_drift,
+    "drift-reference": _cmd_drift_reference,
 }
 
 

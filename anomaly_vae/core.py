@@ -78,6 +78,11 @@ class Detector:
     history_: list[dict[str, float]]
     reference_: dict[str, Any]
 
+    @property
+    def kind(self) -> str:
+        """The kind of data this detector models: ``tabular`` or ``image``."""
+        return self._kind
+
     # ================================================================== parameters
     @classmethod
     def _get_param_names(cls) -> list[str]:

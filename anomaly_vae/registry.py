@@ -158,6 +158,29 @@ def log_detector(
     return get_version(name, version, run_id=run_id)
 
 
+def log_drift_run(out: Path, summary: dict[str, Any], name: str | None, version: int | None) -> str:
+    """Log a drift report directory as the artifacts of a run tagged ``kind=drift``,
+    linked to the model version it checked (tags ``model_name``, ``model_version``), with
+    the verdict and the window size as tags and metrics; returns the run id."""
+    import mlflow
+
+    tags = {"kind": "drift", "drift.verdict": str(summary["verdict"])}
+    if name is not None:
+        tags |= {"model_name": name, "model_version": str(version)}
+    with mlflow.start_run(run_name="drift", tags=tags) as run:
+        mlflow.log_metrics(
+            {
+                "window_rows": float(summary["n"]),
+                "alarms": float(len(summary["fired"])),
+                "drifted_features": float(
+                    sum(f["verdict"] == "drift" for f in summary["features"])
+                ),
+            }
+        )
+        mlflow.log_artifacts(str(out), artifact_path="drift")
+        return str(run.info.run_id)
+
+
 def _client() -> Any:
     from mlflow import MlflowClient
 

@@ -38,7 +38,7 @@ def _batches(detector: Any, window: Any, batch_rows: int) -> Iterator[Any]:
 
     from anomaly_vae.data import io
 
-    if getattr(detector, "_kind", "") == "image":
+    if detector.kind == "image":
         from anomaly_vae.data.images import load_images
 
         images = load_images(window)
@@ -80,7 +80,7 @@ def window_stats(
     """Stream ``window`` through ``detector`` into mergeable :class:`WindowStats`."""
     reference = require_reference(detector)
     stats = WindowStats(reference, seed=seed)
-    image = getattr(detector, "_kind", "") == "image"
+    image = detector.kind == "image"
     for batch in _batches(detector, window, batch_rows):
         if len(batch) == 0:
             continue
@@ -137,5 +137,5 @@ def check_drift(
         detector, window, k=k, batch_rows=batch_rows, allow_extra=allow_extra, seed=seed
     )
     report = evaluate(stats, detector.calibration_, level=level, margins=margins, min_rows=min_rows)
-    report.model = {"kind": detector._kind, "k": k or detector.sampler_.k}
+    report.model = {"kind": detector.kind, "k": k or detector.sampler_.k}
     return report

@@ -32,7 +32,9 @@ def test_sparse_ordered_bins_merge_until_expected_counts_suffice():
 
 def test_psi_js_tvd_by_hand():
     ref, win = np.array([50, 50]), np.array([80, 20])
-    assert S.psi(ref, win) == pytest.approx((0.8 - 0.5) * math.log(0.8 / 0.5) + (0.2 - 0.5) * math.log(0.2 / 0.5))
+    assert S.psi(ref, win) == pytest.approx(
+        (0.8 - 0.5) * math.log(0.8 / 0.5) + (0.2 - 0.5) * math.log(0.2 / 0.5)
+    )
     assert S.total_variation(ref, win) == pytest.approx(0.3)
     m = np.array([0.65, 0.35])
     kl = lambda a, b: float(np.sum(a * np.log2(a / b)))  # noqa: E731
@@ -72,7 +74,9 @@ def test_outlier_rate_null_is_exact_by_simulation():
         threshold = np.sort(ref)[m - 1]
         flagged = int((rng.normal(size=n_win) < threshold).sum())
         alarms += S.outlier_rate_test(flagged, n_win, n_ref, alpha).p_value <= level
-        binomial_alarms += sps.binomtest(flagged, n_win, alpha, alternative="greater").pvalue <= level
+        binomial_alarms += (
+            sps.binomtest(flagged, n_win, alpha, alternative="greater").pvalue <= level
+        )
     assert alarms / trials <= level + 3 * math.sqrt(level * (1 - level) / trials)
     assert binomial_alarms / trials > 2 * level  # why the plain test is not used
 
@@ -98,7 +102,10 @@ def test_mmd_against_a_direct_computation():
 
 def test_mmd_permutation_p_value_is_uniform_under_the_null_and_small_under_a_shift():
     rng = np.random.default_rng(4)
-    ps = [S.mmd_test(rng.normal(size=(50, 2)), rng.normal(size=(50, 2)), 1.0, 99, s).p_value for s in range(60)]
+    ps = [
+        S.mmd_test(rng.normal(size=(50, 2)), rng.normal(size=(50, 2)), 1.0, 99, s).p_value
+        for s in range(60)
+    ]
     assert np.mean(np.array(ps) <= 0.1) <= 0.1 + 3 * math.sqrt(0.09 / 60)
     shifted = S.mmd_test(rng.normal(size=(100, 2)), rng.normal(1.0, 1, size=(100, 2)), 1.0, 199, 0)
     assert shifted.p_value == pytest.approx(1 / 200)
