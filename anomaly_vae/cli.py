@@ -368,6 +368,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spark-master", help="Spark master URL (default: local[*], or spark-submit's own)"
     )
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        help="also check each partition for drift against the model's reference: "
+        "_drift.json beside _partition.json, summarized in the run manifest",
+    )
 
     p = sub.add_parser(
         "drift",
@@ -779,6 +785,7 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         spark_master=args.spark_master,
+        drift=args.drift,
     )
     totals = report.totals()
     print(
@@ -786,6 +793,13 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
         f"already done; {totals['rows_out']} rows, {totals['outliers']} flagged; "
         f"{report.duration_s:.1f} s -> {report.output}"
     )
+    if report.drift is not None:
+        whole = report.drift.get("all_partitions", {})
+        print(
+            f"drift: {report.drift['partitions_drifted']} of {len(report.drift['per_partition'])} "
+            f"partition(s) drifted; all partitions together: {whole.get('verdict', 'n/a')}"
+            + (f" ({', '.join(whole['fired'])})" if whole.get("fired") else "")
+        )
     track = is_model_uri(args.model) or args.store or os.environ.get("MLFLOW_TRACKING_URI")
     if track and not args.no_track:
         run_id = log_run(report, store)

@@ -685,18 +685,25 @@ class TabularDetector(Detector):
     ) -> dict[str, Any]:
         """What a drift check needs of a batch of rows (see :mod:`anomaly_vae.drift`):
         ``normality`` (log p(x), nats) [N], ``flags`` [N], ``mu`` [N, L], ``kl`` [N],
-        ``contributions`` [N, F], ``arrays`` (the encoded rows) and ``feature_order``
-        (numeric, categorical, boolean column names)."""
+        ``keys`` [N] (per-record keys, the same in any batch), ``contributions`` [N, F],
+        ``result`` (the ``ScoreResult``, for :meth:`result_frame`), ``arrays`` (the
+        encoded rows) and ``feature_order`` (numeric, categorical, boolean column names)."""
         _, arrays = self._encode_frame(X, allow_extra=allow_extra)
         res = self._score_arrays(arrays, k, progress=False)
         with torch.inference_mode():
             mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
+        from anomaly_vae.drift.check import record_keys
+
         return {
             "normality": res.log_likelihood,
             "flags": self.calibration_.is_outlier(res.log_likelihood),
             "mu": mu.numpy(),
             "kl": res.kl,
+            "keys": record_keys(
+                arrays.num, arrays.num_mask, arrays.cat, arrays.bin, arrays.bin_mask
+            ),
             "contributions": res.contributions,
+            "result": res,
             "arrays": arrays,
             "feature_order": tuple([c.name for c in self.schema_.of_kind(kind)] for kind in KINDS),
         }

@@ -406,15 +406,18 @@ class ImageDetector(Detector):
     def drift_outputs(self, X: Any, *, k: int | None = None) -> dict[str, Any]:
         """What a drift check needs of a batch of images (see :mod:`anomaly_vae.drift`):
         ``normality`` [N] (the calibrated score's units), ``flags`` [N], ``mu`` [N, L],
-        ``kl`` [N]."""
+        ``kl`` [N], ``keys`` [N] (per-image keys, the same in any batch)."""
         images = self._checked(X)
         res = self._score_images(images, k)
         normality = self._image_normality(images, res, k)
+        from anomaly_vae.drift.check import record_keys
+
         return {
             "normality": normality,
             "flags": self.calibration_.is_outlier(normality),
             "mu": self.encode(images),
             "kl": res.kl,
+            "keys": record_keys(images),
         }
 
     def rebuild_reference(self, X: Any) -> ImageDetector:

@@ -80,7 +80,7 @@ class Pool:
         self.x = x
         self.out = {
             key: np.concatenate([p[key] for p in parts])
-            for key in ("normality", "flags", "mu", "kl", "contributions")
+            for key in ("normality", "flags", "mu", "kl", "contributions", "keys")
         }
         from anomaly_vae.data.preprocessing import TabularArrays
 
@@ -91,7 +91,7 @@ class Pool:
         o = self.out
         stats.update(
             o["normality"][idx], o["flags"][idx], o["mu"][idx], o["kl"][idx],
-            arrays=self.arrays.take(idx), contributions=o["contributions"][idx],
+            keys=o["keys"][idx], arrays=self.arrays.take(idx), contributions=o["contributions"][idx],
             feature_order=self.order,
         )  # fmt: skip
 

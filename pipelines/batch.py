@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from anomaly_vae.detector import TabularDetector
 from anomaly_vae.exceptions import OutputError, SchemaError
 
+from . import drift_window as window
 from .models import ModelRef
 from .partitions import (
     RUN_MANIFEST,
@@ -87,10 +88,13 @@ def score_partition_local(
     batch_rows: int,
     overwrite: bool,
     on_rows: Callable[[int], object] | None = None,
+    drift: bool = False,
 ) -> dict[str, Any]:
     """Score one partition into a temporary directory and rename it into place; returns
-    its manifest (also written as ``_partition.json`` inside it)."""
+    its manifest (also written as ``_partition.json`` inside it). With ``drift``, the
+    partition's drift against the model's reference goes to ``_drift.json`` beside it."""
     target = part.target(output)
+    stats = window.new_stats(detector) if drift else None
     t0 = time.perf_counter()
     rows_in = rows_out = outliers = 0
     outputs: list[Path] = []
@@ -106,7 +110,12 @@ def score_partition_local(
             try:
                 for frame in iter_frames(src, detector, batch_rows):
                     try:
-                        scored = detector.score(frame, k=k, allow_extra=True, progress=False)
+                        if stats is None:
+                            scored = detector.score(frame, k=k, allow_extra=True, progress=False)
+                        else:
+                            got = detector.drift_outputs(frame, k=k, allow_extra=True)
+                            scored = detector.result_frame(frame, got["result"])
+                            window.add(stats, got)
                     except SchemaError as exc:
                         msg_0 = f"{src}: {exc}"
                         raise SchemaError(msg_0) from exc
@@ -130,6 +139,8 @@ def score_partition_local(
             part, ref, k or detector.sampler_.k, (rows_in, rows_out, outliers), t0, root, tmp,
             outputs,
         )  # fmt: skip
+        if stats is not None:
+            manifest["drift"] = window.write_partition_drift(tmp, detector, stats)
         finish_partition(tmp, target, manifest, overwrite)
     return manifest
 
@@ -147,10 +158,14 @@ def score_batch(
     overwrite: bool = False,
     progress: bool = True,
     spark_master: str | None = None,
+    drift: bool = False,
 ) -> RunReport:
     """Score every partition of ``input_spec`` into ``output`` (see the module docstring);
     partitions already done are skipped unless ``overwrite``. Returns the run's report,
-    also written as ``OUTPUT/_manifest.json``.
+    also written as ``OUTPUT/_manifest.json``. With ``drift``, each partition's drift
+    against the model's reference is checked too (``_drift.json`` beside its
+    ``_partition.json``) and the run manifest summarizes them, with the verdict of all
+    partitions together.
 
     Raises:
         InputNotFoundError, SchemaError, OutputError: see :func:`discover` and the
@@ -206,6 +221,7 @@ def score_batch(
                             k=k,
                             keep_columns=keep_columns,
                             overwrite=overwrite,
+                            drift=drift,
                         )
                         bar.update(doc["rows_in"])
                         report.partitions.append(doc)
@@ -223,9 +239,12 @@ def score_batch(
                         batch_rows=batch_rows,
                         overwrite=overwrite,
                         on_rows=bar.update,
+                        drift=drift,
                     )
                     report.partitions.append(doc)
     report.partitions.sort(key=lambda p: p["partition"])
+    if drift:
+        report.drift = window.run_summary(detector, out, report.partitions)
     report.duration_s = time.perf_counter() - t0
     try:
         out.mkdir(parents=True, exist_ok=True)

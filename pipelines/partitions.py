@@ -57,6 +57,7 @@ class RunReport:
     started: str
     partitions: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
+    drift: dict[str, Any] | None = None
 
     def totals(self) -> dict[str, int]:
         done = [p for p in self.partitions if p.get("rows_out") is not None]
@@ -84,6 +85,7 @@ class RunReport:
             "duration_s": round(self.duration_s, 3),
             "rows_per_s_scored": round(scored / self.duration_s, 1) if self.duration_s else None,
             **self.totals(),
+            **({"drift": self.drift} if self.drift is not None else {}),
             "partitions_detail": self.partitions,
         }
 

@@ -16,6 +16,7 @@ engine.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -27,8 +28,10 @@ from typing import Any
 import pandas as pd
 
 from anomaly_vae.detector import TabularDetector
+from anomaly_vae.drift import WindowStats
 from anomaly_vae.exceptions import OutputError, SchemaError
 
+from . import drift_window as window
 from .models import ModelRef
 from .partitions import Partition, finish_partition, partition_manifest, staged
 from .tables import SCORE_COLUMNS, carried_columns, csv_column_types, csv_header
@@ -60,6 +63,21 @@ def _score_batches(
             yield out[columns]
 
     return score
+
+
+def _drift_batches(bundle_name: str, k: int | None) -> Any:
+    """The function mapInPandas calls for drift: one JSON row of window statistics per
+    task, which merge exactly on the driver (records are sampled by content keys)."""
+
+    def stats(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        det = _executor_detector(bundle_name)
+        acc = window.new_stats(det)
+        for frame in frames:
+            window.add(acc, det.drift_outputs(frame, k=k, allow_extra=True))
+        if acc.n:
+            yield pd.DataFrame({"stats": [json.dumps(acc.to_dict())]})
+
+    return stats
 
 
 class SparkScorer:
@@ -133,18 +151,27 @@ class SparkScorer:
         k: int | None,
         keep_columns: bool,
         overwrite: bool,
+        drift: bool = False,
     ) -> dict[str, Any]:
-        """Score one partition with Spark and commit it atomically; returns its manifest."""
+        """Score one partition with Spark and commit it atomically; returns its manifest.
+        With ``drift``, a second pass gathers each task's drift statistics and merges
+        them into the partition's ``_drift.json`` (the same figures as the local engine's,
+        up to float summation order)."""
         t0 = time.perf_counter()
         target = part.target(output)
         target.parent.mkdir(parents=True, exist_ok=True)
         csvs = tuple(f for f in part.files if f.suffix.lower() == ".csv")
         others = tuple(f for f in part.files if f.suffix.lower() != ".csv")
         rows_in = 0
+        stats = window.new_stats(detector) if drift else None
         with staged(target) as tmp:
             for group in (g for g in (csvs, others) if g):  # one Spark job per format
                 rows_in += self._score_group(detector, group, tmp, k=k, keep_columns=keep_columns)
+                if stats is not None:
+                    stats.merge(self._drift_group(detector, group, k))
             manifest = self._manifest(detector, part, root, tmp, rows_in, t0, k)
+            if stats is not None:
+                manifest["drift"] = window.write_partition_drift(tmp, detector, stats)
             finish_partition(tmp, target, manifest, overwrite)
         return manifest
 
@@ -183,6 +210,17 @@ class SparkScorer:
             msg = f"Spark could not score {files[0].parent}: {text[:2000]}"
             raise OutputError(msg) from exc
         return int(df.count())
+
+    def _drift_group(
+        self, detector: TabularDetector, files: tuple[Path, ...], k: int | None
+    ) -> WindowStats:
+        """Drift statistics of files of one format, merged over Spark's tasks."""
+        df = self._read(detector, files)
+        rows = df.mapInPandas(_drift_batches(self.bundle_name, k), schema="stats string").collect()
+        merged = window.new_stats(detector)
+        for row in rows:
+            merged.merge(WindowStats.from_dict(merged.reference, json.loads(row["stats"])))
+        return merged
 
     def _manifest(
         self,

@@ -94,6 +94,7 @@ def window_stats(
             out["flags"],
             out["mu"],
             out["kl"],
+            keys=out.get("keys"),
             arrays=out.get("arrays"),
             contributions=out.get("contributions"),
             feature_order=out.get("feature_order"),

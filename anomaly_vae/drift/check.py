@@ -70,16 +70,39 @@ class Margins:
     latent: float = 0.0
 
 
-def _row_priority(seed: int, index: np.ndarray) -> np.ndarray:
-    """A uniform pseudo-random priority per record position (splitmix64): the same record
-    position gets the same priority in any batch or partition, so bottom-k samples merge."""
-    x = (index.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) & np.uint64(
-        0xFFFFFFFFFFFFFFFF
-    )
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 [N]: a bijection that scrambles every bit."""
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
+        return x ^ (x >> np.uint64(31))
+
+
+def record_keys(*columns: np.ndarray) -> np.ndarray:
+    """A 64-bit key per record from its encoded values (arrays [N, ...] of any numeric
+    dtype, e.g. a table's encoded columns or an image's pixels): the same record gets the
+    same key in any batch, partition or engine, so bottom-k samples taken by key merge
+    exactly."""
+    n = len(columns[0])
+    h = np.full(n, 0x243F6A8885A308D3, dtype=np.uint64)
+    for col in columns:
+        raw = np.ascontiguousarray(col).reshape(n, -1).view(np.uint8).reshape(n, -1)
+        pad = (-raw.shape[1]) % 8
+        if pad:
+            raw = np.hstack([raw, np.zeros((n, pad), np.uint8)])
+        words = raw.view(np.uint64)
+        for j in range(words.shape[1]):
+            h = _mix(h ^ words[:, j])
+    return h
+
+
+def _priority(seed: int, keys: np.ndarray) -> np.ndarray:
+    """A uniform [0, 1) priority per record key, seeded."""
+    with np.errstate(over="ignore"):
+        x = _mix(keys.astype(np.uint64) ^ (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)))
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
@@ -136,16 +159,20 @@ class WindowStats:
         mu: np.ndarray,
         kl: np.ndarray,
         *,
+        keys: np.ndarray | None = None,
         arrays: Any = None,
         contributions: np.ndarray | None = None,
         feature_order: tuple[list[str], list[str], list[str]] | None = None,
     ) -> None:
         """Add a batch: calibrated normality [N], outlier flags [N], latent means
         [N, L], KL terms [N] and, for tables, the encoded rows (``TabularArrays``), the
-        contributions [N, F] and the (numeric, categorical, boolean) column names."""
+        contributions [N, F] and the (numeric, categorical, boolean) column names.
+        ``keys`` [N] (:func:`record_keys`) choose the latent sample; without them, the
+        records' positions in the window do."""
         ref = self.reference
         n = len(normality)
-        index = np.arange(self.n, self.n + n)
+        if keys is None:
+            keys = np.arange(self.n, self.n + n, dtype=np.uint64)
         self.n += n
         self.flagged += int(np.asarray(flags).sum())
         normality = np.asarray(normality, dtype=np.float64)
@@ -153,7 +180,7 @@ class WindowStats:
         self.score_sumsq += float((normality * normality).sum())
         self.score_counts += bin_counts(normality, np.asarray(ref["scores"]["cuts"]))
         self.kl_counts += bin_counts(np.asarray(kl), np.asarray(ref["latent"]["kl"]["cuts"]))
-        self._keep_latent(_row_priority(self.seed, index), np.asarray(mu, dtype=np.float64))
+        self._keep_latent(_priority(self.seed, keys), np.asarray(mu, dtype=np.float64))
         if arrays is None or feature_order is None:
             return
         numeric, categorical, boolean = feature_order
@@ -187,8 +214,7 @@ class WindowStats:
 
     def merge(self, other: WindowStats) -> WindowStats:
         """Add another window's statistics (another partition or batch); returns self.
-        Positions are the other's own: give each part a distinct ``seed`` stream or
-        merge parts that number their records apart."""
+        With record keys the result is the same as one pass over both."""
         self.n += other.n
         self.flagged += other.flagged
         self.score_sum += other.score_sum
@@ -202,6 +228,37 @@ class WindowStats:
         self.contrib_sum = self.contrib_sum + other.contrib_sum
         self.contrib_sumsq = self.contrib_sumsq + other.contrib_sumsq
         return self
+
+    _ARRAYS = ("score_counts", "kl_counts", "latent_priority", "latent_sample",
+               "contrib_sum", "contrib_sumsq")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the reference, as JSON-able lists (to ship from executors)."""
+        doc: dict[str, Any] = {
+            "seed": self.seed, "n": self.n, "flagged": self.flagged,
+            "score_sum": self.score_sum, "score_sumsq": self.score_sumsq,
+            "feature_missing": dict(self.feature_missing),
+            "feature_counts": {k: v.tolist() for k, v in self.feature_counts.items()},
+        }  # fmt: skip
+        doc |= {name: getattr(self, name).tolist() for name in self._ARRAYS}
+        return doc
+
+    @classmethod
+    def from_dict(cls, reference: dict[str, Any], doc: dict[str, Any]) -> WindowStats:
+        stats = cls(reference, seed=int(doc["seed"]))
+        stats.n, stats.flagged = int(doc["n"]), int(doc["flagged"])
+        stats.score_sum, stats.score_sumsq = float(doc["score_sum"]), float(doc["score_sumsq"])
+        stats.feature_missing = {k: int(v) for k, v in doc["feature_missing"].items()}
+        stats.feature_counts = {
+            k: np.asarray(v, np.int64) for k, v in doc["feature_counts"].items()
+        }
+        for name in cls._ARRAYS:
+            dtype = np.int64 if name.endswith("counts") else np.float64
+            value = np.asarray(doc[name], dtype=dtype)
+            if name == "latent_sample":
+                value = value.reshape(len(doc["latent_priority"]), -1)
+            setattr(stats, name, value)
+        return stats
 
 
 # ---------------------------------------------------------------------- the report

@@ -285,3 +285,49 @@ def test_sigkill_leaves_no_partial_output_and_rerun_is_identical(
     run = json.loads((killed / "_manifest.json").read_text())
     assert run["partitions_skipped"] == len(done)
     assert run["rows_out"] == 2 * 4000 * len(days)
+
+
+def test_drift_per_partition_and_for_the_run(tmp_path: Path, bundle: Path, capsys) -> None:
+    """--drift: each partition's _drift.json (report and mergeable statistics), its
+    summary in _partition.json, and the run manifest's verdict for all partitions."""
+    inp = tmp_path / "in"  # like write_partitions, but rows like the training rows
+    for i, day in enumerate(DAYS):
+        (inp / f"date={day}").mkdir(parents=True)
+        for j, name in enumerate(("a.csv", "b.parquet")):
+            frame = make_mixed(400, seed=200 + 2 * i + j)
+            frame["id"] = [f"{day}/{name}/{r}" for r in range(400)]
+            if day == DAYS[1]:  # one day's column c moves by two of its units
+                frame["c"] += 4.0
+            if name.endswith(".csv"):
+                frame.to_csv(inp / f"date={day}" / name, index=False)
+            else:
+                frame.to_parquet(inp / f"date={day}" / name, index=False)
+    out = tmp_path / "out"
+    args = ["--quiet", "score-batch", "--no-track", "--model", str(bundle), "--input", str(inp),
+            "--output", str(out), "--drift"]  # fmt: skip
+    assert main(args) == 0
+    assert "1 of 3 partition(s) drifted" in capsys.readouterr().out
+    for day in DAYS:
+        doc = json.loads((out / f"date={day}" / "_drift.json").read_text())
+        part = json.loads((out / f"date={day}" / "_partition.json").read_text())
+        assert part["drift"] == doc["summary"]
+        want = "drift" if day == DAYS[1] else "no_drift"
+        assert doc["summary"]["verdict"] == want, (day, doc["summary"])
+    assert (
+        json.loads((out / f"date={DAYS[1]}" / "_drift.json").read_text())["summary"][
+            "drifted_features"
+        ][0]
+        == "c"
+    )
+    run = json.loads((out / "_manifest.json").read_text())["drift"]
+    assert run["partitions_drifted"] == 1
+    assert run["all_partitions"]["verdict"] == "drift" and run["all_partitions"]["n"] == sum(
+        json.loads((out / f"date={d}" / "_partition.json").read_text())["rows_in"] for d in DAYS
+    )
+    # the scores are those of a run without --drift
+    plain = tmp_path / "plain"
+    assert main([*args[:-2], str(plain)]) == 0
+    for k in _files(plain):
+        a, b = pq.read_table(plain / k).to_pandas(), pq.read_table(out / k).to_pandas()
+        np.testing.assert_allclose(a["log_likelihood"], b["log_likelihood"], rtol=0, atol=1e-6)
+        assert a["is_outlier"].tolist() == b["is_outlier"].tolist()
