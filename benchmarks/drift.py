@@ -242,7 +242,7 @@ def run_set(name: str, args: argparse.Namespace, use_evidently: bool) -> dict[st
             trials.append(methods([(pool, idx)], pool_x[idx]))
             raws.append(pool_x[idx])
         ev = None
-        if use_evidently:
+        if use_evidently and size <= args.evidently_max_rows:
             ev = evidently_verdicts(ref_rows, raws[: args.evidently_reps], work)
         out["false_alarms"][str(size)] = rates(trials, ev)
         print(f"{name:>10} no drift, {size:>6} rows: {out['false_alarms'][str(size)]}", flush=True)
@@ -300,7 +300,7 @@ def run_set(name: str, args: argparse.Namespace, use_evidently: bool) -> dict[st
                 trials.append(methods(parts, raw))  # type: ignore[arg-type]
                 raws.append(raw)
             ev = None
-            if use_evidently:
+            if use_evidently and size <= args.evidently_max_rows:
                 ev = evidently_verdicts(ref_rows, raws[: args.evidently_reps], work)
             out["power"][kind][str(size)] = rates(trials, ev)
             print(f"{name:>10} {kind}, {size:>6} rows: {out['power'][kind][str(size)]}", flush=True)
@@ -322,6 +322,125 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
         check_drift(det, window)
         best = min(best, time.perf_counter() - t0)
     return {"set": "satellite", "columns": int(normal.shape[1]), "window": 10_000, "seconds": best}
+
+
+# ---------------------------------------------------------------------- images
+def image_part(args: argparse.Namespace) -> dict[str, Any]:
+    """MNIST: a detector trained on training digits of every class; windows of test
+    digits (no drift) and windows whose class mix changed (half of them one digit
+    instead of about a tenth), against per-pixel KS with Bonferroni."""
+    import gzip
+
+    from anomaly_vae import ImageDetector
+    from anomaly_vae.data.images import load_images
+
+    root = data_dir().parent / "images" / "mnist"
+    train = load_images(root / "train-images-idx3-ubyte.gz")
+    test = load_images(root / "t10k-images-idx3-ubyte.gz")
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz") as fh:
+        labels = np.frombuffer(fh.read()[8:], np.uint8)
+    rng = np.random.default_rng(args.seed)
+    pick = rng.choice(len(train), args.image_fit, replace=False)
+    t0 = time.perf_counter()
+    det = ImageDetector(max_epochs=args.image_epochs, k=16, seed=args.seed).fit(train[pick])
+    fit_s = time.perf_counter() - t0
+    ref_pixels = train[pick][: args.image_fit].reshape(len(pick), -1).astype(np.float64)
+    out = {key: [] for key in ("normality", "flags", "mu", "kl", "keys")}
+    for i in range(0, len(test), 2000):
+        got = det.drift_outputs(test[i : i + 2000])
+        for key in out:
+            out[key].append(got[key])
+    pool = {key: np.concatenate(v) for key, v in out.items()}
+    pixels = test.reshape(len(test), -1).astype(np.float64)
+    varying = np.flatnonzero(ref_pixels.std(0) > 0)  # constant border pixels: no test
+
+    def verdicts(idx: np.ndarray) -> dict[str, bool]:
+        from scipy.stats import ks_2samp
+
+        from anomaly_vae.drift import WindowStats
+        from anomaly_vae.drift.check import evaluate
+
+        stats = WindowStats(det.reference_)
+        stats.update(pool["normality"][idx], pool["flags"][idx], pool["mu"][idx],
+                     pool["kl"][idx], keys=pool["keys"][idx])  # fmt: skip
+        rep = evaluate(stats, det.calibration_, level=LEVEL)
+        res = {"verdict": rep.verdict == "drift"}
+        res |= {name: row["verdict"] == "drift" for name, row in rep.signals.items()}
+        p = [ks_2samp(ref_pixels[:, j], pixels[idx, j]).pvalue for j in varying]
+        res["ks_bonferroni"] = min(p) <= LEVEL / len(varying)
+        return res
+
+    result: dict[str, Any] = {"fit_images": len(pick), "epochs": args.image_epochs,
+                              "fit_s": round(fit_s, 1), "false_alarms": {}, "power": {}}  # fmt: skip
+    for size in (100, 1000):
+        trials = [
+            verdicts(rng.choice(len(test), size, replace=False)) for _ in range(args.image_reps)
+        ]
+        result["false_alarms"][str(size)] = {
+            k: float(np.mean([t[k] for t in trials])) for k in trials[0]
+        } | {"windows": len(trials)}
+        print(f"images no drift, {size} rows: {result['false_alarms'][str(size)]}", flush=True)
+    ones = np.flatnonzero(labels == 1)
+    for size in (100, 1000):
+        trials = []
+        for _ in range(args.image_reps):
+            half = size // 2
+            idx = np.concatenate([rng.choice(ones, half, replace=False),
+                                  rng.choice(len(test), size - half, replace=False)])  # fmt: skip
+            trials.append(verdicts(idx))
+        kind = "class mix: half the window digit 1"
+        result["power"].setdefault(kind, {})[str(size)] = {
+            k: float(np.mean([t[k] for t in trials])) for k in trials[0]
+        } | {"windows": len(trials)}
+        print(f"images {kind}, {size} rows: {result['power'][kind][str(size)]}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------- memory
+def memory_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of ``anomaly-vae drift`` on a Parquet window of 1,000,000 and of
+    10,000,000 rows (skin's 3 columns, rows drawn with replacement), each in its own
+    process: the window streams, so memory should not grow with it."""
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from anomaly_vae import TabularDetector
+
+    normal, _ = load_set("skin", args.seed)
+    work = Path(tempfile.mkdtemp(prefix="drift-mem-"))
+    bundle = TabularDetector(seed=args.seed).fit(normal[:20_000]).save(work / "bundle")
+    cols = [f"x{j}" for j in range(normal.shape[1])]
+    rng = np.random.default_rng(args.seed)
+    out: dict[str, Any] = {"set": "skin", "runs": []}
+    for rows in (1_000_000, args.memory_rows):
+        path = work / f"w{rows}.parquet"
+        with pq.ParquetWriter(path, pa.schema([(c, pa.float64()) for c in cols])) as w:
+            for start in range(0, rows, 1_000_000):
+                chunk = normal[rng.integers(0, len(normal), min(1_000_000, rows - start))]
+                w.write_table(
+                    pa.Table.from_pandas(pd.DataFrame(chunk, columns=cols), preserve_index=False)
+                )
+        code = (
+            "import resource, sys, time\n"
+            "from anomaly_vae.cli import main\n"
+            "t0 = time.perf_counter()\n"
+            f"rc = main(['--quiet', 'drift', {str(bundle)!r}, {str(path)!r}, '--out', {str(work / 'r')!r}, '--no-track'])\n"
+            "print('RESULT', rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t0)\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
+        _, rc, rss_kb, secs = line.split()
+        out["runs"].append({"rows": rows, "exit": int(rc), "peak_rss_mb": int(rss_kb) / 1024,
+                            "seconds": float(secs)})  # fmt: skip
+        print(f"memory: {out['runs'][-1]}", flush=True)
+        path.unlink()
+    a, b = out["runs"]
+    out["growth"] = b["peak_rss_mb"] / a["peak_rss_mb"] - 1
+    return out
 
 
 def binomial_bound(level: float, n: int) -> float:
@@ -356,7 +475,7 @@ def write_results(doc: dict[str, Any], command: str) -> None:
     ]
     for s in doc["sets"]:
         for size, r in s["false_alarms"].items():
-            vals = " | ".join(f"{r.get(p, float('nan')):.3f}" for p in peers)
+            vals = " | ".join(f"{r[p]:.3f}" if p in r else "not run" for p in peers)
             lines.append(
                 f"| {s['set']} | {int(size):,} | {r['windows']} | {vals} | {binomial_bound(LEVEL, r['windows']):.3f} |"
             )
@@ -373,9 +492,36 @@ def write_results(doc: dict[str, Any], command: str) -> None:
     for s in doc["sets"]:
         for kind, by_size in s["power"].items():
             for size, r in by_size.items():
-                vals = " | ".join(f"{r.get(p, float('nan')):.2f}" for p in peers)
+                vals = " | ".join(f"{r[p]:.2f}" if p in r else "not run" for p in peers)
                 sig = ", ".join(f"{k} {r[k]:.2f}" for k in signal_keys if r.get(k))
                 lines.append(f"| {s['set']} | {kind} | {int(size):,} | {vals} | {sig} |")
+    img = doc.get("images")
+    if img:
+        lines += [
+            "",
+            f"### Images: MNIST (detector trained on {img['fit_images']:,} training digits of every class, {img['epochs']} epochs, K=16)",
+            "",
+            "| windows of test digits | rows | ours | KS-Bonf. (pixels) | ours by signal |",
+            "|---|---:|---:|---:|---|",
+        ]
+        cells = [("no drift", s, r) for s, r in img["false_alarms"].items()]
+        cells += [(k, s, r) for k, by in img["power"].items() for s, r in by.items()]
+        for kind, size, r in cells:
+            sig = ", ".join(
+                f"{k} {r[k]:.2f}" for k in ("scores", "outlier_rate", "latent", "kl") if r.get(k)
+            )
+            lines.append(
+                f"| {kind} | {int(size):,} | {r['verdict']:.2f} | {r['ks_bonferroni']:.2f} | {sig} |"
+            )
+    mem = doc.get("memory")
+    if mem:
+        a, b = mem["runs"]
+        lines += [
+            "",
+            f"Memory: `anomaly-vae drift` on a Parquet window of {a['rows']:,} rows of {mem['set']} peaked at "
+            f"{a['peak_rss_mb']:.0f} MB ({a['seconds']:.0f} s), on {b['rows']:,} rows at {b['peak_rss_mb']:.0f} MB "
+            f"({b['seconds']:.0f} s): {100 * mem['growth']:+.1f}%.",
+        ]
     t = doc["timing"]
     lines += [
         "",
@@ -398,12 +544,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--power-reps", type=int, default=20, help="drifted windows per kind and size")
     p.add_argument("--evidently-reps", type=int, default=10, help="windows per cell for Evidently")
+    p.add_argument(
+        "--evidently-max-rows", type=int, default=10_000,
+        help="largest window Evidently is run on (it takes minutes per 100,000-row window)",
+    )  # fmt: skip
     p.add_argument("--fit-rows", type=int, default=20_000)
     p.add_argument(
         "--drift-pool", type=int, default=20_000, help="held-out rows drifts are injected into"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-evidently", action="store_true")
+    p.add_argument(
+        "--parts",
+        default="tables,images,memory",
+        help="tables, images, memory (each updates its part of drift.json)",
+    )
+    p.add_argument("--image-fit", type=int, default=10_000)
+    p.add_argument("--image-epochs", type=int, default=3)
+    p.add_argument("--image-reps", type=int, default=50)
+    p.add_argument("--memory-rows", type=int, default=10_000_000)
     p.add_argument(
         "--make-evidently-env",
         action="store_true",
@@ -420,18 +579,25 @@ def main(argv: list[str] | None = None) -> int:
         "no Evidently environment (run with --make-evidently-env: Evidently's pins do not "
         "install beside the project's, so it runs in a venv of its own)"
     )  # fmt: skip
-    doc: dict[str, Any] = {
-        "level": LEVEL, "evidently": use_ev, "evidently_note": note,
-        "evidently_reps": args.evidently_reps, "sets": [],
-    }  # fmt: skip
-    for name in args.sets:
-        doc["sets"].append(run_set(name, args, use_ev))
-        JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    doc: dict[str, Any] = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
+    JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
+    if "tables" in parts:
+        kept = [s for s in doc.get("sets", []) if s["set"] not in args.sets]
+        doc |= {"level": LEVEL, "evidently": use_ev, "evidently_note": note,
+                "evidently_reps": args.evidently_reps, "sets": kept}  # fmt: skip
+        for name in args.sets:  # sets run before and not named now are kept
+            doc["sets"].append(run_set(name, args, use_ev))
+            JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
+        doc["timing"] = timing(args)
+    if "images" in parts:
+        doc["images"] = image_part(args)
         JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    doc["timing"] = timing(args)
+    if "memory" in parts:
+        doc["memory"] = memory_part(args)
     JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    command = "python benchmarks/drift.py" + ("" if argv is None else " " + " ".join(argv))
-    write_results(doc, command)
+    # the section documents the whole benchmark, whichever parts this call re-ran
+    write_results(doc, "python benchmarks/drift.py --make-evidently-env")
     print(json.dumps(doc["timing"]))
     return 0
 
