@@ -29,6 +29,7 @@ reported as too small, never as drift-free.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,8 +41,22 @@ from anomaly_vae.exceptions import BundleError
 
 #: Latent means kept from a window (and from the reference) for the MMD test.
 MMD_SAMPLE = 300
-#: Permutations of the MMD test: p-values resolve to 1/200, below any usual level.
+#: Fewest permutations of the MMD test. More are taken when there are many tests: the
+#: p-value's floor 1 / (1 + P) must be below the level after Holm's correction, which
+#: multiplies the smallest p-value by the number of tests (otherwise the latent test
+#: could never alarm on a wide table).
 MMD_PERMUTATIONS = 199
+#: Most permutations (the test's cost grows with them: [600, 600] x [600, P]).
+MMD_MAX_PERMUTATIONS = 9999
+
+
+def mmd_permutations(n_tests: int, level: float) -> int:
+    """Permutations whose p-value floor is at most half the Holm threshold of the
+    smallest p-value, level / n_tests: P + 1 >= 2 n_tests / level."""
+    need = math.ceil(2 * n_tests / level) - 1
+    return int(min(MMD_MAX_PERMUTATIONS, max(MMD_PERMUTATIONS, need)))
+
+
 #: Fewest records a window needs before "no drift" is said of it.
 MIN_ROWS = 100
 
@@ -369,16 +384,17 @@ def evaluate(
     ref_sample = np.asarray(lref["sample"], dtype=np.float64)
     if len(ref_sample) > MMD_SAMPLE:
         ref_sample = ref_sample[sample_rows(len(ref_sample), MMD_SAMPLE, stats.seed)]
-    mmd = S.mmd_test(
-        stats.latent_sample, ref_sample, lref["bandwidth"], MMD_PERMUTATIONS, stats.seed
-    )
+    feats = ref.get("features", {})
+    n_tests = 4 + len(feats) + len(ref.get("contributions", {}).get("names", []))
+    permutations = mmd_permutations(n_tests, level)
+    mmd = S.mmd_test(stats.latent_sample, ref_sample, lref["bandwidth"], permutations, stats.seed)
     tests.append(
         (
             "latent",
             _row(
                 mmd,
                 margins.latent,
-                test=f"MMD of latent means, Gaussian kernel, {MMD_PERMUTATIONS} permutations",
+                test=f"MMD of latent means, Gaussian kernel, {permutations} permutations",
                 effect_unit="MMD",
                 window_sample=len(stats.latent_sample),
                 reference_sample=len(ref_sample),
@@ -404,7 +420,6 @@ def evaluate(
 
     # features
     feature_rows: list[dict[str, Any]] = []
-    feats = ref.get("features", {})
     contrib = ref.get("contributions", {})
     c_names = contrib.get("names", [])
     c_sample = np.asarray(contrib.get("sample", []), dtype=np.float64)

@@ -229,14 +229,15 @@ def mmd_test(x: np.ndarray, y: np.ndarray, bandwidth: float, permutations: int, 
         return Test(0.0, 1.0, 0.0)
     gram = gaussian_gram(np.vstack([x, y]), np.vstack([x, y]), bandwidth)
     rng = np.random.default_rng(seed)
-    labels = np.zeros((m + n, permutations + 1))
-    labels[:m, 0] = 1.0
-    for j in range(1, permutations + 1):
-        labels[rng.permutation(m + n)[:m], j] = 1.0
+    first = np.zeros(m + n)
+    first[:m] = 1.0
+    # column 0 is the observed split; the others shuffle it (one vectorized draw)
+    shuffled = rng.permuted(np.broadcast_to(first, (permutations, m + n)), axis=1)
+    labels = np.concatenate([first[:, None], shuffled.T], axis=1)  # [N, P + 1]
     total = gram.sum()
-    ku = gram @ labels  # [N, P + 1]
-    s_aa = (labels * ku).sum(0)
-    s_ab = ((1.0 - labels) * ku).sum(0)
+    rows = gram.sum(1)
+    s_aa = np.einsum("ij,ij->j", labels, gram @ labels)
+    s_ab = labels.T @ rows - s_aa
     s_bb = total - s_aa - 2.0 * s_ab
     diag = np.diag(gram)
     tr_a = labels.T @ diag
