@@ -565,7 +565,8 @@ class TabularDetector(Detector):
             "kl": res.kl,
             "score": -ll,
             "p_value": self.calibration_.p_values(ll),
-            "is_outlier": self.calibration_.is_outlier(ll),
+            # a record that could not be scored is never passed as normal
+            "is_outlier": self.calibration_.is_outlier(ll) | ~np.isfinite(ll),
         }
 
     def result_frame(self, frame: pd.DataFrame, res: ScoreResult) -> pd.DataFrame:

@@ -118,11 +118,17 @@ def parse_invocations(body: bytes, content_type: str) -> tuple[pd.DataFrame, dic
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
         raise RequestError(400, ["body"], f"malformed JSON: {exc}", "json_invalid") from exc
+    except RecursionError as exc:
+        raise RequestError(400, ["body"], "JSON nested too deeply", "json_invalid") from exc
     if not isinstance(payload, dict):
         raise RequestError(
             400, ["body"], f"expected a JSON object with one of {', '.join(MLFLOW_FORMS)}"
         )
-    params: dict[str, Any] = payload.get("params") or {}
+    params = payload.get("params") or {}
+    if not isinstance(params, dict):
+        raise RequestError(
+            422, ["body", "params"], f"params must be an object, got {type(params).__name__}"
+        )
     keys = [k for k in MLFLOW_FORMS if k in payload]
     if len(keys) != 1:
         raise RequestError(
@@ -140,6 +146,9 @@ def parse_invocations(body: bytes, content_type: str) -> tuple[pd.DataFrame, dic
         raise RequestError(
             400, ["body", keys[0]], f"cannot read {keys[0]} as a table: {exc}"
         ) from exc
+    duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if duplicated:
+        raise RequestError(422, ["body", keys[0]], f"duplicate column names: {duplicated}")
     return frame, params
 
 
@@ -188,8 +197,17 @@ def decode_images(blobs: list[tuple[str, bytes]], shape: tuple[int, int, int]) -
     for i, (label, data) in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(data)) as im:
+                # the size is in the header: refuse a wrong one before decoding any pixel
+                # (a 274-byte PNG can declare 50000x50000 pixels)
+                if im.size != (w, h):
+                    raise RequestError(
+                        422,
+                        ["body", label],
+                        f"{label}: image is {im.size[0]}x{im.size[1]} pixels; the model takes {w}x{h}",
+                        "image_size",
+                    )
                 arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise RequestError(
                 422, ["body", label], f"{label}: not a readable PNG or JPEG image", "image_invalid"
             ) from exc

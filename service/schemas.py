@@ -25,11 +25,12 @@ class ScoreRequest(BaseModel):
 
     records: list[dict[str, Any]] | None = Field(default=None, description="row-wise input")
     columns: dict[str, list[Any]] | None = Field(default=None, description="column-wise input")
+    # strict: true and false are not numbers of samples or features
     k: int | None = Field(
-        default=None, ge=1, description="importance samples (default: the model's own)"
+        default=None, ge=1, strict=True, description="importance samples (default: the model's own)"
     )
     contributions: int = Field(
-        0, ge=0, description="return this many most unusual features per record"
+        0, ge=0, strict=True, description="return this many most unusual features per record"
     )
 
 

@@ -64,6 +64,12 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+#: Standardized numeric values are clipped to +-this many standard deviations: beyond
+#: about 1e19 the decoder's float32 arithmetic overflows and log p(x) became NaN, which a
+#: threshold cannot flag. Clipped, such a record gets a finite, astronomically low
+#: log-likelihood (about -1e21 nats) and is flagged; no real value is anywhere near it.
+MAX_STANDARDIZED = 1e12
+
 _TRUE = {"true", "1", "1.0", "yes", "t", "y"}
 _FALSE = {"false", "0", "0.0", "no", "f", "n"}
 
@@ -76,7 +82,13 @@ def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     elif pd.api.types.is_numeric_dtype(s):
         values = s.to_numpy(dtype="float64", na_value=np.nan)
     else:
-        coerced = pd.to_numeric(s, errors="coerce")
+        try:
+            coerced = pd.to_numeric(s, errors="coerce")
+        except OverflowError:  # an integer too large for any float: as infinite
+            coerced = pd.Series(
+                [np.inf if isinstance(v, int) and abs(v) > 2**1023 else v for v in s], index=s.index
+            )
+            coerced = pd.to_numeric(coerced, errors="coerce")
         bad = coerced.isna() & s.notna()
         if bad.any():
             first = _plain(s[bad].iloc[0])
@@ -229,7 +241,8 @@ class TabularPreprocessor:
                 else np.zeros((n, 0))
             )
         num_mask = ~np.isnan(v)
-        num = np.where(num_mask, (v - center) / scale, 0.0).astype(np.float32)
+        z = np.clip((v - center) / scale, -MAX_STANDARDIZED, MAX_STANDARDIZED)
+        num = np.where(num_mask, z, 0.0).astype(np.float32)
 
         cat_specs = self.schema.of_kind("categorical")
         cat = np.full((n, len(cat_specs)), -1, dtype=np.int64)
@@ -288,7 +301,8 @@ class TabularPreprocessor:
         cat_idx = np.flatnonzero(kinds == "categorical")
         xn = x[:, num_idx]
         num_mask = ~np.isnan(xn)
-        num = np.where(num_mask, (xn - center) / scale, 0.0).astype(np.float32)
+        z = np.clip((xn - center) / scale, -MAX_STANDARDIZED, MAX_STANDARDIZED)
+        num = np.where(num_mask, z, 0.0).astype(np.float32)
         xb = x[:, bin_idx]
         bin_mask = ~np.isnan(xb)
         bad = bin_mask & (xb != 0.0) & (xb != 1.0)

@@ -41,7 +41,9 @@ async def reload(
         raise HTTPException(
             403, detail="reload is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured"
         )
-    if not secrets.compare_digest(authorization or "", f"Bearer {settings.admin_token}"):
+    # bytes: compare_digest refuses non-ASCII text, and a header may hold any byte
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, f"Bearer {settings.admin_token}".encode()):
         raise HTTPException(
             401, detail="missing or wrong admin token (Authorization: Bearer <token>)"
         )

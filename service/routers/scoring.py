@@ -160,7 +160,9 @@ async def invocations(
         frame, params = parse_invocations(await request.body(), ctype)
         check_limits(settings, n=len(frame), allow_empty=True)
         k = params.get("k")
-        if k is not None and (not isinstance(k, int) or not 1 <= k <= settings.max_k):
+        if k is not None and (
+            isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= settings.max_k
+        ):
             raise RequestError(
                 422,
                 ["body", "params", "k"],
