@@ -312,14 +312,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a registered model (--model NAME, --alias) or a bundle (--bundle).",
     )
     p.add_argument("--model", help="registered model name")
-    p.add_argument("--alias", default="champion", help="alias to serve and poll, default champion")
+    # flags left unset leave the environment's ANOMALY_VAE_* settings (or their defaults)
+    p.add_argument(
+        "--alias", help="alias to serve and poll (default: ANOMALY_VAE_MODEL_ALIAS or champion)"
+    )
     p.add_argument("--bundle", help="serve this bundle directory instead of a registered model")
-    p.add_argument("--store", default="mlruns", help="embedded MLflow store directory")
+    p.add_argument(
+        "--store",
+        help="embedded MLflow store directory (default: ANOMALY_VAE_TRACKING_STORE or mlruns)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument(
-        "--poll-seconds", type=float, default=30.0, help="alias polling period (0: no hot reload)"
+        "--workers", type=int, help="uvicorn worker processes (default: ANOMALY_VAE_WORKERS or 1)"
+    )
+    p.add_argument(
+        "--poll-seconds",
+        type=float,
+        help="alias polling period, 0: no hot reload (default: ANOMALY_VAE_POLL_SECONDS or 30)",
     )
 
     p = sub.add_parser(
@@ -977,18 +987,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.bundle is None):
         msg = "give exactly one of --model NAME or --bundle PATH"
         raise ValueError(msg)
-    env = {
+    # a flag overrides the environment only when given: an operator's
+    # ANOMALY_VAE_POLL_SECONDS=1 must not silently become the flag's default
+    given = {
         "ANOMALY_VAE_MODEL_ALIAS": args.alias,
-        "ANOMALY_VAE_TRACKING_STORE": str(Path(args.store).resolve()),
-        "ANOMALY_VAE_POLL_SECONDS": str(args.poll_seconds),
-        "ANOMALY_VAE_WORKERS": str(args.workers),
+        "ANOMALY_VAE_TRACKING_STORE": str(Path(args.store).resolve()) if args.store else None,
+        "ANOMALY_VAE_POLL_SECONDS": None if args.poll_seconds is None else str(args.poll_seconds),
+        "ANOMALY_VAE_WORKERS": None if args.workers is None else str(args.workers),
     }
+    env = {k: v for k, v in given.items() if v is not None}
+    if "ANOMALY_VAE_TRACKING_STORE" not in env and "ANOMALY_VAE_TRACKING_STORE" not in os.environ:
+        env["ANOMALY_VAE_TRACKING_STORE"] = str(Path("mlruns").resolve())
     if args.model:
         env["ANOMALY_VAE_MODEL_NAME"] = args.model
     else:
         env["ANOMALY_VAE_BUNDLE_PATH"] = str(Path(args.bundle).resolve())
     os.environ.update(env)
-    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    workers = int(os.environ.get("ANOMALY_VAE_WORKERS", "1"))
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-vae-metrics-")
     from anomaly_vae.service.settings import Settings
 
@@ -998,7 +1014,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=workers,
     )
     return 0
 

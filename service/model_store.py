@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +97,14 @@ class ModelStore:
         info = registry.resolve(s.model_name, s.model_alias)
         if self.current is not None and self.current.version == info.version:
             return self.current
-        dest = None
         if s.cache_dir is not None:
             dest = Path(s.cache_dir) / f"{s.model_name}-v{info.version}"
-        bundle = registry.download_bundle(s.model_name, info.version, dest)
-        det = load_detector(bundle)
+            det = load_detector(registry.download_bundle(s.model_name, info.version, dest))
+        else:
+            # loading reads every file into memory, so the download is not kept: a
+            # temporary folder per attempt, removed whether the load worked or not
+            with tempfile.TemporaryDirectory(prefix=f"{s.model_name}-v{info.version}-") as tmp:
+                det = load_detector(registry.download_bundle(s.model_name, info.version, tmp))
         return LoadedModel(
             det,
             s.model_name,
