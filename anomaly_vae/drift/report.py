@@ -74,8 +74,10 @@ def _pvalue_qq(report: DriftReport) -> str:
     # bins run from least normal (small p) upward: cumulative share = P(p <= u)
     expected = np.cumsum(ref)
     observed = np.cumsum(win)
-    n = max(report.n, 1)
-    band = 1.96 * np.sqrt(np.clip(expected * (1 - expected), 0.0, None) / n)
+    # both samples are finite: the band holds the window's and the reference's noise
+    n_win, n_ref = max(report.n, 1), max(float(np.sum(s["reference_counts"])), 1.0)
+    spread = np.clip(expected * (1 - expected), 0.0, None) * (1 / n_win + 1 / n_ref)
+    band = 1.96 * np.sqrt(spread)
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.fill_between(expected, expected - band, expected + band, color="#dddddd", label="95% band")
     ax.plot([0, 1], [0, 1], color="#777777", lw=1)
