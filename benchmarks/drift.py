@@ -199,6 +199,23 @@ def evidently_verdicts(ref: np.ndarray, windows: list[np.ndarray], work: Path) -
 
 
 # ---------------------------------------------------------------------- one set
+#: Evidently rates of an earlier run, by (set, kind, size): the windows are drawn from
+#: the same seeded stream whatever the other methods do, so they are the same windows.
+EVIDENTLY_CACHE: dict[tuple[str, str, str], float] = {}
+
+
+def load_evidently_cache(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    for s in doc.get("sets", []):
+        for size, r in s["false_alarms"].items():
+            if "evidently" in r:
+                EVIDENTLY_CACHE[(s["set"], "no drift", size)] = r["evidently"]
+        for kind, by in s["power"].items():
+            for size, r in by.items():
+                if "evidently" in r:
+                    EVIDENTLY_CACHE[(s["set"], kind, size)] = r["evidently"]
+
+
 def run_set(name: str, args: argparse.Namespace, use_evidently: bool) -> dict[str, Any]:
     from anomaly_vae import TabularDetector
 
@@ -242,7 +259,10 @@ def run_set(name: str, args: argparse.Namespace, use_evidently: bool) -> dict[st
             trials.append(methods([(pool, idx)], pool_x[idx]))
             raws.append(pool_x[idx])
         ev = None
-        if use_evidently and size <= args.evidently_max_rows:
+        cached = EVIDENTLY_CACHE.get((name, "no drift", str(size)))
+        if cached is not None:
+            ev = [cached]
+        elif use_evidently and size <= args.evidently_max_rows:
             ev = evidently_verdicts(ref_rows, raws[: args.evidently_reps], work)
         out["false_alarms"][str(size)] = rates(trials, ev)
         print(f"{name:>10} no drift, {size:>6} rows: {out['false_alarms'][str(size)]}", flush=True)
@@ -300,7 +320,10 @@ def run_set(name: str, args: argparse.Namespace, use_evidently: bool) -> dict[st
                 trials.append(methods(parts, raw))  # type: ignore[arg-type]
                 raws.append(raw)
             ev = None
-            if use_evidently and size <= args.evidently_max_rows:
+            cached = EVIDENTLY_CACHE.get((name, kind, str(size)))
+            if cached is not None:
+                ev = [cached]
+            elif use_evidently and size <= args.evidently_max_rows:
                 ev = evidently_verdicts(ref_rows, raws[: args.evidently_reps], work)
             out["power"][kind][str(size)] = rates(trials, ev)
             print(f"{name:>10} {kind}, {size:>6} rows: {out['power'][kind][str(size)]}", flush=True)
@@ -443,6 +466,16 @@ def memory_part(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def update_json(key: str, value: Any) -> dict[str, Any]:
+    """Set ``key`` of drift.json, re-reading the file first, so parts run in separate
+    processes (tables beside images) do not overwrite each other's results."""
+    doc = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
+    doc[key] = value
+    JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
+    JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def binomial_bound(level: float, n: int) -> float:
     return level + 2 * math.sqrt(level * (1 - level) / max(n, 1))
 
@@ -556,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-evidently", action="store_true")
     p.add_argument(
+        "--evidently-cache",
+        help="a drift.json from an earlier run of the same protocol: reuse its Evidently "
+        "rates for the cells it has (the same windows), run Evidently for the others",
+    )
+    p.add_argument(
         "--parts",
         default="tables,images,memory,timing",
         help="tables, images, memory, timing (each updates its part of drift.json)",
@@ -581,23 +619,24 @@ def main(argv: list[str] | None = None) -> int:
         "install beside the project's, so it runs in a venv of its own)"
     )  # fmt: skip
     parts = set(args.parts.split(","))
-    doc: dict[str, Any] = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
-    JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
+    if args.evidently_cache:
+        load_evidently_cache(Path(args.evidently_cache))
     if "tables" in parts:
-        kept = [s for s in doc.get("sets", []) if s["set"] not in args.sets]
-        doc |= {"level": LEVEL, "evidently": use_ev, "evidently_note": note,
-                "evidently_reps": args.evidently_reps, "sets": kept}  # fmt: skip
+        old = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
+        sets = [s for s in old.get("sets", []) if s["set"] not in args.sets]
+        for key, value in {"level": LEVEL, "evidently": use_ev, "evidently_note": note,
+                           "evidently_reps": args.evidently_reps}.items():  # fmt: skip
+            update_json(key, value)
         for name in args.sets:  # sets run before and not named now are kept
-            doc["sets"].append(run_set(name, args, use_ev))
-            JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
+            sets.append(run_set(name, args, use_ev))
+            update_json("sets", sets)
     if "timing" in parts:
-        doc["timing"] = timing(args)
+        update_json("timing", timing(args))
     if "images" in parts:
-        doc["images"] = image_part(args)
-        JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
+        update_json("images", image_part(args))
     if "memory" in parts:
-        doc["memory"] = memory_part(args)
-    JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
+        update_json("memory", memory_part(args))
+    doc = json.loads(JSON_OUT.read_text())
     # the section documents the whole benchmark, whichever parts this call re-ran
     write_results(doc, "python benchmarks/drift.py --make-evidently-env")
     print(json.dumps(doc.get("timing")))

@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from anomaly_vae.drift import stats as S
-from anomaly_vae.drift.reference import REFERENCE_FORMAT, bin_counts, sample_rows
+from anomaly_vae.drift.reference import (
+    BINS,
+    REFERENCE_FORMAT,
+    bin_counts,
+    quantile_cuts,
+    sample_rows,
+)
 from anomaly_vae.exceptions import BundleError
 
 #: Latent means kept from a window (and from the reference) for the MMD test.
@@ -121,6 +127,22 @@ def _priority(seed: int, keys: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+_CUTS: dict[int, tuple[dict[str, Any], list[np.ndarray]]] = {}
+
+
+def contribution_cuts(reference: dict[str, Any]) -> list[np.ndarray]:
+    """Per column, the quantile cuts (at most ``BINS - 1``) of the reference's
+    contribution sample, computed once per reference: the bins the contribution test
+    counts in."""
+    hit = _CUTS.get(id(reference))
+    if hit is None or hit[0] is not reference:
+        sample = np.asarray(reference.get("contributions", {}).get("sample", []), np.float64)
+        cuts = [quantile_cuts(sample[:, j]) for j in range(sample.shape[1])] if sample.size else []
+        _CUTS.clear()  # one reference at a time is the common case
+        _CUTS[id(reference)] = hit = (reference, cuts)
+    return hit[1]
+
+
 def require_reference(detector: Any) -> dict[str, Any]:
     """The detector's drift reference, or a ``BundleError`` that names the fix."""
     ref = getattr(detector, "reference_", None) or {}
@@ -152,6 +174,7 @@ class WindowStats:
     feature_missing: dict[str, int] = field(default_factory=dict)
     contrib_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
     contrib_sumsq: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    contrib_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     def __post_init__(self) -> None:
         ref = self.reference
@@ -165,6 +188,7 @@ class WindowStats:
                 self.feature_missing[name] = 0
             n_f = len(ref.get("contributions", {}).get("names", []))
             self.contrib_sum, self.contrib_sumsq = np.zeros(n_f), np.zeros(n_f)
+            self.contrib_counts = np.zeros((n_f, BINS), np.int64)
 
     # ------------------------------------------------------------------ updating
     def update(
@@ -220,6 +244,9 @@ class WindowStats:
             c = np.asarray(contributions, dtype=np.float64)
             self.contrib_sum += c.sum(0)
             self.contrib_sumsq += (c * c).sum(0)
+            for j, cuts in enumerate(contribution_cuts(ref)):
+                counts = bin_counts(c[:, j], cuts)
+                self.contrib_counts[j, : len(counts)] += counts
 
     def _keep_latent(self, priority: np.ndarray, mu: np.ndarray) -> None:
         pr = np.concatenate([self.latent_priority, priority])
@@ -242,10 +269,11 @@ class WindowStats:
             self.feature_missing[name] += other.feature_missing[name]
         self.contrib_sum = self.contrib_sum + other.contrib_sum
         self.contrib_sumsq = self.contrib_sumsq + other.contrib_sumsq
+        self.contrib_counts = self.contrib_counts + other.contrib_counts
         return self
 
     _ARRAYS = ("score_counts", "kl_counts", "latent_priority", "latent_sample",
-               "contrib_sum", "contrib_sumsq")  # fmt: skip
+               "contrib_sum", "contrib_sumsq", "contrib_counts")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the reference, as JSON-able lists (to ship from executors)."""
@@ -272,6 +300,8 @@ class WindowStats:
             value = np.asarray(doc[name], dtype=dtype)
             if name == "latent_sample":
                 value = value.reshape(len(doc["latent_priority"]), -1)
+            if name == "contrib_counts":
+                value = value.reshape(len(doc["contrib_sum"]), -1)
             setattr(stats, name, value)
         return stats
 
@@ -470,14 +500,17 @@ def evaluate(
         )
         if name in c_names and c_sample.size:
             j = c_names.index(name)
-            ct = S.mean_shift(
-                float(stats.contrib_sum[j]), float(stats.contrib_sumsq[j]), stats.n, c_sample[:, j]
-            )
+            rc = bin_counts(c_sample[:, j], contribution_cuts(ref)[j])
+            cchi, cp, _ = S.chi2_two_sample(rc, stats.contrib_counts[j, : len(rc)])
+            # the effect is the shift of the mean term (nats); the test is on its whole
+            # distribution, binned: a mean test on these skewed, often near-constant terms
+            # was anti-conservative on small windows
+            c_shift = float(stats.contrib_sum[j] / stats.n - c_sample[:, j].mean())
             row["contribution"] = _row(
-                ct,
+                S.Test(cchi, cp, c_shift),
                 margins.contribution,
-                test="Welch z-test of the mean log-likelihood contribution",
-                effect_unit="nats",
+                test="two-sample chi-square on the calibration contributions' quantile bins",
+                effect_unit="shift of the mean contribution, nats",
             )
         feature_rows.append(row)
 

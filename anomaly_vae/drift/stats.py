@@ -61,17 +61,20 @@ def chi2_two_sample(
     ref: np.ndarray, win: np.ndarray, *, ordered: bool = True
 ) -> tuple[float, float, int]:
     """Two-sample chi-square test of homogeneity on bin counts [B] (reference, window):
-    (statistic, p-value, degrees of freedom). Ordered bins (numeric) are merged where
-    sparse; unordered ones (categories) drop the levels neither sample has."""
+    (statistic, p-value, degrees of freedom). Sparse bins are merged first so every
+    expected count is at least ``MIN_EXPECTED`` (the chi-square approximation is
+    anti-conservative below it): ordered bins (numeric) with their neighbours, unordered
+    ones (levels) rarest together, after the levels neither sample has are dropped."""
     from scipy.stats import chi2_contingency
 
     ref = np.asarray(ref, dtype=np.float64)
     win = np.asarray(win, dtype=np.float64)
-    if ordered:
-        ref, win = merge_sparse_bins(ref, win)
-    else:
+    if not ordered:
         keep = (ref + win) > 0
         ref, win = ref[keep], win[keep]
+        order = np.argsort(-(ref + win), kind="stable")  # rarest last, merged together
+        ref, win = ref[order], win[order]
+    ref, win = merge_sparse_bins(ref, win)
     if len(ref) < 2 or win.sum() == 0 or ref.sum() == 0:
         return 0.0, 1.0, 0
     res = chi2_contingency(np.vstack([ref, win]), correction=False)

@@ -141,3 +141,17 @@ def test_mmd_permutations_let_the_latent_test_alarm_after_holm():
     for n_tests in (4, 10, 76, 130, 250):
         p = mmd_permutations(n_tests, 0.05)
         assert n_tests / (1 + p) <= 0.05 / 2
+
+
+def test_chi_square_with_rare_levels_keeps_its_level_on_small_windows():
+    """Levels a 100-row window expects less than once (a rare category, a rare
+    contribution value) are merged before the test: without it the chi-square
+    approximation alarmed on unchanged data far above its level."""
+    rng = np.random.default_rng(5)
+    probs = np.array([0.9, 0.05, 0.02, 0.01, 0.01, 0.005, 0.005])
+    ref = rng.multinomial(1000, probs)
+    trials, alarms = 600, 0
+    for _ in range(trials):
+        win = rng.multinomial(100, probs)
+        alarms += S.chi2_two_sample(ref, win, ordered=False)[1] <= 0.05
+    assert alarms / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
