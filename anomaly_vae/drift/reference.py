@@ -37,13 +37,23 @@ BINS = 20
 
 
 def quantile_cuts(values: np.ndarray, bins: int = BINS) -> np.ndarray:
-    """The inner bin edges ("cuts") q_1 < ... < q_{B-1} at the ``bins``-quantiles of
-    ``values``, with repeated quantiles (ties, discrete values) kept once; the bins are
-    (-inf, q_1], (q_1, q_2], ..., (q_{B-1}, inf)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
+    """The inner bin edges ("cuts") at the ``bins``-quantiles of ``values``, each moved
+    halfway to the next larger distinct value, with repeats kept once; the bins are
+    (-inf, c_1], (c_1, c_2], ..., (c_{B-1}, inf).
+
+    A cut never sits on a value: computed values (contributions, scores) that tie in the
+    reference can differ from a window's in the last bits (a record's bits may depend on
+    the batch it was scored in), and a cut on the tied value would send them to the other
+    side of it."""
+    v = np.unique(np.asarray(values, dtype=np.float64))
+    if v.size < 2:
         return np.zeros(0)
-    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    q = np.unique(
+        np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, bins + 1)[1:-1])
+    )
+    nxt = np.searchsorted(v, q, side="right")
+    keep = nxt < v.size
+    return np.unique((q[keep] + v[nxt[keep]]) / 2.0)
 
 
 def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
