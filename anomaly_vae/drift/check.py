@@ -369,11 +369,22 @@ def evaluate(
     margins = margins or Margins()
     ref = stats.reference
     tests: list[tuple[str, dict[str, Any]]] = []
+    feats = ref.get("features", {})
+    n_tests = 4 + len(feats) + len(ref.get("contributions", {}).get("names", []))
+    permutations = mmd_permutations(n_tests, level)
+    serial = iter(range(1 << 30))
+
+    def chi2(r: np.ndarray, w: np.ndarray, ordered: bool = True) -> tuple[float, float, int]:
+        # sparse tables get an exact p-value where a decision could hang on it
+        return S.chi2_two_sample(
+            r, w, ordered=ordered, resamples=permutations, screen=level,
+            seed=(stats.seed, next(serial)),
+        )  # fmt: skip
 
     # scores
     sref = ref["scores"]
     r_counts = np.asarray(sref["counts"])
-    chi, p, dof = S.chi2_two_sample(r_counts, stats.score_counts)
+    chi, p, dof = chi2(r_counts, stats.score_counts)
     w1 = S.binned_wasserstein(r_counts, stats.score_counts, np.asarray(sref["cuts"]), sref["std"])
     ref_scores = calibration.reference
     shift = S.mean_shift(stats.score_sum, stats.score_sumsq, stats.n, ref_scores)
@@ -414,9 +425,6 @@ def evaluate(
     ref_sample = np.asarray(lref["sample"], dtype=np.float64)
     if len(ref_sample) > MMD_SAMPLE:
         ref_sample = ref_sample[sample_rows(len(ref_sample), MMD_SAMPLE, stats.seed)]
-    feats = ref.get("features", {})
-    n_tests = 4 + len(feats) + len(ref.get("contributions", {}).get("names", []))
-    permutations = mmd_permutations(n_tests, level)
     mmd = S.mmd_test(stats.latent_sample, ref_sample, lref["bandwidth"], permutations, stats.seed)
     tests.append(
         (
@@ -433,7 +441,7 @@ def evaluate(
     )
     kref = lref["kl"]
     k_counts = np.asarray(kref["counts"])
-    kchi, kp, kdof = S.chi2_two_sample(k_counts, stats.kl_counts)
+    kchi, kp, kdof = chi2(k_counts, stats.kl_counts)
     kw = S.binned_wasserstein(k_counts, stats.kl_counts, np.asarray(kref["cuts"]), kref["std"])
     tests.append(
         (
@@ -459,19 +467,19 @@ def evaluate(
         # missing values are a level of their own: a change in the missing rate is drift
         r_all, w_all = np.append(r, f["missing"]), np.append(w, stats.feature_missing[name])
         numeric = f["kind"] == "numeric"
-        chi, p, dof = (
-            S.chi2_two_sample(r_all, w_all, ordered=False)
-            if not numeric
-            else S.chi2_two_sample(r, w)
-        )
+        chi, p, dof = chi2(r_all, w_all, ordered=False) if not numeric else chi2(r, w)
         if numeric:
-            missing_chi = S.chi2_two_sample(
+            missing_chi = chi2(
                 np.array([r.sum(), f["missing"]]),
                 np.array([w.sum(), stats.feature_missing[name]]),
                 ordered=False,
             )
-            if missing_chi[1] < p:
-                chi, p, dof = missing_chi
+            if missing_chi[2] > 0:
+                # the values' test or the missing rate's, whichever is smaller, Bonferroni
+                # over the two so a column is still one test at its level
+                if missing_chi[1] < p:
+                    chi, dof = missing_chi[0], missing_chi[2]
+                p = min(1.0, 2.0 * min(p, missing_chi[1]))
             effect = S.binned_wasserstein(r, w, np.asarray(f["cuts"]), f["std"] or 1.0)
             margin, unit = (
                 margins.numeric,
@@ -501,7 +509,7 @@ def evaluate(
         if name in c_names and c_sample.size:
             j = c_names.index(name)
             rc = bin_counts(c_sample[:, j], contribution_cuts(ref)[j])
-            cchi, cp, _ = S.chi2_two_sample(rc, stats.contrib_counts[j, : len(rc)])
+            cchi, cp, _ = chi2(rc, stats.contrib_counts[j, : len(rc)])
             # the effect is the shift of the mean term (nats); the test is on its whole
             # distribution, binned: a mean test on these skewed, often near-constant terms
             # was anti-conservative on small windows
@@ -552,7 +560,9 @@ def evaluate(
     rule = (
         f"a test alarms when its Holm-adjusted p-value (over all {len(family)} tests) is at "
         f"most {level} and its effect is at least its margin; features are listed by "
-        "Benjamini-Hochberg q-value"
+        "Benjamini-Hochberg q-value; a chi-square table with an expected count below "
+        f"{S.ASYMPTOTIC_MIN_EXPECTED:g} that could alarm gets an exact p-value (Fisher's "
+        f"test for two bins, else Monte Carlo over {permutations} tables with its margins)"
     )
     return DriftReport(
         verdict=verdict,

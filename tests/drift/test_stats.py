@@ -155,3 +155,41 @@ def test_chi_square_with_rare_levels_keeps_its_level_on_small_windows():
         win = rng.multinomial(100, probs)
         alarms += S.chi2_two_sample(ref, win, ordered=False)[1] <= 0.05
     assert alarms / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_sparse_tables_get_exact_p_values_in_the_far_tail():
+    """A binary column whose rare level a 100-row window expects 1.1 times: the
+    asymptotic chi-square rejects at about four times a Holm-sized level (0.001); the
+    exact conditional p-value (Fisher's test) holds it."""
+    rng = np.random.default_rng(11)
+    probs = np.array([0.989, 0.011])
+    ref = rng.multinomial(20_000, probs)
+    trials, level = 4000, 0.001
+    asymptotic = exact = 0
+    for _ in range(trials):
+        win = rng.multinomial(100, probs)
+        asymptotic += S.chi2_two_sample(ref, win)[1] <= level
+        exact += S.chi2_two_sample(ref, win, resamples=999, screen=level)[1] <= level
+    bound = level + 3 * math.sqrt(level * (1 - level) / trials)
+    assert exact / trials <= bound
+    assert asymptotic / trials > 3 * level  # why the refinement exists
+
+
+def test_exact_p_value_is_fishers_or_scipys_monte_carlo():
+    ref, win = np.array([35_000, 870]), np.array([91, 9])
+    _, p, _ = S.chi2_two_sample(ref, win, resamples=999)
+    assert p == pytest.approx(sps.fisher_exact(np.vstack([ref, win])).pvalue)
+    ref3, win3 = np.array([30_000, 1500, 1200]), np.array([360, 30, 10])
+    _, p3, dof = S.chi2_two_sample(ref3, win3, resamples=999, seed=(0, 3))
+    method = sps.MonteCarloMethod(n_resamples=999, rng=np.random.default_rng((0, 3)))
+    want = sps.chi2_contingency(np.vstack([ref3, win3]), correction=False, method=method)
+    assert p3 == pytest.approx(want.pvalue) and dof == 2
+    # the screen: a table whose asymptotic p-value could not alarm keeps it
+    _, p_screened, _ = S.chi2_two_sample(ref3, win3, resamples=999, screen=1e-9)
+    assert p_screened == pytest.approx(
+        sps.chi2_contingency(np.vstack([ref3, win3]), correction=False).pvalue
+    )
+    # a table with every expected count large keeps the asymptotic value
+    big_r, big_w = np.array([5000, 5000, 5000]), np.array([900, 1000, 1100])
+    _, p_big, _ = S.chi2_two_sample(big_r, big_w, resamples=999)
+    assert p_big == pytest.approx(sps.chi2_contingency(np.vstack([big_r, big_w])).pvalue)
