@@ -347,21 +347,17 @@ class ImageDetector(Detector):
         if k is not None and k != sampler.k:
             sampler = ImportanceSampler(k, sampler.seed, row_chunk=ROW_CHUNK)
         n = len(images)
-        pad = (-n) % ROW_CHUNK
-        prepared = self._prepare(images)
-        if pad:
-            prepared = np.concatenate([prepared, np.zeros((pad, *prepared.shape[1:]), np.uint8)])
-        x = torch.from_numpy(prepared)
+        # the sampler pads every pass to ROW_CHUNK images, so no image's bits depend on
+        # the others it came with
+        x = torch.from_numpy(self._prepare(images))
         if self.progress and n > 10 * ROW_CHUNK:
             from tqdm.auto import tqdm
 
-            with tqdm(total=len(x), unit="images", desc="scoring") as bar:
-                res = sampler.score(
-                    net or self.net_, x, len(x), progress=bar.update, contributions=contributions
+            with tqdm(total=n, unit="images", desc="scoring") as bar:
+                return sampler.score(
+                    net or self.net_, x, n, progress=bar.update, contributions=contributions
                 )
-        else:
-            res = sampler.score(net or self.net_, x, len(x), contributions=contributions)
-        return ScoreResult(*(getattr(res, f)[:n] for f in ScoreResult.__dataclass_fields__))
+        return sampler.score(net or self.net_, x, n, contributions=contributions)
 
     def _normality(self, X: Any, k: int | None) -> np.ndarray:
         images = self._checked(X)

@@ -6,10 +6,14 @@ For a record x and K samples z_k = mu(x) + sigma(x) * eps_k from q(z|x),
     log p(x) ~= logsumexp_k log w_k - log K
 
 (K = 1 is the ELBO). One fixed eps matrix [K, L] drawn from ``seed`` is shared by every
-record (common random numbers), so a record's score does not depend on the batch it
-arrived in, and scores of two records are compared under the same noise. Work is
-chunked over rows and over samples with a running logsumexp, so memory is bounded by
-``row_chunk * sample_chunk`` decoder evaluations whatever K is.
+record (common random numbers), and scores of two records are compared under the same
+noise. Work is chunked over rows and over samples with a running logsumexp, so memory
+is bounded by ``row_chunk * sample_chunk`` decoder evaluations whatever K is.
+
+A record's score is the same bits in any batch: every pass has exactly ``row_chunk``
+rows (the last chunk is padded with copies of its last row), because CPU kernels pick
+their blocking and summation order from a tensor's shape: a record scored alone, in a
+pass of one row, came out up to 2.5e-7 nats away from the same record in a full pass.
 """
 
 from __future__ import annotations
@@ -69,13 +73,15 @@ class ImportanceSampler:
     Args:
         k: importance samples per record (1 = ELBO), 1..MAX_K.
         seed: seed of the shared eps matrix (common random numbers).
-        row_chunk: records per decoder pass.
+        row_chunk: records per decoder pass, always: a shorter last chunk is padded to
+            it. 64 rows x 64 samples keeps a 1-record request cheap (the padded pass
+            costs about twice an unpadded one-row pass) and large batches at full speed.
         sample_chunk: samples per decoder pass; fixed (not derived from the batch) so
             that the arithmetic for a record is the same in any batch.
     """
 
     def __init__(
-        self, k: int = 64, seed: int = 0, row_chunk: int = 256, sample_chunk: int = 64
+        self, k: int = 64, seed: int = 0, row_chunk: int = 64, sample_chunk: int = 64
     ) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             msg = f"k must be an integer in [1, {MAX_K}], got {k!r}"
@@ -131,7 +137,11 @@ class ImportanceSampler:
             with torch.inference_mode():
                 for start in range(0, n, self.row_chunk):
                     sl = slice(start, min(n, start + self.row_chunk))
-                    res = self._score_chunk(model, take(batch, sl), contributions)
+                    rows = sl.stop - sl.start
+                    chunk = _pad_rows(take(batch, sl), self.row_chunk - rows)
+                    res = self._score_chunk(model, chunk, contributions)
+                    if rows < self.row_chunk:
+                        res = ScoreResult(*(getattr(res, f)[:rows] for f in _FIELDS))
                     n_features = res.contributions.shape[1]
                     parts.append(res)
                     if progress is not None:
@@ -192,6 +202,21 @@ class ImportanceSampler:
             kl=gaussian_kl(mu, logvar).to(f64).numpy(),
             contributions=contributions.numpy(),
         )
+
+
+_FIELDS = tuple(ScoreResult.__dataclass_fields__)
+
+
+def _pad_rows(chunk: Any, pad: int) -> Any:
+    """``chunk`` (a tensor or a NamedTuple of tensors, rows first) with its last row
+    repeated ``pad`` more times: every pass then has the same shape, and a kernel's
+    arithmetic for a row (its blocking, its summation order) does not depend on how many
+    rows came with it."""
+    if pad <= 0:
+        return chunk
+    if isinstance(chunk, Tensor):
+        return torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
+    return type(chunk)(*(_pad_rows(t, pad) for t in chunk))
 
 
 def _default_index(batch: Any, sl: slice) -> Any:

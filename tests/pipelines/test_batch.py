@@ -147,15 +147,11 @@ def test_rerun_skips_done_partitions_and_overwrite_is_identical(
 
 
 def test_other_batch_sizes_score_the_same_rows(tmp_path: Path, bundle: Path) -> None:
-    """Other batch sizes: other row groups, the same rows, ids and flags. The scores
-    should be the same bits too; on some CPUs they are not yet (a record's last bits
-    depend on the shape of the pass it is scored in: issue 22), which is reported as an
-    expected failure with the measured difference rather than hidden by a tolerance."""
+    """Other batch sizes: other row groups, the same rows, ids, flags and score bits."""
     inp = write_partitions(tmp_path / "in", 200)
     base = ["--quiet", "score-batch", "--model", str(bundle), "--input", str(inp)]
     assert main([*base, "--output", str(tmp_path / "a")]) == 0
     assert main([*base, "--output", str(tmp_path / "b"), "--batch-rows", "77"]) == 0
-    worst = 0.0
     for k in _files(tmp_path / "a"):
         if not k.endswith(".parquet"):
             continue
@@ -163,10 +159,7 @@ def test_other_batch_sizes_score_the_same_rows(tmp_path: Path, bundle: Path) -> 
         got = pq.read_table(tmp_path / "b" / k).to_pandas()
         assert got["id"].tolist() == want["id"].tolist()
         assert got["is_outlier"].tolist() == want["is_outlier"].tolist()
-        np.testing.assert_allclose(got["log_likelihood"], want["log_likelihood"], rtol=0, atol=1e-6)
-        worst = max(worst, float(np.abs(got["log_likelihood"] - want["log_likelihood"]).max()))
-    if worst > 1e-12:
-        pytest.xfail(f"issue 22: scores differ across batch sizes by up to {worst:.2g} nats")
+        assert (got["log_likelihood"].to_numpy() == want["log_likelihood"].to_numpy()).all()
 
 
 def test_keep_columns_and_single_file(tmp_path: Path, bundle: Path) -> None:
