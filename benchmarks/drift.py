@@ -503,13 +503,22 @@ def memory_part(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def update_json(key: str, value: Any) -> dict[str, Any]:
-    """Set ``key`` of drift.json, re-reading the file first, so parts run in separate
-    processes (tables beside images) do not overwrite each other's results."""
-    doc = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
-    doc[key] = value
+def update_json(key: str, value: Any, *, set_name: str | None = None) -> dict[str, Any]:
+    """Set ``key`` of drift.json (or, with ``set_name``, that set's entry of ``sets``),
+    re-reading the file under a lock first, so parts and sets run in separate processes
+    (tables beside images, two halves of the sets) do not overwrite each other."""
+    import fcntl
+
     JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
-    JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
+    with open(JSON_OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
+        if set_name is None:
+            doc[key] = value
+        else:
+            sets = [s for s in doc.get(key, []) if s["set"] != set_name]
+            doc[key] = sorted([*sets, value], key=lambda s: SETS.index(s["set"]))
+        JSON_OUT.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
 
@@ -706,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parts",
         default="tables,images,memory,timing",
-        help="tables, images, memory, timing (each updates its part of drift.json)",
+        help="tables, images, memory, timing (each updates its part of drift.json); "
+        "report: only rewrite the RESULTS.md section from drift.json",
     )
     p.add_argument("--image-fit", type=int, default=10_000)
     p.add_argument("--image-epochs", type=int, default=3)
@@ -732,21 +742,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.evidently_cache:
         load_evidently_cache(Path(args.evidently_cache))
     if "tables" in parts:
-        old = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
-        sets = [s for s in old.get("sets", []) if s["set"] not in args.sets]
         for key, value in {"level": LEVEL, "evidently": use_ev, "evidently_note": note,
                            "evidently_reps": args.evidently_reps}.items():  # fmt: skip
             update_json(key, value)
         for name in args.sets:  # sets run before and not named now are kept
-            sets.append(run_set(name, args, use_ev))
-            update_json("sets", sets)
+            update_json("sets", run_set(name, args, use_ev), set_name=name)
     if "timing" in parts:
         update_json("timing", timing(args))
     if "images" in parts:
         update_json("images", image_part(args))
     if "memory" in parts:
         update_json("memory", memory_part(args))
-    if "tables" in parts:
+    if parts & {"tables", "report"}:
         update_json("headline", headline(json.loads(JSON_OUT.read_text())))
     doc = json.loads(JSON_OUT.read_text())
     # the section documents the whole benchmark, whichever parts this call re-ran
