@@ -535,7 +535,8 @@ class TabularDetector(Detector):
         progress: bool | None = None,
     ) -> pd.DataFrame:
         """Everything per row as a frame (index preserved): ``log_likelihood`` and its
-        ``stderr``, ``elbo``, ``kl`` (nats), ``score`` (= -log_likelihood, higher is more
+        ``stderr``, ``ess`` and ``unreliable`` (see :meth:`result_columns`), ``elbo``,
+        ``kl`` (nats), ``score`` (= -log_likelihood, higher is more
         anomalous), ``p_value``, ``is_outlier``, and the id column when the schema has one.
 
         ``y`` is ignored (scikit-learn's ``score(X, y)`` signature). Note: p-values and
@@ -549,11 +550,16 @@ class TabularDetector(Detector):
         )
 
     #: The columns of :meth:`result_columns`, in output order.
-    RESULT_COLUMNS = ("log_likelihood", "stderr", "elbo", "kl", "score", "p_value", "is_outlier")
+    RESULT_COLUMNS = (
+        "log_likelihood", "stderr", "ess", "unreliable", "elbo", "kl", "score", "p_value",
+        "is_outlier",
+    )  # fmt: skip
 
     def result_columns(self, res: ScoreResult) -> dict[str, np.ndarray]:
         """The per-record output of a scoring result, [N] each, keyed and ordered as
-        :data:`RESULT_COLUMNS`: log-likelihood and its stderr, ELBO and KL (nats), score
+        :data:`RESULT_COLUMNS`: log-likelihood and its stderr, the importance weights'
+        effective sample size and whether it is too small to trust the estimate
+        (:data:`~anomaly_vae.scoring.iwae.MIN_ESS`), ELBO and KL (nats), score
         (= -log_likelihood), the conformal p-value and the flag. The one place that turns
         scores into output, for :meth:`score`, the service's routes, the MLflow model and
         batch scoring alike."""
@@ -561,6 +567,8 @@ class TabularDetector(Detector):
         return {
             "log_likelihood": ll,
             "stderr": res.stderr,
+            "ess": res.ess,
+            "unreliable": res.unreliable,
             "elbo": res.elbo,
             "kl": res.kl,
             "score": -ll,

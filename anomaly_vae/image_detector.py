@@ -430,7 +430,9 @@ class ImageDetector(Detector):
         return self._score_images(images, k, net=self.background_).log_likelihood
 
     def score(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
-        """Per image: ``log_likelihood`` (nats) and its ``stderr``, ``bits_per_dim``
+        """Per image: ``log_likelihood`` (nats) and its ``stderr``, ``ess`` and
+        ``unreliable`` (the importance weights' effective sample size, and whether it is
+        below :data:`~anomaly_vae.scoring.iwae.MIN_ESS`), ``bits_per_dim``
         (-log2 p(x) / D), ``complexity_bits`` (PNG length; with score=complexity),
         ``background_log_likelihood`` (nats; with score=ratio),
         ``score`` (higher is more anomalous; with score=complexity it is
@@ -443,6 +445,8 @@ class ImageDetector(Detector):
             {
                 "log_likelihood": res.log_likelihood,
                 "stderr": res.stderr,
+                "ess": res.ess,
+                "unreliable": res.unreliable,
                 "bits_per_dim": -res.log_likelihood / (d * math.log(2.0)),
             }
         )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from anomaly_vae.detector import TabularDetector
 from anomaly_vae.drift import WindowStats
@@ -34,7 +35,7 @@ from anomaly_vae.exceptions import OutputError, SchemaError
 from . import drift_window as window
 from .models import ModelRef
 from .partitions import Partition, finish_partition, partition_manifest, staged
-from .tables import SCORE_COLUMNS, carried_columns, csv_column_types, csv_header
+from .tables import SCORE_COLUMNS, SCORE_TYPES, carried_columns, csv_column_types, csv_header
 
 _DETECTORS: dict[str, TabularDetector] = {}
 
@@ -193,8 +194,10 @@ class SparkScorer:
         out_schema = T.StructType(
             [
                 *carried,
-                *[T.StructField(n, T.DoubleType()) for n in SCORE_COLUMNS[:-1]],
-                T.StructField("is_outlier", T.BooleanType()),
+                *[
+                    T.StructField(n, T.BooleanType() if t == pa.bool_() else T.DoubleType())
+                    for n, t in zip(SCORE_COLUMNS, SCORE_TYPES, strict=True)
+                ],
             ]
         )
         columns = [f.name for f in out_schema.fields]

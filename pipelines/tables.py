@@ -18,8 +18,10 @@ from anomaly_vae.detector import TabularDetector
 from anomaly_vae.exceptions import SchemaError
 
 #: Score columns written after the id (or input) columns, in this order.
-SCORE_COLUMNS = ("log_likelihood", "stderr", "score", "p_value", "is_outlier")
-SCORE_TYPES = (pa.float64(), pa.float64(), pa.float64(), pa.float64(), pa.bool_())
+SCORE_COLUMNS = ("log_likelihood", "stderr", "ess", "score", "p_value", "is_outlier", "unreliable")
+SCORE_TYPES = (
+    pa.float64(), pa.float64(), pa.float64(), pa.float64(), pa.float64(), pa.bool_(), pa.bool_()
+)  # fmt: skip
 
 
 def csv_column_types(detector: TabularDetector, header: list[str]) -> dict[str, pa.DataType]:

@@ -47,6 +47,11 @@ class RecordScore(BaseModel):
     stderr: float | None = Field(
         description="Monte Carlo standard error of log_likelihood (null at K=1)"
     )
+    ess: float = Field(description="effective sample size of the importance weights, 1..k (Kish)")
+    unreliable: bool = Field(
+        description="ess below 5 (or k/2 for k < 10): a few samples carry the estimate, "
+        "which is then likely too low and its stderr not to be trusted"
+    )
     score: float = Field(description="anomaly score = -log_likelihood")
     p_value: float
     is_outlier: bool

@@ -31,12 +31,16 @@ def test_finds_the_known_outliers(fitted, mixed_test):
         "id",
         "log_likelihood",
         "stderr",
+        "ess",
+        "unreliable",
         "elbo",
         "kl",
         "score",
         "p_value",
         "is_outlier",
     ]
+    # the fit's own normal rows rest on many effective samples
+    assert res.loc[~y, "unreliable"].mean() < 0.02
     assert res["id"].tolist() == frame["id"].tolist()
     assert roc_auc_score(y, res["score"]) > 0.95
     assert res.loc[y, "is_outlier"].mean() > 0.8

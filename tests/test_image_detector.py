@@ -37,6 +37,8 @@ def test_scores_shapes_units_and_detection(fitted) -> None:
     assert list(out.columns) == [
         "log_likelihood",
         "stderr",
+        "ess",
+        "unreliable",
         "bits_per_dim",
         "score",
         "p_value",

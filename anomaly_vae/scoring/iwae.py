@@ -32,6 +32,19 @@ from anomaly_vae.nn.base import VAEProtocol, gaussian_kl, standard_normal_log_pr
 #: Most K the scorer accepts; K=5000 (the image benchmark's evaluation) fits well under it.
 MAX_K = 100_000
 
+#: An estimate resting on fewer effective importance samples than this is flagged
+#: ``unreliable``: a handful of draws carry it, so it is likely too low (the bound is
+#: loose) and its delta-method ``stderr``, computed from the same few weights, is not
+#: to be trusted. Measured at K=64: 0.0% of held-out normal cardio rows and 0.3% of
+#: satellite's fall below 5, against 3% and 26% of their outliers.
+MIN_ESS = 5.0
+
+
+def unreliable(ess: np.ndarray, k: int) -> np.ndarray:
+    """[N] bool: effective sample size below ``MIN_ESS`` (below K / 2 when K < 10, so a
+    small K is judged against what it can reach; never at K = 1, an ELBO)."""
+    return np.asarray(ess) < min(MIN_ESS, k / 2.0)
+
 
 @dataclass
 class ScoreResult:
@@ -46,6 +59,10 @@ class ScoreResult:
         contributions: [N, F] per-feature log-likelihood terms averaged under the
             normalized importance weights; they sum to the reconstruction part of
             ``log_likelihood`` and show which features made a record unlikely.
+        ess: Kish's effective sample size of the importance weights,
+            (sum w)^2 / sum w^2, in [1, K]: near 1 when one sample carries the estimate,
+            and then ``stderr`` (computed from the same weights) is not to be trusted.
+        unreliable: [N] bool, ``ess`` below :data:`MIN_ESS` (see :func:`unreliable`).
     """
 
     log_likelihood: np.ndarray
@@ -53,6 +70,8 @@ class ScoreResult:
     elbo: np.ndarray
     kl: np.ndarray
     contributions: np.ndarray
+    ess: np.ndarray
+    unreliable: np.ndarray
 
     def __len__(self) -> int:
         return int(self.log_likelihood.shape[0])
@@ -61,7 +80,7 @@ class ScoreResult:
     def concat(cls, parts: list[ScoreResult], n_features: int) -> ScoreResult:
         if not parts:
             e = np.zeros(0)
-            return cls(e, e, e, e, np.zeros((0, n_features)))
+            return cls(e, e, e, e, np.zeros((0, n_features)), e, np.zeros(0, dtype=bool))
         return cls(
             *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
         )
@@ -191,6 +210,7 @@ class ImportanceSampler:
             stderr = (var_w / k).sqrt() / mean_w
         else:
             stderr = torch.full((n,), math.nan, dtype=f64)
+        ess = (sum_w.pow(2) / sum_w2).numpy()
         if contrib is None:
             contributions = torch.zeros(n, 0, dtype=f64)
         else:
@@ -201,6 +221,9 @@ class ImportanceSampler:
             elbo=(sum_logw / k).numpy(),
             kl=gaussian_kl(mu, logvar).to(f64).numpy(),
             contributions=contributions.numpy(),
+            # the ratio is unchanged by the running maximum both sums are scaled by
+            ess=ess,
+            unreliable=unreliable(ess, k),
         )
 
 

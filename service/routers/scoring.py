@@ -52,7 +52,8 @@ def score_rows(
     det: TabularDetector, frame: pd.DataFrame, res: ScoreResult, top: int
 ) -> list[dict[str, Any]]:
     """``/v1/score``'s result objects from the library's result columns: id (when the
-    schema has one), log_likelihood, stderr (absent at K=1), score, p_value, is_outlier,
+    schema has one), log_likelihood, stderr (absent at K=1), ess, unreliable, score,
+    p_value, is_outlier,
     and with ``top`` the most unusual features."""
     cols = det.result_columns(res)
     sid = det.schema_.id_column
@@ -65,12 +66,15 @@ def score_rows(
     )
     sc = cols["score"].tolist()
     se = cols["stderr"].tolist()
+    es, ur = cols["ess"].tolist(), cols["unreliable"].tolist()
     results: list[dict[str, Any]] = []
     for i in range(len(ll)):
         item: dict[str, Any] = {} if ids is None or ids[i] is None else {"id": ids[i]}
         item["log_likelihood"] = ll[i]
         if not math.isnan(se[i]):  # response_model_exclude_none, as declared in the schema
             item["stderr"] = se[i]
+        item["ess"] = es[i]
+        item["unreliable"] = ur[i]
         item["score"] = sc[i]
         item["p_value"] = pv[i]
         item["is_outlier"] = fl[i]

@@ -43,11 +43,14 @@ def test_score_records_and_columns(server, store, mixed_test):
         "id",
         "log_likelihood",
         "stderr",
+        "ess",
+        "unreliable",
         "score",
         "p_value",
         "is_outlier",
         "contributions",
     }
+    assert 1.0 <= first["ess"] <= body["k"]
     assert first["id"] == "row0"
     assert len(first["contributions"]) == 2
     cols = {c: frame[c].tolist() for c in frame.columns}

@@ -51,6 +51,8 @@ def test_posting_pngs_multipart_and_base64(server) -> None:
         assert {
             "log_likelihood",
             "stderr",
+            "ess",
+            "unreliable",
             "bits_per_dim",
             "score",
             "p_value",

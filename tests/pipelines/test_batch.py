@@ -89,9 +89,11 @@ def test_partitioned_run_matches_the_library(tmp_path: Path, bundle: Path) -> No
                 "id",
                 "log_likelihood",
                 "stderr",
+                "ess",
                 "score",
                 "p_value",
                 "is_outlier",
+                "unreliable",
             ]
             frame = pd.read_csv(src) if name.endswith(".csv") else pd.read_parquet(src)
             want = det.score(frame)

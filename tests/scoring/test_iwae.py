@@ -94,3 +94,27 @@ def test_contributions_sum_to_reconstruction_part(ppca):
 def test_k_out_of_range_is_refused(bad):
     with pytest.raises(ValueError, match="k must be an integer"):
         ImportanceSampler(k=bad)
+
+
+def test_effective_sample_size_is_k_for_the_exact_posterior_and_falls_with_a_bad_q(ppca):
+    """Kish's ESS of the weights: every weight equal (q = posterior) gives K; an encoder
+    far off the posterior gives few effective samples, and those records are flagged."""
+    from anomaly_vae.scoring.iwae import MIN_ESS, unreliable
+
+    model, x, _ = ppca
+    res = ImportanceSampler(k=100, seed=1).score(model, x, N)
+    np.testing.assert_allclose(res.ess, 100.0, rtol=1e-9)
+    assert not res.unreliable.any()
+    far = LinearGaussianVAE(
+        model.weight, model.bias, model.noise_var,
+        model.enc_weight * 0.2, model.enc_bias + 2.0, model.enc_logvar - 4.0,
+    )  # fmt: skip
+    bad = ImportanceSampler(k=100, seed=1).score(far, x, N)
+    assert np.all((bad.ess >= 1.0 - 1e-9) & (bad.ess <= 100.0 + 1e-9))
+    assert np.median(bad.ess) < MIN_ESS
+    np.testing.assert_array_equal(bad.unreliable, bad.ess < MIN_ESS)
+    # by hand: weights (1, 1, 0, 0) have ESS 2; the flag scales to a small K, never K = 1
+    assert unreliable(np.array([2.0]), 4).tolist() == [False]
+    assert unreliable(np.array([1.5]), 4).tolist() == [True]
+    one = ImportanceSampler(k=1, seed=1).score(far, x, N)
+    assert np.all(one.ess == 1.0) and not one.unreliable.any()
