@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 __all__ = ["ImageDetector", "TabularDetector", "__version__", "load_detector"]
 
 
-def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
-    """Load any detector bundle, tabular or image, by the kind in its manifest."""
+def load_detector(
+    path: str | Path, *, signing_key: str | bytes | None = None
+) -> TabularDetector | ImageDetector:
+    """Load any detector bundle, tabular or image, by the kind in its manifest (with
+    ``signing_key``: only a bundle signed with it)."""
     import json
     from pathlib import Path
 
@@ -34,10 +37,10 @@ def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
     if kind == "image":
         from anomaly_vae.image_detector import ImageDetector
 
-        return ImageDetector.load(path)
+        return ImageDetector.load(path, signing_key=signing_key)
     from anomaly_vae.detector import TabularDetector
 
-    return TabularDetector.load(path)
+    return TabularDetector.load(path, signing_key=signing_key)
 
 
 def __getattr__(name: str) -> Any:

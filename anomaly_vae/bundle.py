@@ -2,6 +2,12 @@
 
 Loading never unpickles: JSON is parsed, weights are read by safetensors, and every file
 is checked against the sha256 recorded in ``manifest.json`` before it is used.
+
+Checksums catch corruption, not tampering: whoever edits a file can recompute its
+digest. A bundle can also be signed: ``signature.json`` holds an HMAC-SHA256 of the
+manifest's bytes under a shared key (the manifest names every file's sha256, so the
+signature covers them all). A loader given the key refuses a bundle that is unsigned or
+whose signature does not verify.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -32,6 +39,55 @@ JSON_FILES = (
     "reference.json",
 )
 WEIGHTS = "weights.safetensors"
+SIGNATURE = "signature.json"
+#: Shortest signing key accepted (characters): an HMAC key should carry at least 128 bits.
+MIN_KEY_LENGTH = 32
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    raw = key.encode() if isinstance(key, str) else bytes(key)
+    if len(raw) < MIN_KEY_LENGTH:
+        msg = f"a signing key needs at least {MIN_KEY_LENGTH} characters, got {len(raw)}"
+        raise BundleError(msg)
+    return raw
+
+
+def _signature(manifest_bytes: bytes, key: str | bytes) -> str:
+    return hmac.new(_key_bytes(key), manifest_bytes, hashlib.sha256).hexdigest()
+
+
+def sign_bundle(path: str | Path, key: str | bytes) -> Path:
+    """Sign the bundle at ``path`` (write ``signature.json``) with ``key``; returns the
+    signature file. Re-signing replaces the signature."""
+    root = Path(path)
+    mpath = root / "manifest.json"
+    if not mpath.exists():
+        msg = f"{str(root)!r} is not a detector bundle: manifest.json is missing"
+        raise BundleError(msg)
+    doc = {"algorithm": "HMAC-SHA256", "signature": _signature(mpath.read_bytes(), key)}
+    out = root / SIGNATURE
+    out.write_text(json.dumps(doc, indent=1))
+    return out
+
+
+def verify_signature(path: str | Path, key: str | bytes) -> None:
+    """Raise :class:`BundleError` unless the bundle at ``path`` carries a signature of
+    its manifest under ``key``."""
+    root = Path(path)
+    spath = root / SIGNATURE
+    if not spath.exists():
+        msg = f"bundle {root.name!r} is not signed, and a signing key is configured: sign it with `anomaly-vae sign`"
+        raise BundleError(msg)
+    try:
+        doc = json.loads(spath.read_text())
+        given = str(doc["signature"])
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"bundle {root.name!r}: {SIGNATURE} is not a signature document"
+        raise BundleError(msg) from exc
+    want = _signature((root / "manifest.json").read_bytes(), key)
+    if doc.get("algorithm") != "HMAC-SHA256" or not hmac.compare_digest(given, want):
+        msg = f"bundle {root.name!r}: its signature does not verify (edited after signing, or signed with another key)"
+        raise BundleError(msg)
 
 
 def sha256_file(path: Path) -> str:
@@ -44,7 +100,11 @@ def sha256_file(path: Path) -> str:
 
 
 def write_bundle(
-    path: str | Path, kind: str, documents: dict[str, Any], weights: dict[str, torch.Tensor]
+    path: str | Path,
+    kind: str,
+    documents: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    signing_key: str | bytes | None = None,
 ) -> Path:
     """Write a bundle atomically: into a temporary sibling directory, then renamed.
 
@@ -53,6 +113,7 @@ def write_bundle(
         kind: ``tabular`` or ``image``.
         documents: JSON-able content keyed by file name (those in ``JSON_FILES``).
         weights: the state dict, saved with safetensors.
+        signing_key: sign the bundle with it (see :func:`sign_bundle`).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +133,8 @@ def write_bundle(
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if signing_key is not None:
+            sign_bundle(tmp, signing_key)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -87,10 +150,11 @@ def write_bundle(
 
 
 def read_bundle(
-    path: str | Path, kind: str | None = None
+    path: str | Path, kind: str | None = None, signing_key: str | bytes | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """Read and verify a bundle: (manifest, documents by file name, weights). With
-    ``kind`` ("tabular", "image"), a bundle of another kind is a ``BundleError``."""
+    ``kind`` ("tabular", "image"), a bundle of another kind is a ``BundleError``; with
+    ``signing_key``, so is one that is unsigned or whose signature does not verify."""
     root = Path(path)
     mpath = root / "manifest.json"
     if not root.is_dir():
@@ -99,6 +163,8 @@ def read_bundle(
     if not mpath.exists():
         msg = f"{str(root)!r} is not a detector bundle: manifest.json is missing"
         raise BundleError(msg)
+    if signing_key is not None:
+        verify_signature(root, signing_key)
     try:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as exc:

@@ -292,6 +292,18 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded MLflow store directory (ignored when MLFLOW_TRACKING_URI is set)",
     )
 
+    p = sub.add_parser(
+        "sign",
+        help="sign a bundle (HMAC-SHA256 of its manifest) with ANOMALY_VAE_SIGNING_KEY",
+        description="Sign a detector bundle with the key in ANOMALY_VAE_SIGNING_KEY (at "
+        "least 32 characters). A service given the same key serves only bundles signed "
+        "with it; `register` signs the bundle it logs whenever the variable is set.",
+    )
+    p.add_argument("bundle", help="detector bundle directory")
+    p.add_argument(
+        "--verify", action="store_true", help="check the signature instead of writing one"
+    )
+
     p = sub.add_parser("models", help="list registered versions, promote an alias, roll back")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     q = msub.add_parser("list", help="versions of a registered model, newest first")
@@ -752,6 +764,23 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sign(args: argparse.Namespace) -> int:
+    import os
+
+    from anomaly_vae.bundle import sign_bundle, verify_signature
+
+    key = os.environ.get("ANOMALY_VAE_SIGNING_KEY")
+    if not key:
+        print("anomaly-vae: error: set ANOMALY_VAE_SIGNING_KEY to the signing key", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.verify:
+        verify_signature(args.bundle, key)
+        print(f"{args.bundle}: signature verifies")
+    else:
+        print(sign_bundle(args.bundle, key))
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from anomaly_vae import registry
 
@@ -1027,6 +1056,7 @@ COMMANDS = {
     "encode": _cmd_encode,
     "demo": _cmd_demo,
     "register": _cmd_register,
+    "sign": _cmd_sign,
     "models": _cmd_models,
     "serve": _cmd_serve,
     "score-batch": _cmd_score_batch,

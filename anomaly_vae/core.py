@@ -231,8 +231,9 @@ class Detector:
 
         return ImportanceSampler(k=k, seed=seed)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the detector bundle directory (see ``anomaly_vae.bundle``)."""
+    def save(self, path: str | Path, *, signing_key: str | bytes | None = None) -> Path:
+        """Write the detector bundle directory (see ``anomaly_vae.bundle``), signed with
+        ``signing_key`` when one is given."""
         self._check_fitted()
         docs = {
             "config.json": {
@@ -254,12 +255,13 @@ class Detector:
         }
         if getattr(self, "reference_", None):
             docs["reference.json"] = self.reference_
-        return write_bundle(path, self._kind, docs, self._weights())
+        return write_bundle(path, self._kind, docs, self._weights(), signing_key)
 
     @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Read a bundle written by :meth:`save`; never unpickles."""
-        manifest, docs, weights = read_bundle(path, kind=cls._kind)
+    def load(cls, path: str | Path, *, signing_key: str | bytes | None = None) -> Self:
+        """Read a bundle written by :meth:`save`; never unpickles. With ``signing_key``,
+        an unsigned bundle or one whose signature does not verify is refused."""
+        manifest, docs, weights = read_bundle(path, kind=cls._kind, signing_key=signing_key)
         with inconsistent_bundle(path):
             cfg = docs["config.json"]
             det = cls(**cfg["params"])

@@ -130,7 +130,10 @@ def log_detector(
         curves = plot_training(detector.history_, Path(tmp) / "training_curves.png")
         for plot in [curves, *(plots or [])]:
             mlflow.log_artifact(str(plot), artifact_path="plots")
-        bundle = detector.save(Path(tmp) / "bundle")
+        # signed when the deployment has a key, so a service holding it accepts the version
+        bundle = detector.save(
+            Path(tmp) / "bundle", signing_key=os.environ.get("ANOMALY_VAE_SIGNING_KEY") or None
+        )
         sample: Any
         if isinstance(detector, ImageDetector):
             sample = detector._checked(example)[:5]

@@ -22,12 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from . import metrics
 from .batching import Batcher
-from .errors import install_handlers
+from .errors import error_response, install_handlers
 from .model_store import ModelStore
 from .routers import images, models, ops, scoring
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Longest wait for the first model load before the server listens anyway (seconds).
+STARTUP_WAIT_S = 5.0
 
 
 class _Observe:
@@ -58,6 +61,61 @@ class _Observe:
             metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _LimitBody:
+    """413 for a body above ``limit`` bytes, before any of it is parsed: at once from a
+    larger Content-Length, else as soon as the streamed bytes pass the limit."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, int(declared))
+            return
+        seen = [0]
+        started = [False]
+
+        async def counted() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.limit:
+                    raise _BodyTooLarge
+            return dict(message)
+
+        async def tracked(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if started[0]:
+                raise
+            await self._refuse(send, None)
+
+    async def _refuse(self, send: Any, size: int | None) -> None:
+        got = f"{size:,} bytes" if size is not None else "more"
+        resp = error_response(
+            413, ["body"],
+            f"the request body ({got}) is larger than the limit of {self.limit:,} bytes "
+            "(ANOMALY_VAE_MAX_BODY_BYTES)",
+            "too_large",
+        )  # fmt: skip
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. ``settings`` default to the environment (``ANOMALY_VAE_*``)."""
     settings = settings or Settings()
@@ -71,25 +129,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = ModelStore(settings)
     batcher = Batcher(settings)
 
-    async def poll() -> None:
-        while True:
+    async def first_load() -> None:
+        """Load until a model is there, with backoff (0.5 s doubling to 30 s), then poll
+        every ``poll_seconds``. In the background: the server listens, answers /healthz
+        and says why it is not ready while the store is down."""
+        delay = 0.5
+        while store.current is None:
+            try:
+                await run_in_threadpool(store.reload)
+            except Exception:
+                log.warning("no model yet: %s (retrying in %.1f s)", store.last_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 30.0)
+        while settings.poll_seconds > 0:
             await asyncio.sleep(settings.poll_seconds)
             with contextlib.suppress(Exception):
                 await run_in_threadpool(store.reload)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await run_in_threadpool(store.reload)
-        except Exception:
-            log.warning("no model at start-up: %s (not ready; will keep trying)", store.last_error)
+        # one attempt before listening, so a worker whose store answers starts with its
+        # model (every worker of a multi-worker server is then ready as it accepts); a
+        # store that is down or slow gets STARTUP_WAIT_S, then the loader keeps trying
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(run_in_threadpool(store.reload), STARTUP_WAIT_S)
         batcher.start()
-        poller = (
-            asyncio.get_running_loop().create_task(poll()) if settings.poll_seconds > 0 else None
-        )
+        loader = asyncio.get_running_loop().create_task(first_load())
         yield
-        if poller is not None:
-            poller.cancel()
+        loader.cancel()
         await batcher.stop()
 
     app = FastAPI(
@@ -101,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.batcher = batcher
+    app.add_middleware(_LimitBody, limit=settings.max_body_bytes)
     app.add_middleware(_Observe)
     install_handlers(app)
     for router in (scoring.router, images.router, models.router, ops.router):

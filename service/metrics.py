@@ -43,6 +43,12 @@ BATCH = Histogram(
     buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
 )
 LOADS = Counter("anomaly_vae_model_loads_total", "model load attempts by outcome", ["outcome"])
+LOAD_FAILING = Gauge(
+    "anomaly_vae_model_load_failing",
+    "1 while the latest load attempt failed (the service is degraded: it serves the "
+    "previous model, or none), else 0",
+    multiprocess_mode="livemax",
+)
 MODEL_INFO = Gauge(
     "anomaly_vae_model_info",
     "the loaded model (value 1), by name, version and alias",

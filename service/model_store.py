@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -19,6 +21,14 @@ from . import metrics
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/:]+/)*([^\s'\"/:]+)")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part: errors reach clients
+    (/readyz, /v1/models, a failed reload) and must not show the server's layout."""
+    return _PATH.sub(lambda m: m.group(1), text)
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "alias": self.alias,
-            "source": self.source,
+            "source": redact_paths(self.source),
             "loaded_at": self.loaded_at,
         }
         if isinstance(det, ImageDetector):
@@ -76,35 +86,49 @@ class ModelStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.current: LoadedModel | None = None
+        #: the latest load attempt's error (paths redacted), None once a load works
         self.last_error: str | None = None
+        self.failing_since: str | None = None
         self._lock = threading.Lock()
+        self._configured = False
         if settings.model_name is not None:
-            from anomaly_vae import registry
-
-            registry.configure(settings.tracking_store)
+            # the service retries with its own backoff: MLflow's client would otherwise
+            # retry an unreachable server for minutes inside one call
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
     def _now(self) -> str:
         return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     def _load(self) -> LoadedModel:
         s = self.settings
+        key = s.signing_key_value()
         if s.bundle_path is not None:
-            det = load_detector(s.bundle_path)
+            det = load_detector(s.bundle_path, signing_key=key)
             return LoadedModel(det, s.bundle_path.name, None, None, str(s.bundle_path), self._now())
         from anomaly_vae import registry
 
         assert s.model_name is not None
+        if not self._configured:
+            # at the first load, not at start-up: configuring talks to the tracking
+            # server, and one that is down must not keep the service from listening
+            registry.configure(s.tracking_store)
+            self._configured = True
         info = registry.resolve(s.model_name, s.model_alias)
         if self.current is not None and self.current.version == info.version:
             return self.current
         if s.cache_dir is not None:
             dest = Path(s.cache_dir) / f"{s.model_name}-v{info.version}"
-            det = load_detector(registry.download_bundle(s.model_name, info.version, dest))
+            det = load_detector(
+                registry.download_bundle(s.model_name, info.version, dest), signing_key=key
+            )
         else:
             # loading reads every file into memory, so the download is not kept: a
             # temporary folder per attempt, removed whether the load worked or not
             with tempfile.TemporaryDirectory(prefix=f"{s.model_name}-v{info.version}-") as tmp:
-                det = load_detector(registry.download_bundle(s.model_name, info.version, tmp))
+                det = load_detector(
+                    registry.download_bundle(s.model_name, info.version, tmp), signing_key=key
+                )
         return LoadedModel(
             det,
             s.model_name,
@@ -122,13 +146,17 @@ class ModelStore:
             try:
                 new = self._load()
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = redact_paths(f"{type(exc).__name__}: {exc}")
+                self.failing_since = self.failing_since or self._now()
                 metrics.LOADS.labels("failure").inc()
+                metrics.LOAD_FAILING.set(1)
                 log.warning(
                     "model load failed, keeping %s: %s", old and old.version, self.last_error
                 )
                 raise
             self.last_error = None
+            self.failing_since = None
+            metrics.LOAD_FAILING.set(0)
             if new is old:
                 return False, old
             self.current = new

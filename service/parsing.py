@@ -36,7 +36,7 @@ def check_limits(
 ) -> None:
     """The request limits from settings: 413 for more than ``max_records`` records (and
     422 for none) named at ``field``, 422 for ``k`` above ``max_k`` or ``top`` above
-    ``max_contributions``."""
+    ``max_contributions``. The cost limit (records x k) is :func:`check_cost`."""
     if n is not None:
         loc: list[str | int] = ["body", field] if field else ["body"]
         if n > settings.max_records:
@@ -52,6 +52,24 @@ def check_limits(
             ["body", "contributions"],
             f"contributions={top} is above the limit of {settings.max_contributions}",
         )
+
+
+def check_cost(
+    settings: Settings,
+    n: int,
+    k: int,
+    k_loc: tuple[str, ...] = ("body", "k"),
+    what: str = "records",
+) -> None:
+    """413 when ``n`` records at ``k`` importance samples each exceed ``max_cost``: one
+    such request would hold the scorer for long enough to stall every other."""
+    if n * k > settings.max_cost:
+        msg = (
+            f"{n} {what} x k={k} = {n * k:,} importance samples is above the limit of "
+            f"{settings.max_cost:,} per request (ANOMALY_VAE_MAX_COST): send fewer {what} "
+            "per request or a smaller k"
+        )
+        raise RequestError(413, list(k_loc), msg, "too_costly")
 
 
 def validate_json(model: type[BaseModel], body: bytes) -> Any:
@@ -153,14 +171,25 @@ def parse_invocations(body: bytes, content_type: str) -> tuple[pd.DataFrame, dic
 
 
 async def read_image_request(
-    request: Request, k: int | None, heatmap: bool
-) -> tuple[list[tuple[str, bytes]], int | None, bool]:
+    request: Request, k: int | None, heatmap: bool, max_files: int = 256
+) -> tuple[list[tuple[str, bytes]], int | None, bool, tuple[str, ...]]:
     """The uploaded images of a ``/v1/score/images`` request as (label, bytes) pairs,
-    with ``k`` and ``heatmap`` (a JSON body's own values win over the query's)."""
+    with ``k`` and ``heatmap`` (a JSON body's own values win over the query's) and where
+    ``k`` came from (``loc``, for errors); a multipart body holds at most ``max_files``
+    files."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     blobs: list[tuple[str, bytes]] = []
+    k_loc: tuple[str, ...] = ("query", "k")
     if ctype == "multipart/form-data":
-        form = await request.form()
+        try:
+            form = await request.form(max_files=max_files, max_fields=max_files + 16)
+        except StarletteHTTPException as exc:  # no boundary, too many files or fields
+            status = 413 if "Too many" in str(exc.detail) else 400
+            raise RequestError(
+                status, ["body", "files"], f"multipart body: {exc.detail}", "multipart_error"
+            ) from exc
         for item in form.getlist("files"):
             if isinstance(item, str):
                 raise RequestError(422, ["body", "files"], "files must be uploaded files")
@@ -169,7 +198,8 @@ async def read_image_request(
             raise RequestError(422, ["body", "files"], "no files uploaded (field name: files)")
     elif ctype == "application/json":
         req: ImageScoreRequest = validate_json(ImageScoreRequest, await request.body())
-        k = req.k if req.k is not None else k
+        if req.k is not None:
+            k, k_loc = req.k, ("body", "k")
         heatmap = heatmap or req.heatmap
         for i, text in enumerate(req.images):
             try:
@@ -184,7 +214,7 @@ async def read_image_request(
             f"unsupported content type {ctype!r}; use multipart/form-data or application/json",
             "unsupported",
         )  # fmt: skip
-    return blobs, k, heatmap
+    return blobs, k, heatmap, k_loc
 
 
 def decode_images(blobs: list[tuple[str, bytes]], shape: tuple[int, int, int]) -> np.ndarray:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 INSECURE_TOKENS = {"", "change-me", "changeme", "admin", "secret"}
+#: Shortest admin token accepted outside development (characters).
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -16,7 +18,9 @@ class Settings(BaseSettings):
 
     Serve a registered model (``model_name`` + ``model_alias``, resolved in the MLflow
     store at ``tracking_store`` or ``MLFLOW_TRACKING_URI``) or a bundle directory
-    (``bundle_path``). Outside ``environment=development`` an admin token is required.
+    (``bundle_path``). Outside ``environment=development`` an admin token of at least
+    ``MIN_TOKEN_LENGTH`` characters is required. With ``signing_key`` set, only bundles
+    signed with it (``anomaly-vae sign``) are served.
     """
 
     model_config = SettingsConfigDict(env_prefix="ANOMALY_VAE_", extra="ignore")
@@ -30,6 +34,19 @@ class Settings(BaseSettings):
         default=30.0, ge=0.0, description="alias polling period; 0 disables hot reload"
     )
     admin_token: str = ""
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key (at least 32 characters): serve only bundles signed with it",
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1, description="largest request body (413 before parsing)"
+    )
+    max_cost: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="most importance samples one request may ask for (records x k)",
+    )
+    max_files: int = Field(default=256, ge=1, description="most files in one multipart request")
     max_records: int = Field(default=10_000, ge=1, description="most records in one request")
     max_k: int = Field(default=5_000, ge=1, description="largest K a request may ask for")
     max_contributions: int = Field(default=20, ge=0, description="most top features per record")
@@ -71,10 +88,21 @@ class Settings(BaseSettings):
         if self.model_name is None and self.bundle_path is None:
             msg = "set ANOMALY_VAE_MODEL_NAME (a registered model) or ANOMALY_VAE_BUNDLE_PATH (a bundle directory)"
             raise ValueError(msg)
-        if (
-            self.environment != "development"
-            and self.admin_token.strip().lower() in INSECURE_TOKENS
-        ):
-            msg = "ANOMALY_VAE_ADMIN_TOKEN must be set to a non-default secret outside development"
-            raise ValueError(msg)
+        if self.environment != "development":
+            token = self.admin_token.strip()
+            if token.lower() in INSECURE_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+                msg = (
+                    "ANOMALY_VAE_ADMIN_TOKEN must be a non-default secret of at least "
+                    f"{MIN_TOKEN_LENGTH} characters outside development"
+                )
+                raise ValueError(msg)
+        if self.signing_key is not None:
+            from anomaly_vae.bundle import MIN_KEY_LENGTH
+
+            if len(self.signing_key.get_secret_value()) < MIN_KEY_LENGTH:
+                msg = f"ANOMALY_VAE_SIGNING_KEY must have at least {MIN_KEY_LENGTH} characters"
+                raise ValueError(msg)
         return self
+
+    def signing_key_value(self) -> str | None:
+        return None if self.signing_key is None else self.signing_key.get_secret_value()

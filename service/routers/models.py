@@ -15,15 +15,18 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models")
 async def models(settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
-    """What is loaded: name, version, alias, when, columns, calibration summary."""
+    """What is loaded: name, version, alias, when, columns, calibration summary; and
+    ``last_error`` / ``failing_since`` while the latest load attempt failed."""
     model = store.current
     return {
         "loaded": model.describe() if model else None,
         "last_error": store.last_error,
+        "failing_since": store.failing_since,
         "target": {
             "name": settings.model_name,
             "alias": settings.model_alias,
-            "bundle": str(settings.bundle_path) if settings.bundle_path else None,
+            # the directory's name only: responses do not show the server's paths
+            "bundle": settings.bundle_path.name if settings.bundle_path else None,
         },
         "poll_seconds": settings.poll_seconds,
     }
@@ -55,7 +58,7 @@ async def reload(
             409,
             detail={
                 "msg": f"load failed, still serving version {current.version if current else None}",
-                "error": f"{type(exc).__name__}: {exc}",
+                "error": store.last_error,
             },
         ) from exc
     return {"changed": changed, "loaded": model.describe() if model else None}

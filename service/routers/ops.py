@@ -24,12 +24,17 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(store: StoreDep) -> JSONResponse:
-    """A model is loaded and scores a record (a synthetic one it samples itself)."""
+    """A model is loaded and scores a record (a synthetic one it samples itself): 200,
+    else 503 with the reason (still loading, the store unreachable, the load failed).
+    Degraded: when the latest load failed while an earlier model still serves, the
+    answer stays 200 (taking the instance out of rotation would serve nothing) with
+    ``degraded: true``, the reason and since when; the gauge
+    ``anomaly_vae_model_load_failing`` is 1 meanwhile."""
     model = store.current
     if model is None:
         return JSONResponse(
             status_code=503,
-            content={"ready": False, "reason": store.last_error or "no model loaded"},
+            content={"ready": False, "reason": store.last_error or "loading the model"},
         )
     det = model.detector
     if isinstance(det, ImageDetector):
@@ -40,9 +45,10 @@ async def readyz(store: StoreDep) -> JSONResponse:
         row = det.sample(1, seed=0)
         ll = await run_in_threadpool(det.score_samples, row, k=1)
     ok = bool(np.isfinite(ll).all())
-    return JSONResponse(
-        status_code=200 if ok else 503, content={"ready": ok, "version": model.version}
-    )
+    body: dict[str, object] = {"ready": ok, "version": model.version}
+    if store.last_error is not None:
+        body.update(degraded=True, reason=store.last_error, failing_since=store.failing_since)
+    return JSONResponse(status_code=200 if ok else 503, content=body)
 
 
 @router.get("/metrics", include_in_schema=True)

@@ -18,6 +18,7 @@ from ..deps import BatcherDep, Model, SettingsDep
 from ..errors import RequestError
 from ..model_store import LoadedModel
 from ..parsing import (
+    check_cost,
     check_limits,
     frame_from_request,
     parse_invocations,
@@ -121,6 +122,7 @@ async def score(
         frame = frame_from_request(req, settings)
         check_limits(settings, k=req.k, top=req.contributions)
         det = tabular(model)
+        check_cost(settings, len(frame), req.k or det.sampler_.k)
         arrays = det.encode_rows(frame, allow_extra=False)
         res = await batcher.score(model, arrays, req.k, req.contributions > 0)
         results = score_rows(det, frame, res, req.contributions)
@@ -173,6 +175,7 @@ async def invocations(
                 f"k must be an integer in [1, {settings.max_k}], got {k!r}",
             )
         det = tabular(model)
+        check_cost(settings, len(frame), k or det.sampler_.k, ("body", "params", "k"))
         arrays = det.encode_rows(frame, allow_extra=True)
         res = await batcher.score(model, arrays, k, False)
         out = det.result_frame(frame, res).reset_index(drop=True)

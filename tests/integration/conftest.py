@@ -45,11 +45,14 @@ class Server(_Process):
         poll: float = 0.0,
         workers: int = 1,
         extra_env: dict[str, str] | None = None,
+        wait_ready: bool = True,
     ) -> None:
+        """Started once /healthz answers and, with ``wait_ready``, once /readyz is 200
+        (the service listens at once and loads its model in the background)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
             "ANOMALY_VAE_MODEL_NAME": model,
             "ANOMALY_VAE_TRACKING_STORE": str(store),
             "ANOMALY_VAE_ADMIN_TOKEN": TOKEN,
@@ -57,7 +60,6 @@ class Server(_Process):
             "MLFLOW_DISABLE_TELEMETRY": "true",
             **(extra_env or {}),
         }
-        env.pop("MLFLOW_TRACKING_URI", None)
         self.log = store / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
             [
@@ -80,10 +82,12 @@ class Server(_Process):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                probe = "/readyz" if wait_ready else "/healthz"
+                if httpx.get(self.url + probe, timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
             if self.proc.poll() is not None:
                 break
         raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")

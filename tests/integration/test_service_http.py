@@ -170,10 +170,14 @@ def test_models_endpoint_and_reload_auth(server):
 
 def test_readiness_before_and_after_a_model_exists(store, mixed_train):
     root, det = store
-    srv = Server(root, "late")
+    srv = Server(root, "late", wait_ready=False)
     try:
         assert httpx.get(srv.url + "/healthz").status_code == 200
         r = httpx.get(srv.url + "/readyz")
+        deadline = time.monotonic() + 60  # the first attempt runs in the background
+        while r.json()["reason"] == "loading the model" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            r = httpx.get(srv.url + "/readyz")
         assert r.status_code == 503
         assert "alias 'champion'" in r.json()["reason"]
         assert (

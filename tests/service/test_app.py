@@ -13,12 +13,16 @@ from pydantic import ValidationError
 
 
 def test_settings_refuse_insecure_production_and_missing_model(tmp_path):
-    with pytest.raises(ValidationError, match="ANOMALY_VAE_ADMIN_TOKEN must be set"):
-        Settings(environment="production", bundle_path=tmp_path, admin_token="change-me")
+    for weak in ("change-me", "x", "s3cr3t-value"):  # a default, 1 character, 12 characters
+        with pytest.raises(ValidationError, match="ADMIN_TOKEN must be a non-default secret"):
+            Settings(environment="production", bundle_path=tmp_path, admin_token=weak)
     with pytest.raises(ValidationError, match="set ANOMALY_VAE_MODEL_NAME"):
         Settings()
-    ok = Settings(environment="production", bundle_path=tmp_path, admin_token="s3cr3t-value")
+    with pytest.raises(ValidationError, match="SIGNING_KEY must have at least 32"):
+        Settings(bundle_path=tmp_path, signing_key="short")
+    ok = Settings(environment="production", bundle_path=tmp_path, admin_token="s3cr3t-value-of-20c")
     assert ok.max_records == 10_000
+    assert "s3cr3t" not in repr(Settings(bundle_path=tmp_path, signing_key="k" * 32).signing_key)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,8 @@ CASES = [
     ("name", "path", "kwargs", "status", "loc"), CASES, ids=[c[0] for c in CASES]
 )
 def test_bad_input_gets_a_json_4xx_naming_the_field(client, name, path, kwargs, status, loc):
+    # a body generator is made afresh per call (a generator is spent once read)
+    kwargs = {key: v() if callable(v) else v for key, v in kwargs.items()}
     r = client.post(path, **kwargs)
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
@@ -102,3 +104,83 @@ def test_a_png_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
     with pytest.raises(RequestError, match="image is 50x40 pixels; the model takes 16x16"):
         decode_images([("big.png", buf.getvalue())], (1, 16, 16))
     assert base64  # (the route's base64 path decodes to the same bytes)
+
+
+# ---------------------------------------------------------------- limits from settings
+@pytest.fixture(scope="module")
+def tight(fitted, tmp_path_factory):
+    """A service with small limits: 10 kB bodies, 1,000 importance samples a request."""
+    bundle = fitted.save(tmp_path_factory.mktemp("tight") / "bundle")
+    settings = Settings(bundle_path=bundle, poll_seconds=0, max_body_bytes=10_000, max_cost=1000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _chunks(total: int, size: int = 4096):
+    """A body without Content-Length (chunked): only counting the bytes can stop it."""
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+LIMIT_CASES = [
+    ("body over the limit, declared", "/v1/score", {"content": b" " * 20_000, "headers": {"content-type": "application/json"}}, 413, ["body"]),
+    ("body over the limit, streamed", "/v1/score", {"content": lambda: _chunks(50_000), "headers": {"content-type": "application/json"}}, 413, ["body"]),
+    ("records x k over the cost limit", "/v1/score", {"json": {"records": [_record()] * 20, "k": 100}}, 413, ["body", "k"]),
+    ("records x default k over the cost limit", "/v1/score", {"json": {"records": [_record()] * 40}}, 413, ["body", "k"]),
+    ("invocations over the cost limit", "/invocations", {"json": {"dataframe_records": [_record()] * 20, "params": {"k": 100}}}, 413, ["body", "params", "k"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "kwargs", "status", "loc"), LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES]
+)
+def test_limits_get_a_json_413_naming_the_field(tight, name, path, kwargs, status, loc):
+    test_bad_input_gets_a_json_4xx_naming_the_field(tight, name, path, kwargs, status, loc)
+    assert tight.get("/healthz").status_code == 200
+
+
+def test_within_the_limits_scores(tight):
+    r = tight.post("/v1/score", json={"records": [_record()] * 3, "k": 100})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+
+
+@pytest.fixture(scope="module")
+def images_client(tmp_path_factory):
+    from anomaly_vae import ImageDetector
+    from tests.test_image_detector import squares
+
+    det = ImageDetector(max_epochs=1, k=8, latent_dim=4, width_mult=8).fit(squares(120, 0))
+    bundle = det.save(tmp_path_factory.mktemp("img") / "bundle")
+    settings = Settings(bundle_path=bundle, poll_seconds=0, max_files=3, max_cost=1000, max_k=600)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_route_limits_name_the_field(images_client):
+    files = [("files", (f"{i}.png", _png(), "image/png")) for i in range(4)]
+    r = images_client.post("/v1/score/images", files=files)
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body", "files"], r.text
+    r = images_client.post(
+        "/v1/score/images", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+    )
+    assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["body", "files"], r.text
+    two = files[:2]
+    r = images_client.post("/v1/score/images?k=700", files=two)  # above max_k, from the query
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "k"], r.text
+    r = images_client.post("/v1/score/images?k=600", files=two)  # 2 x 600 above max_cost
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["query", "k"], r.text
+    body = {"images": [base64.b64encode(_png()).decode()] * 2, "k": 600}
+    r = images_client.post("/v1/score/images", json=body)
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body", "k"], r.text
+    r = images_client.post("/v1/score/images?k=8", files=two)
+    assert r.status_code == 200 and len(r.json()["results"]) == 2

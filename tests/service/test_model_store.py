@@ -3,6 +3,7 @@ and ``anomaly-vae serve`` flags override the environment only when given."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -77,3 +78,55 @@ def test_serve_flags_override_the_environment_only_when_given(tmp_path, fitted, 
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_signing_key_refuses_an_unsigned_bundle_and_serves_a_signed_one(fitted, tmp_path):
+    from anomaly_vae.service.app import create_app
+    from anomaly_vae.service.settings import Settings
+    from fastapi.testclient import TestClient
+
+    key = "a-service-signing-key-of-32-chars!"
+    unsigned = fitted.save(tmp_path / "unsigned")
+    app = create_app(Settings(bundle_path=unsigned, poll_seconds=0, signing_key=key))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "not signed" in r.json()["reason"]
+        assert str(tmp_path) not in r.text  # no server path in a response
+    signed = fitted.save(tmp_path / "signed", signing_key=key)
+    app = create_app(Settings(bundle_path=signed, poll_seconds=0, signing_key=key))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/readyz").status_code == 200
+
+
+def test_readyz_reports_a_model_that_fails_to_load_as_degraded(fitted, tmp_path):
+    """The bundle breaks under a serving model: reload answers 409 and keeps it; /readyz
+    stays 200 (the old model serves) but says degraded, why, and since when; the gauge
+    is 1 until a load works again. No response carries the server's paths."""
+    import shutil
+
+    from anomaly_vae.service.app import create_app
+    from anomaly_vae.service.settings import Settings
+    from fastapi.testclient import TestClient
+
+    bundle = fitted.save(tmp_path / "served" / "bundle")
+    app = create_app(Settings(bundle_path=bundle, poll_seconds=0, admin_token="a-long-admin-token"))
+    auth = {"Authorization": "Bearer a-long-admin-token"}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/readyz").json() == {"ready": True, "version": None}
+        (bundle / "weights.safetensors").write_bytes(b"corrupt")
+        r = c.post("/v1/models/reload", headers=auth)
+        assert r.status_code == 409
+        ready = c.get("/readyz")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["degraded"] is True and "weights.safetensors" in body["reason"]
+        assert body["failing_since"]
+        assert "anomaly_vae_model_load_failing 1.0" in c.get("/metrics").text
+        models = c.get("/v1/models").json()
+        for text in (r.text, ready.text, json.dumps(models)):
+            assert str(tmp_path) not in text
+        shutil.rmtree(bundle)
+        fitted.save(bundle)
+        assert c.post("/v1/models/reload", headers=auth).status_code == 200
+        assert "degraded" not in c.get("/readyz").json()
+        assert "anomaly_vae_model_load_failing 0.0" in c.get("/metrics").text
