@@ -2,7 +2,7 @@
 
 :class:`WindowStats` accumulates what the tests need, batch by batch, in memory that does
 not grow with the window (bin counts, sums, a bottom-k sample of latent means keyed by a
-hash of each record's position), and two of them merge exactly, so a window can be
+hash of each record's content, for the report's view), and two of them merge exactly, so a window can be
 streamed from a file of any size or gathered from partitions. :func:`evaluate` turns
 them into a :class:`DriftReport`:
 
@@ -11,8 +11,14 @@ them into a :class:`DriftReport`:
   can be *more* likely), with the shift in mean score (nats, or bits for the image
   complexity score) and its confidence interval; the outlier rate against its exact
   Beta-binomial null (:func:`~anomaly_vae.drift.stats.outlier_rate_test`);
-- latent: MMD of latent means against the reference sample (permutation p-value), and
-  the KL terms' distribution (content off the training manifold has large KL);
+- latent: the latent means' distribution, seen through one-dimensional projections
+  (the L axes and L random directions, a sliced test): each projection's two-sample
+  chi-square on the reference's ventiles, Bonferroni over the projections, the effect
+  the largest binned Wasserstein distance in the projection's standard deviations; and
+  the KL terms' distribution (content off the training manifold has large KL). The MMD
+  of the two latent samples is reported beside it, descriptive only: its permutation
+  p-value assumes distinct records, and tables with many identical rows (skin: RGB
+  triples) put whole clusters of copies into a window's sample;
 - features (tables): per column, a two-sample chi-square test on the reference's bins
   (numeric: quantile bins; categorical and boolean: levels incl. unknown and missing),
   with PSI, Jensen-Shannon, total variation and, for numeric columns, the binned
@@ -45,22 +51,53 @@ from anomaly_vae.drift.reference import (
 )
 from anomaly_vae.exceptions import BundleError
 
-#: Latent means kept from a window (and from the reference) for the MMD test.
+#: Latent means kept from a window (and from the reference) for the report's latent view
+#: and the descriptive MMD.
 MMD_SAMPLE = 300
-#: Fewest permutations of the MMD test. More are taken when there are many tests: the
-#: p-value's floor 1 / (1 + P) must be below the level after Holm's correction, which
-#: multiplies the smallest p-value by the number of tests (otherwise the latent test
-#: could never alarm on a wide table).
+#: Permutations of the descriptive MMD, and the fewest Monte Carlo tables of an exact
+#: chi-square p-value (see :func:`exact_resamples`).
 MMD_PERMUTATIONS = 199
-#: Most permutations (the test's cost grows with them: [600, 600] x [600, P]).
-MMD_MAX_PERMUTATIONS = 9999
+#: Most Monte Carlo tables (the cost grows with them).
+MAX_RESAMPLES = 9999
 
 
-def mmd_permutations(n_tests: int, level: float) -> int:
-    """Permutations whose p-value floor is at most half the Holm threshold of the
-    smallest p-value, level / n_tests: P + 1 >= 2 n_tests / level."""
+def exact_resamples(n_tests: int, level: float) -> int:
+    """Monte Carlo tables whose p-value floor is at most half the Holm threshold of the
+    smallest p-value, level / n_tests: R + 1 >= 2 n_tests / level (else a test refined
+    to an exact p-value could never alarm in a wide table)."""
     need = math.ceil(2 * n_tests / level) - 1
-    return int(min(MMD_MAX_PERMUTATIONS, max(MMD_PERMUTATIONS, need)))
+    return int(min(MAX_RESAMPLES, max(MMD_PERMUTATIONS, need)))
+
+
+_PROJECTIONS: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+
+
+def latent_projections(reference: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The latent test's projections, computed once per reference from its sample of
+    latent means [S, L]: ``directions`` [L, P] (the L axes, then L seeded random unit
+    directions), ``cuts`` [P, BINS - 1] (each projection's reference ventiles, padded
+    with +inf), ``counts`` [P, BINS] (the reference sample's counts in them) and ``std``
+    [P] (each projection's reference standard deviation)."""
+    hit = _PROJECTIONS.get(id(reference))
+    if hit is not None and hit[0] is reference:
+        return hit[1]
+    sample = np.asarray(reference["latent"]["sample"], dtype=np.float64)
+    dim = sample.shape[1] if sample.ndim == 2 else 0
+    rng = np.random.default_rng(20_261_202)
+    rand = rng.standard_normal((dim, dim))
+    rand /= np.maximum(np.linalg.norm(rand, axis=0, keepdims=True), 1e-12)
+    directions = np.hstack([np.eye(dim), rand])
+    proj = sample @ directions if dim else np.zeros((len(sample), 0))
+    cuts = np.full((directions.shape[1], BINS - 1), np.inf)
+    counts = np.zeros((directions.shape[1], BINS), np.int64)
+    for j in range(directions.shape[1]):
+        c = quantile_cuts(proj[:, j])
+        cuts[j, : len(c)] = c
+        counts[j] = bin_counts(proj[:, j], cuts[j])
+    out = {"directions": directions, "cuts": cuts, "counts": counts, "std": proj.std(0)}
+    _PROJECTIONS.clear()
+    _PROJECTIONS[id(reference)] = (reference, out)
+    return out
 
 
 #: Fewest records a window needs before "no drift" is said of it.
@@ -78,8 +115,8 @@ class Margins:
         categorical: total-variation distance of a categorical or boolean column's levels.
         contribution: shift of a column's mean log-likelihood contribution, nats.
         kl: binned Wasserstein distance of the KL terms, in reference standard deviations.
-        latent: MMD of the latent means (the capped sample keeps its significance from
-            growing with the window, so no margin is needed by default).
+        latent: the largest binned Wasserstein distance over the latent projections, in
+            each projection's reference standard deviations.
     """
 
     score: float = 0.05
@@ -88,7 +125,7 @@ class Margins:
     categorical: float = 0.02
     contribution: float = 0.05
     kl: float = 0.05
-    latent: float = 0.0
+    latent: float = 0.05
 
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -168,6 +205,7 @@ class WindowStats:
     score_sumsq: float = 0.0
     score_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kl_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    latent_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     latent_priority: np.ndarray = field(default_factory=lambda: np.zeros(0))
     latent_sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     feature_counts: dict[str, np.ndarray] = field(default_factory=dict)
@@ -183,6 +221,7 @@ class WindowStats:
             self.kl_counts = np.zeros(len(ref["latent"]["kl"]["counts"]), np.int64)
             dim = len(ref["latent"]["sample"][0]) if ref["latent"]["sample"] else 0
             self.latent_sample = np.zeros((0, dim))
+            self.latent_counts = np.zeros_like(latent_projections(ref)["counts"])
             for name, f in ref.get("features", {}).items():
                 self.feature_counts[name] = np.zeros(len(f["counts"]), np.int64)
                 self.feature_missing[name] = 0
@@ -219,7 +258,13 @@ class WindowStats:
         self.score_sumsq += float((normality * normality).sum())
         self.score_counts += bin_counts(normality, np.asarray(ref["scores"]["cuts"]))
         self.kl_counts += bin_counts(np.asarray(kl), np.asarray(ref["latent"]["kl"]["cuts"]))
-        self._keep_latent(_priority(self.seed, keys), np.asarray(mu, dtype=np.float64))
+        mu = np.asarray(mu, dtype=np.float64)
+        self._keep_latent(_priority(self.seed, keys), mu)
+        proj = latent_projections(ref)
+        if proj["directions"].size:
+            values = mu @ proj["directions"]
+            for j in range(values.shape[1]):
+                self.latent_counts[j] += bin_counts(values[:, j], proj["cuts"][j])
         if arrays is None or feature_order is None:
             return
         numeric, categorical, boolean = feature_order
@@ -263,6 +308,7 @@ class WindowStats:
         self.score_sumsq += other.score_sumsq
         self.score_counts = self.score_counts + other.score_counts
         self.kl_counts = self.kl_counts + other.kl_counts
+        self.latent_counts = self.latent_counts + other.latent_counts
         self._keep_latent(other.latent_priority, other.latent_sample)
         for name in self.feature_counts:
             self.feature_counts[name] = self.feature_counts[name] + other.feature_counts[name]
@@ -272,7 +318,7 @@ class WindowStats:
         self.contrib_counts = self.contrib_counts + other.contrib_counts
         return self
 
-    _ARRAYS = ("score_counts", "kl_counts", "latent_priority", "latent_sample",
+    _ARRAYS = ("score_counts", "kl_counts", "latent_counts", "latent_priority", "latent_sample",
                "contrib_sum", "contrib_sumsq", "contrib_counts")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,6 +348,8 @@ class WindowStats:
                 value = value.reshape(len(doc["latent_priority"]), -1)
             if name == "contrib_counts":
                 value = value.reshape(len(doc["contrib_sum"]), -1)
+            if name == "latent_counts":
+                value = value.reshape(stats.latent_counts.shape)
             setattr(stats, name, value)
         return stats
 
@@ -371,7 +419,7 @@ def evaluate(
     tests: list[tuple[str, dict[str, Any]]] = []
     feats = ref.get("features", {})
     n_tests = 4 + len(feats) + len(ref.get("contributions", {}).get("names", []))
-    permutations = mmd_permutations(n_tests, level)
+    permutations = exact_resamples(n_tests, level)
     serial = iter(range(1 << 30))
 
     def chi2(r: np.ndarray, w: np.ndarray, ordered: bool = True) -> tuple[float, float, int]:
@@ -420,20 +468,45 @@ def evaluate(
     )
     tests.append(("outlier_rate", outliers))
 
-    # latent
+    # latent: a sliced test over one-dimensional projections of the latent means
     lref = ref["latent"]
+    proj = latent_projections(ref)
+    p_proj: list[float] = []
+    w_proj: list[float] = []
+    for j in range(proj["directions"].shape[1]):
+        nb = int(np.isfinite(proj["cuts"][j]).sum()) + 1
+        _, pj, _ = chi2(proj["counts"][j, :nb], stats.latent_counts[j, :nb])
+        p_proj.append(pj)
+        w_proj.append(
+            S.binned_wasserstein(
+                proj["counts"][j, :nb], stats.latent_counts[j, :nb],
+                proj["cuts"][j, : nb - 1], float(proj["std"][j]),
+            )
+        )  # fmt: skip
+    n_proj = len(p_proj)
+    p_latent = min(1.0, n_proj * min(p_proj)) if p_proj else 1.0
     ref_sample = np.asarray(lref["sample"], dtype=np.float64)
     if len(ref_sample) > MMD_SAMPLE:
         ref_sample = ref_sample[sample_rows(len(ref_sample), MMD_SAMPLE, stats.seed)]
-    mmd = S.mmd_test(stats.latent_sample, ref_sample, lref["bandwidth"], permutations, stats.seed)
+    mmd = S.mmd_test(
+        stats.latent_sample, ref_sample, lref["bandwidth"], MMD_PERMUTATIONS, stats.seed
+    )
     tests.append(
         (
             "latent",
             _row(
-                mmd,
+                S.Test(float(min(p_proj, default=1.0)), p_latent, max(w_proj, default=0.0)),
                 margins.latent,
-                test=f"MMD of latent means, Gaussian kernel, {permutations} permutations",
-                effect_unit="MMD",
+                test=f"two-sample chi-square on the reference ventiles of {n_proj} projections "
+                "of the latent means (the axes and as many random directions), Bonferroni "
+                "over them",
+                effect_unit="largest binned Wasserstein distance, in the projection's "
+                "reference standard deviations",
+                statistic_is="the least projection p-value before Bonferroni",
+                projection_p_values=p_proj,
+                projection_effects=w_proj,
+                mmd=mmd.statistic,
+                mmd_p_value_descriptive=mmd.p_value,
                 window_sample=len(stats.latent_sample),
                 reference_sample=len(ref_sample),
             ),

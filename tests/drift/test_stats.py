@@ -132,14 +132,14 @@ def test_holm_and_bh_against_statsmodels_formulas():
     assert S.holm(np.array([])).size == 0
 
 
-def test_mmd_permutations_let_the_latent_test_alarm_after_holm():
-    """Holm multiplies the smallest p-value by the number of tests: the permutation
+def test_exact_resamples_let_a_refined_test_alarm_after_holm():
+    """Holm multiplies the smallest p-value by the number of tests: the Monte Carlo
     p-value's floor times that number must be below the level, for any table width."""
-    from anomaly_vae.drift.check import MMD_PERMUTATIONS, mmd_permutations
+    from anomaly_vae.drift.check import MMD_PERMUTATIONS, exact_resamples
 
-    assert mmd_permutations(4, 0.05) == MMD_PERMUTATIONS
+    assert exact_resamples(4, 0.05) == MMD_PERMUTATIONS
     for n_tests in (4, 10, 76, 130, 250):
-        p = mmd_permutations(n_tests, 0.05)
+        p = exact_resamples(n_tests, 0.05)
         assert n_tests / (1 + p) <= 0.05 / 2
 
 
