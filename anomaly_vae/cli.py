@@ -46,6 +46,9 @@ EXIT_NO_INPUT = 4
 EXIT_OUTPUT = 5
 EXIT_GATE_REFUSED = 6
 EXIT_DRIFT = 7
+#: The model registry was unreachable: try again later (sysexits' EX_TEMPFAIL), the one
+#: model failure a scheduler should retry.
+EXIT_RETRY = 75
 
 #: Top-level modules of the optional extras, and the extra that installs each: a command
 #: that reaches one on an install without it gets a message naming the extra.
@@ -1075,6 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         InputNotFoundError,
         ModelUnavailableError,
         OutputError,
+        RegistryUnreachableError,
     )
 
     def _show(message: Any, category: Any, *_: Any, **__: Any) -> None:
@@ -1090,6 +1094,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RegistryUnreachableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RETRY
     except ModelUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL_UNAVAILABLE

@@ -47,6 +47,11 @@ class ModelUnavailableError(AnomalyVAEError, LookupError):
     """A model URI or bundle path could not be resolved or loaded (names the URI)."""
 
 
+class RegistryUnreachableError(ModelUnavailableError):
+    """The model registry could not be reached (connection refused, timeout, a 5xx): a
+    retry later may work, so the CLI exits with a code a scheduler retries."""
+
+
 class InputNotFoundError(AnomalyVAEError, FileNotFoundError):
     """No input files matched (names the path or pattern); a scheduler may retry later."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_vae.detector import TabularDetector
-from anomaly_vae.exceptions import BundleError, ModelUnavailableError
+from anomaly_vae.exceptions import BundleError, ModelUnavailableError, RegistryUnreachableError
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -32,6 +32,28 @@ def is_model_uri(model: str) -> bool:
     return model.startswith("models:/")
 
 
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "RESOURCE_EXHAUSTED"}
+_TRANSIENT_TEXT = ("Max retries exceeded", "Connection refused", "timed out", "Read timed out")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error from the registry is one a retry may cure: the server unreachable
+    or timing out (anywhere in the exception's chain), or MLflow's transient codes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, TimeoutError)):
+            return True
+        kind = type(seen).__name__
+        if kind in {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "MaxRetryError"}:
+            return True
+        if getattr(seen, "error_code", None) in _TRANSIENT_CODES:
+            return True
+        if any(t in str(seen) for t in _TRANSIENT_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def resolve_model(model: str, store: str | Path | None = None) -> ModelRef:
     """Resolve ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a bundle directory.
 
@@ -41,6 +63,7 @@ def resolve_model(model: str, store: str | Path | None = None) -> ModelRef:
     Raises:
         ModelUnavailableError: the URI is malformed, the model, alias or version does not
             exist, or the path holds no bundle; the message names it.
+        RegistryUnreachableError: the registry could not be reached (a retry may work).
     """
     if not is_model_uri(model):
         path = Path(model)
@@ -54,15 +77,20 @@ def resolve_model(model: str, store: str | Path | None = None) -> ModelRef:
         raise ModelUnavailableError(msg)
     from anomaly_vae import registry
 
-    registry.configure(store)
     name, alias = m["name"], m["alias"]
     try:
+        registry.configure(store)  # talks to a tracking server: inside, for its errors
         version = int(m["version"]) if m["version"] else registry.resolve(name, alias).version
         bundle = registry.download_bundle(name, version)
     except LookupError as exc:
         msg_0 = f"{model}: {exc.args[0]}"
         raise ModelUnavailableError(msg_0) from exc
     except Exception as exc:  # MlflowException: unknown name or version, unreachable server
+        if is_transient(exc):
+            msg_0 = (
+                f"{model}: the model registry is unreachable ({type(exc).__name__}); retry later"
+            )
+            raise RegistryUnreachableError(msg_0) from exc
         msg_0 = f"{model}: {exc}"
         raise ModelUnavailableError(msg_0) from exc
     return ModelRef(uri=model, name=name, version=version, alias=alias, bundle=str(bundle))

@@ -126,3 +126,4 @@ def test_cronjob_and_cron_line_run_the_same_valid_command():
 
     rules = job["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["onExitCodes"]["values"] == [cli.EXIT_BAD_INPUT, cli.EXIT_MODEL_UNAVAILABLE]
+    assert cli.EXIT_RETRY not in rules[0]["onExitCodes"]["values"]  # retried

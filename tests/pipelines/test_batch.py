@@ -326,3 +326,22 @@ def test_drift_per_partition_and_for_the_run(tmp_path: Path, bundle: Path, capsy
         a, b = pq.read_table(plain / k).to_pandas(), pq.read_table(out / k).to_pandas()
         np.testing.assert_allclose(a["log_likelihood"], b["log_likelihood"], rtol=0, atol=1e-6)
         assert a["is_outlier"].tolist() == b["is_outlier"].tolist()
+
+
+def test_an_unreachable_registry_gets_the_retry_exit_code(tmp_path, monkeypatch, capsys):
+    """A tracking server that is down is transient: exit 75, which the CronJob retries,
+    not 3 (final). A model that does not exist in a reachable store stays 3."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    inp = write_partitions(tmp_path / "in", 10)
+    args = ["--quiet", "score-batch", "--model", "models:/fraud@champion", "--input", str(inp),
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 75
+    assert "unreachable" in capsys.readouterr().err
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert main([*args, "--store", str(tmp_path / "mlruns")]) == 3
