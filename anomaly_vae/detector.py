@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from anomaly_vae.defaults import (
     TABULAR,
     TARGET_STEPS,
 )
-from anomaly_vae.exceptions import SchemaError
+from anomaly_vae.exceptions import CalibrationWarning, SchemaError
 from anomaly_vae.nn.tabular import (
     TabularTensors,
     TabularVAE,
@@ -43,7 +44,15 @@ from anomaly_vae.nn.tabular import (
     default_min_sigma,
     scott_min_sigma,
 )
+from anomaly_vae.scoring.calibration import Calibration
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
+
+#: Calibration rows kept in the bundle (encoded) for records with missing cells: each
+#: missingness pattern is calibrated on them with the same cells removed.
+MAX_PATTERN_ROWS = 2000
+#: Missingness patterns whose calibration is kept in memory at once.
+MAX_PATTERNS = 256
+_ROWS_PREFIX = "calibration_rows."
 
 __all__ = [
     "DISCRETE_LIKELIHOODS",
@@ -405,6 +414,7 @@ class TabularDetector(Detector):
         #: ends with the same weights; only rank 0 should write files.
         self.global_rank_ = rank
         cal_rows = arrays.take(cal_idx)
+        self.calibration_rows_: TabularArrays | None = cal_rows.take(slice(0, MAX_PATTERN_ROWS))
         cal = self._score_arrays(cal_rows)
         self._calibrate_result(cal, alpha=self.alpha, contamination=self.contamination)
         self.reference_ = self._drift_reference(arrays.take(train_idx), cal_rows, cal)
@@ -455,12 +465,14 @@ class TabularDetector(Detector):
         self, cal: ScoreResult, *, alpha: float | None, contamination: float | None
     ) -> None:
         self._calibrate(cal.log_likelihood, alpha=alpha, contamination=contamination)
+        self.__dict__.pop("_pattern_cache", None)  # patterns follow the new rate and rows
         # typical per-feature terms on normal rows, so explain() can say which column is
         # unusually unlikely rather than which column is always costly (many categories)
         self.feature_baseline_ = np.median(cal.contributions, axis=0)
 
     def _calibrate_on(self, X: Any, *, alpha: float | None, contamination: float | None) -> None:
         arrays = self.preprocessor_.transform(_as_frame(X), allow_extra=True)
+        self.calibration_rows_ = arrays.take(slice(0, MAX_PATTERN_ROWS))
         self._calibrate_result(self._score_arrays(arrays), alpha=alpha, contamination=contamination)
 
     # ================================================================== scoring
@@ -525,6 +537,24 @@ class TabularDetector(Detector):
         """Importance-sampled log p(x) per row, [N] float64 nats; higher is more normal."""
         return self._normality(X, k)
 
+    def _calibrated_rows(self, X: Any) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        _, arrays = self._encode_frame(X, allow_extra=False)
+        ll = self._score_arrays(arrays, contributions=False).log_likelihood
+        return ll, self.calibrated(ll, arrays)
+
+    def p_values(self, X: Any) -> np.ndarray:
+        """Split-conformal p-values, [N] in (0, 1]; small means unusual. A row with
+        missing cells is compared with calibration rows missing the same cells."""
+        self._check_fitted()
+        return self._calibrated_rows(X)[1][0]
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """log p(x) minus the threshold it is judged by, [N]; negative for outliers. For a
+        complete row that is ``score_samples(X) - offset_``; a row with missing cells
+        is judged by its missingness pattern's threshold (see :meth:`calibrated`)."""
+        ll, (_, _, thr) = self._calibrated_rows(X)
+        return ll - thr
+
     def score(
         self,
         X: Any,
@@ -546,7 +576,7 @@ class TabularDetector(Detector):
         """
         frame, arrays = self._encode_frame(X, allow_extra=allow_extra)
         return self.result_frame(
-            frame, self._score_arrays(arrays, k, progress, contributions=False)
+            frame, self._score_arrays(arrays, k, progress, contributions=False), arrays
         )
 
     #: The columns of :meth:`result_columns`, in output order.
@@ -555,15 +585,20 @@ class TabularDetector(Detector):
         "is_outlier",
     )  # fmt: skip
 
-    def result_columns(self, res: ScoreResult) -> dict[str, np.ndarray]:
+    def result_columns(
+        self, res: ScoreResult, arrays: TabularArrays | None = None
+    ) -> dict[str, np.ndarray]:
         """The per-record output of a scoring result, [N] each, keyed and ordered as
         :data:`RESULT_COLUMNS`: log-likelihood and its stderr, the importance weights'
         effective sample size and whether it is too small to trust the estimate
         (:data:`~anomaly_vae.scoring.iwae.MIN_ESS`), ELBO and KL (nats), score
         (= -log_likelihood), the conformal p-value and the flag. The one place that turns
         scores into output, for :meth:`score`, the service's routes, the MLflow model and
-        batch scoring alike."""
+        batch scoring alike. With the rows' ``arrays``, a row with missing cells gets its
+        p-value and flag from its missingness pattern's calibration (:meth:`calibrated`)."""
         ll = res.log_likelihood
+        p, flags, _ = self.calibrated(ll, arrays)
+        empty = self.missing_cells(arrays).all(1) if arrays is not None else np.zeros(len(ll), bool)
         return {
             "log_likelihood": ll,
             "stderr": res.stderr,
@@ -572,31 +607,116 @@ class TabularDetector(Detector):
             "elbo": res.elbo,
             "kl": res.kl,
             "score": -ll,
-            "p_value": self.calibration_.p_values(ll),
-            # a record that could not be scored is never passed as normal
-            "is_outlier": self.calibration_.is_outlier(ll) | ~np.isfinite(ll),
+            "p_value": p,
+            # a record that could not be scored, or has no observed cell to judge it by,
+            # is never passed as normal
+            "is_outlier": flags | ~np.isfinite(ll) | empty,
         }
 
-    def result_frame(self, frame: pd.DataFrame, res: ScoreResult) -> pd.DataFrame:
+    def result_frame(
+        self, frame: pd.DataFrame, res: ScoreResult, arrays: TabularArrays | None = None
+    ) -> pd.DataFrame:
         """:meth:`result_columns` as a frame on ``frame``'s index, after the id column when
         the schema has one and ``frame`` carries it."""
         out = pd.DataFrame(index=frame.index)
         sid = self.schema_.id_column
         if sid is not None and sid in frame.columns:
             out[sid] = frame[sid].to_numpy()
-        for name, values in self.result_columns(res).items():
+        for name, values in self.result_columns(res, arrays).items():
             out[name] = values
         return out
 
-    def top_features(self, res: ScoreResult, top: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``top`` most unusual features of each record: (indices into
-        :attr:`feature_names_` [N, t], most unusual first; excess [N, F], each feature's
-        contribution minus its median on the calibration rows, nats). ``t`` is ``top``
-        clipped to [1, F]. Needs ``res`` scored with contributions."""
+    @staticmethod
+    def missing_cells(arrays: TabularArrays) -> np.ndarray:
+        """[N, F] bool, True where a cell is missing, columns in the order of
+        :attr:`feature_names_` (numeric, categorical, boolean)."""
+        return np.hstack([~arrays.num_mask, arrays.cat < 0, ~arrays.bin_mask])
+
+    def _pattern_calibration(self, pattern: tuple[int, ...]) -> Calibration | None:
+        """The calibration for records missing the features ``pattern`` (indices into
+        :attr:`feature_names_`): the kept calibration rows with those cells removed as
+        well, scored as such a record is (the missing cells marginalized), calibrated at
+        the detector's own rate. A record with missing cells has a higher log-likelihood
+        than a complete one (fewer terms), so comparing it with complete rows' scores
+        would make its p-value too large. None for a bundle without calibration rows."""
+        rows = getattr(self, "calibration_rows_", None)
+        if rows is None or not len(rows):
+            return None
+        cache = self.__dict__.setdefault("_pattern_cache", {})
+        if pattern in cache:
+            return cache[pattern]
+        n_num, n_cat = rows.num.shape[1], rows.cat.shape[1]
+        masked = rows.take(slice(None))
+        masked = TabularArrays(
+            masked.num.copy(), masked.num_mask.copy(), masked.cat.copy(), masked.bin.copy(),
+            masked.bin_mask.copy(),
+        )  # fmt: skip
+        for j in pattern:
+            if j < n_num:
+                masked.num[:, j], masked.num_mask[:, j] = 0.0, False
+            elif j < n_num + n_cat:
+                masked.cat[:, j - n_num] = -1
+            else:
+                masked.bin[:, j - n_num - n_cat], masked.bin_mask[:, j - n_num - n_cat] = 0.0, False
+        ll = self._score_arrays(masked, progress=False, contributions=False).log_likelihood
+        cal = self.calibration_
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationWarning)
+            found = Calibration.fit(ll, alpha=cal.alpha, contamination=cal.contamination)
+        if len(cache) >= MAX_PATTERNS:
+            cache.pop(next(iter(cache)))
+        cache[pattern] = found
+        return found
+
+    def calibrated(
+        self, log_likelihood: np.ndarray, arrays: TabularArrays | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p-values, outlier flags, thresholds), [N] each, for log-likelihoods [N] of the
+        rows ``arrays``: a complete row against the calibration set, a row with missing
+        cells against its missingness pattern's calibration (:meth:`_pattern_calibration`).
+        Without ``arrays`` every row is taken as complete."""
+        ll = np.asarray(log_likelihood, dtype=np.float64)
+        cal = self.calibration_
+        p, flags = cal.p_values(ll), cal.is_outlier(ll)
+        thr = np.full(len(ll), cal.threshold)
+        if arrays is None or not len(ll):
+            return p, flags, thr
+        missing = self.missing_cells(arrays)
+        incomplete = np.flatnonzero(missing.any(1))
+        if not incomplete.size:
+            return p, flags, thr
+        patterns: dict[tuple[int, ...], list[int]] = {}
+        for i in incomplete.tolist():
+            patterns.setdefault(tuple(np.flatnonzero(missing[i]).tolist()), []).append(i)
+        for pattern, idx in patterns.items():
+            pc = self._pattern_calibration(pattern)
+            if pc is None:
+                continue
+            p[idx], flags[idx], thr[idx] = (
+                pc.p_values(ll[idx]),
+                pc.is_outlier(ll[idx]),
+                pc.threshold,
+            )
+        return p, flags, thr
+
+    def top_features(
+        self, res: ScoreResult, top: int, arrays: TabularArrays | None = None
+    ) -> tuple[list[list[int]], np.ndarray]:
+        """The ``top`` most unusual features of each record: (per record, indices into
+        :attr:`feature_names_`, most unusual first; excess [N, F], each feature's
+        contribution minus its median on the calibration rows, nats). ``top`` is clipped
+        to [1, F]. With the records' ``arrays``, a missing cell is never named: it is
+        marginalized (its contribution is 0), so its "excess" is only minus the column's
+        usual term, and a column whose usual log-density is positive looked unusual
+        wherever it was missing. Needs ``res`` scored with contributions."""
         names = self.feature_names_
         top = max(1, min(top, len(names)))
         excess = res.contributions - self.feature_baseline_
-        return np.argsort(excess, axis=1, kind="stable")[:, :top], excess
+        ranked = np.argsort(excess, axis=1, kind="stable")
+        if arrays is None:
+            return ranked[:, :top].tolist(), excess
+        missing = self.missing_cells(arrays)
+        return [[j for j in row if not missing[i, j]][:top] for i, row in enumerate(ranked)], excess
 
     @property
     def feature_names_(self) -> list[str]:
@@ -623,11 +743,13 @@ class TabularDetector(Detector):
         """
         frame, arrays = self._encode_frame(X, allow_extra=True)
         res = self._score_arrays(arrays, k)
-        return self._explain_result(frame, res, top)
+        return self._explain_result(frame, res, top, arrays)
 
-    def _explain_result(self, frame: pd.DataFrame, res: ScoreResult, top: int) -> pd.DataFrame:
+    def _explain_result(
+        self, frame: pd.DataFrame, res: ScoreResult, top: int, arrays: TabularArrays
+    ) -> pd.DataFrame:
         names = self.feature_names_
-        order, excess = self.top_features(res, top)
+        order, excess = self.top_features(res, top, arrays)
         rows = []
         for i, label in enumerate(frame.index):
             for r, j in enumerate(order[i]):
@@ -741,7 +863,25 @@ class TabularDetector(Detector):
     def _calibration_document(self) -> dict[str, Any]:
         return {"feature_baseline": self.feature_baseline_.tolist()}
 
+    def _weights(self) -> dict[str, Any]:
+        out = dict(self.net_.state_dict())
+        rows = getattr(self, "calibration_rows_", None)
+        if rows is not None:
+            for name in TabularArrays.__dataclass_fields__:
+                out[_ROWS_PREFIX + name] = torch.from_numpy(
+                    np.ascontiguousarray(getattr(rows, name))
+                )
+        return out
+
     def _restore(self, docs: dict[str, Any], weights: dict[str, Any], cfg: dict[str, Any]) -> None:
+        rows = {
+            k[len(_ROWS_PREFIX) :]: weights.pop(k)
+            for k in list(weights)
+            if k.startswith(_ROWS_PREFIX)
+        }
+        self.calibration_rows_ = (
+            TabularArrays(**{name: t.numpy() for name, t in rows.items()}) if rows else None
+        )
         self.schema_ = Schema.from_dict(docs["schema.json"])
         self.n_features_in_ = len(self.schema_.columns)
         self.preprocessor_ = TabularPreprocessor.from_dict(self.schema_, docs["preprocessing.json"])

@@ -114,7 +114,7 @@ def score_partition_local(
                             scored = detector.score(frame, k=k, allow_extra=True, progress=False)
                         else:
                             got = detector.drift_outputs(frame, k=k, allow_extra=True)
-                            scored = detector.result_frame(frame, got["result"])
+                            scored = detector.result_frame(frame, got["result"], got["arrays"])
                             window.add(stats, got)
                     except SchemaError as exc:
                         msg_0 = f"{src}: {exc}"

@@ -72,6 +72,28 @@ def check_cost(
         raise RequestError(413, list(k_loc), msg, "too_costly")
 
 
+def check_missing(
+    settings: Settings, det: Any, arrays: Any, loc: tuple[str, ...] = ("body", "records")
+) -> None:
+    """422 naming the first record whose share of missing columns is above
+    ``max_missing_share``, and its missing columns: such a record is judged on what
+    little is left of it (one with nothing observed has no evidence at all)."""
+    missing = det.missing_cells(arrays)
+    if not missing.size:
+        return
+    share = missing.mean(1)
+    over = np.flatnonzero(share > settings.max_missing_share)
+    if over.size:
+        i = int(over[0])
+        names = [n for n, m in zip(det.feature_names_, missing[i], strict=True) if m]
+        msg = (
+            f"record {i} is missing {len(names)} of its {missing.shape[1]} columns "
+            f"({', '.join(names)}), more than the limit of {settings.max_missing_share:.0%} "
+            f"(ANOMALY_VAE_MAX_MISSING_SHARE); {over.size} record(s) in all"
+        )
+        raise RequestError(422, [*loc, i], msg, "too_much_missing")
+
+
 def validate_json(model: type[BaseModel], body: bytes) -> Any:
     """Parse and validate a JSON body in one pass (pydantic-core's JSON parser: about 4x
     faster than ``json.loads`` followed by validation on 1000-record bodies). Errors

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         description="most importance samples one request may ask for (records x k)",
     )
     max_files: int = Field(default=256, ge=1, description="most files in one multipart request")
+    max_missing_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="most of a record's columns that may be missing (more: 422 naming it)",
+    )
     max_records: int = Field(default=10_000, ge=1, description="most records in one request")
     max_k: int = Field(default=5_000, ge=1, description="largest K a request may ask for")
     max_contributions: int = Field(default=20, ge=0, description="most top features per record")

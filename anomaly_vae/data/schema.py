@@ -203,6 +203,15 @@ def _looks_boolean(values: pd.Series) -> bool:
         return False
 
 
+def _holds_booleans(values: pd.Series) -> bool:
+    """An object column whose values are all True/False (a bool column that pandas
+    widened to object because it has missing values)."""
+    if not pd.api.types.is_object_dtype(values):
+        return False
+    uniq = pd.unique(values.dropna())
+    return len(uniq) > 0 and all(isinstance(u, bool | np.bool_) for u in uniq)
+
+
 def infer_schema(
     frame: pd.DataFrame,
     *,
@@ -213,8 +222,8 @@ def infer_schema(
 ) -> Schema:
     """Infer column kinds from a training frame.
 
-    Rules: pandas bool columns, and numeric columns whose values are all 0 or 1, are
-    ``boolean``; object, string and category columns are ``categorical`` (with at most
+    Rules: pandas bool columns, object columns of True/False with missing values, and
+    numeric columns whose values are all 0 or 1, are ``boolean``; object, string and category columns are ``categorical`` (with at most
     ``max_categories`` distinct values, else an error: such a column is an identifier or
     free text and should be dropped or declared as the id column); a numeric column
     whose values are all integers with at most ``discrete_levels`` distinct values is
@@ -250,7 +259,11 @@ def infer_schema(
         if s.isna().all():
             msg = f"column {name!r} has no values (all missing): drop it before training"
             raise SchemaError(msg)
-        if name in forced or not (
+        if name not in forced and _holds_booleans(s):
+            # missing values made pandas store a bool column as object: still boolean
+            # (missing cells are marginalized), not a category of "True" and "False"
+            specs.append(ColumnSpec(name, "boolean"))
+        elif name in forced or not (
             pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
         ):
             cats = sorted({str(v) for v in s.dropna().unique()})

@@ -8,7 +8,9 @@ from typing import Any
 import orjson
 import pandas as pd
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from anomaly_vae.data.preprocessing import TabularArrays
 from anomaly_vae.detector import TabularDetector
 from anomaly_vae.image_detector import ImageDetector
 from anomaly_vae.scoring.iwae import ScoreResult
@@ -20,6 +22,7 @@ from ..model_store import LoadedModel
 from ..parsing import (
     check_cost,
     check_limits,
+    check_missing,
     frame_from_request,
     parse_invocations,
     parse_score_request,
@@ -50,13 +53,17 @@ def model_ref(model: LoadedModel) -> dict[str, Any]:
 
 
 def score_rows(
-    det: TabularDetector, frame: pd.DataFrame, res: ScoreResult, top: int
+    det: TabularDetector,
+    frame: pd.DataFrame,
+    res: ScoreResult,
+    top: int,
+    arrays: TabularArrays | None = None,
 ) -> list[dict[str, Any]]:
     """``/v1/score``'s result objects from the library's result columns: id (when the
     schema has one), log_likelihood, stderr (absent at K=1), ess, unreliable, score,
     p_value, is_outlier,
     and with ``top`` the most unusual features."""
-    cols = det.result_columns(res)
+    cols = det.result_columns(res, arrays)
     sid = det.schema_.id_column
     ids = [plain(v) for v in frame[sid].tolist()] if sid and sid in frame.columns else None
     # columns to Python lists once (C loops), then one dict per record
@@ -82,7 +89,7 @@ def score_rows(
         results.append(item)
     if top:
         names = det.feature_names_
-        order, excess = det.top_features(res, top)
+        order, excess = det.top_features(res, top, arrays)
         for i, item in enumerate(results):
             item["contributions"] = [
                 {
@@ -124,8 +131,9 @@ async def score(
         det = tabular(model)
         check_cost(settings, len(frame), req.k or det.sampler_.k)
         arrays = det.encode_rows(frame, allow_extra=False)
+        check_missing(settings, det, arrays, ("body", "records" if req.records else "columns"))
         res = await batcher.score(model, arrays, req.k, req.contributions > 0)
-        results = score_rows(det, frame, res, req.contributions)
+        results = await run_in_threadpool(score_rows, det, frame, res, req.contributions, arrays)
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(sum(r["is_outlier"] for r in results))
         metrics.observe_scores(-res.log_likelihood)
@@ -177,8 +185,9 @@ async def invocations(
         det = tabular(model)
         check_cost(settings, len(frame), k or det.sampler_.k, ("body", "params", "k"))
         arrays = det.encode_rows(frame, allow_extra=True)
+        check_missing(settings, det, arrays, ("body", "records"))
         res = await batcher.score(model, arrays, k, False)
-        out = det.result_frame(frame, res).reset_index(drop=True)
+        out = (await run_in_threadpool(det.result_frame, frame, res, arrays)).reset_index(drop=True)
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(int(out["is_outlier"].sum()))
         records = [{k2: plain(v) for k2, v in row.items()} for row in out.to_dict(orient="records")]

@@ -39,6 +39,8 @@ CASES = [
     ("JSON nested 10,000 deep", "/invocations", {"content": b"[" * 10_000 + b"]" * 10_000, "headers": {"content-type": "application/json"}}, 400, ["body"]),
     ("k true", "/v1/score", {"json": {"records": [_record()], "k": True}}, 422, ["body", "k"]),
     ("contributions true", "/v1/score", {"json": {"records": [_record()], "contributions": True}}, 422, ["body", "contributions"]),
+    ("a record mostly missing", "/v1/score", {"json": {"records": [_record(), {**_record(), "a": None, "b": None, "c": None}]}}, 422, ["body", "records", 1]),
+    ("a record with nothing observed", "/invocations", {"json": {"dataframe_records": [{"id": "x", "a": None, "b": None, "c": None, "color": None, "flag": None}]}}, 422, ["body", "records", 0]),
 ]  # fmt: skip
 
 
