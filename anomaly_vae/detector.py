@@ -827,7 +827,8 @@ class TabularDetector(Detector):
 
         return {
             "normality": res.log_likelihood,
-            "flags": self.calibration_.is_outlier(res.log_likelihood),
+            # the flags the records get when scored (missingness patterns included)
+            "flags": self.result_columns(res, arrays)["is_outlier"],
             "mu": mu.numpy(),
             "kl": res.kl,
             "keys": record_keys(
