@@ -24,6 +24,7 @@ from . import metrics
 from .batching import Batcher
 from .errors import error_response, install_handlers
 from .model_store import ModelStore
+from .openapi import install_openapi
 from .routers import images, models, ops, scoring
 from .settings import Settings
 
@@ -173,4 +174,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for router in (scoring.router, images.router, models.router, ops.router):
         app.include_router(router)
+    install_openapi(app, store, settings)
     return app

@@ -45,7 +45,7 @@ class RecordScore(BaseModel):
     id: Any | None = None
     log_likelihood: float = Field(description="importance-sampled log p(x), nats")
     stderr: float | None = Field(
-        description="Monte Carlo standard error of log_likelihood (null at K=1)"
+        default=None, description="Monte Carlo standard error of log_likelihood (absent at K=1)"
     )
     ess: float = Field(description="effective sample size of the importance weights, 1..k (Kish)")
     unreliable: bool = Field(
