@@ -44,8 +44,11 @@ import numpy as np
 from anomaly_vae.drift import stats as S
 from anomaly_vae.drift.reference import (
     BINS,
+    REFERENCE_DECIMALS,
     REFERENCE_FORMAT,
     bin_counts,
+    project,
+    projections,
     quantile_cuts,
     sample_rows,
 )
@@ -73,28 +76,24 @@ _PROJECTIONS: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
 
 
 def latent_projections(reference: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The latent test's projections, computed once per reference from its sample of
-    latent means [S, L]: ``directions`` [L, P] (the L axes, then L seeded random unit
-    directions), ``cuts`` [P, BINS - 1] (each projection's reference ventiles, padded
-    with +inf), ``counts`` [P, BINS] (the reference sample's counts in them) and ``std``
-    [P] (each projection's reference standard deviation)."""
+    """The latent test's projections (see :func:`~anomaly_vae.drift.reference.projections`),
+    as arrays, once per reference: from the reference's own ``projections`` (every
+    calibration row, written at fit time), else from its sample of latent means."""
     hit = _PROJECTIONS.get(id(reference))
     if hit is not None and hit[0] is reference:
         return hit[1]
-    sample = np.asarray(reference["latent"]["sample"], dtype=np.float64)
-    dim = sample.shape[1] if sample.ndim == 2 else 0
-    rng = np.random.default_rng(20_261_202)
-    rand = rng.standard_normal((dim, dim))
-    rand /= np.maximum(np.linalg.norm(rand, axis=0, keepdims=True), 1e-12)
-    directions = np.hstack([np.eye(dim), rand])
-    proj = sample @ directions if dim else np.zeros((len(sample), 0))
-    cuts = np.full((directions.shape[1], BINS - 1), np.inf)
-    counts = np.zeros((directions.shape[1], BINS), np.int64)
-    for j in range(directions.shape[1]):
-        c = quantile_cuts(proj[:, j])
-        cuts[j, : len(c)] = c
-        counts[j] = bin_counts(proj[:, j], cuts[j])
-    out = {"directions": directions, "cuts": cuts, "counts": counts, "std": proj.std(0)}
+    lref = reference["latent"]
+    doc = lref.get("projections")
+    if doc is None:
+        doc = projections(np.asarray(lref["sample"], dtype=np.float64))
+    out = {
+        "directions": np.asarray(doc["directions"], dtype=np.float64).reshape(-1, len(doc["std"])),
+        "cuts": np.array(
+            [[np.inf if v is None else v for v in row] for row in doc["cuts"]], dtype=np.float64
+        ).reshape(len(doc["std"]), -1),
+        "counts": np.asarray(doc["counts"], dtype=np.int64).reshape(len(doc["std"]), -1),
+        "std": np.asarray(doc["std"], dtype=np.float64),
+    }
     _PROJECTIONS.clear()
     _PROJECTIONS[id(reference)] = (reference, out)
     return out
@@ -262,7 +261,9 @@ class WindowStats:
         self._keep_latent(_priority(self.seed, keys), mu)
         proj = latent_projections(ref)
         if proj["directions"].size:
-            values = mu @ proj["directions"]
+            # rounded as the reference sample is: with ties (repeated or discrete rows)
+            # a difference in the last digits moved whole groups of rows across a cut
+            values = project(mu.round(REFERENCE_DECIMALS), proj["directions"])
             for j in range(values.shape[1]):
                 self.latent_counts[j] += bin_counts(values[:, j], proj["cuts"][j])
         if arrays is None or feature_order is None:
@@ -289,8 +290,9 @@ class WindowStats:
             c = np.asarray(contributions, dtype=np.float64)
             self.contrib_sum += c.sum(0)
             self.contrib_sumsq += (c * c).sum(0)
+            c_ref = c.round(REFERENCE_DECIMALS)  # as the reference sample is kept
             for j, cuts in enumerate(contribution_cuts(ref)):
-                counts = bin_counts(c[:, j], cuts)
+                counts = bin_counts(c_ref[:, j], cuts)
                 self.contrib_counts[j, : len(counts)] += counts
 
     def _keep_latent(self, priority: np.ndarray, mu: np.ndarray) -> None:
