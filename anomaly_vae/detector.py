@@ -646,11 +646,9 @@ class TabularDetector(Detector):
         if pattern in cache:
             return cache[pattern]
         n_num, n_cat = rows.num.shape[1], rows.cat.shape[1]
-        masked = rows.take(slice(None))
         masked = TabularArrays(
-            masked.num.copy(), masked.num_mask.copy(), masked.cat.copy(), masked.bin.copy(),
-            masked.bin_mask.copy(),
-        )  # fmt: skip
+            *(getattr(rows, f).copy() for f in TabularArrays.__dataclass_fields__)
+        )
         for j in pattern:
             if j < n_num:
                 masked.num[:, j], masked.num_mask[:, j] = 0.0, False

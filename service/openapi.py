@@ -44,6 +44,12 @@ _ERRORS = {
     "503": "no model loaded yet, or the scoring queue is full (Retry-After)",
 }
 _SCORING = ("/v1/score", "/invocations", "/v1/score/images")
+_SCORING_PATH = "scoring"  # the key the scoring routes share in the table of errors
+_RELOAD = {
+    "401": "missing or wrong admin token",
+    "403": "no admin token configured",
+    "409": "the load failed; the old model serves",
+}
 
 
 def _column_schema(spec: Any) -> dict[str, Any]:
@@ -129,22 +135,16 @@ def install_openapi(app: FastAPI, store: ModelStore, settings: Settings) -> None
         for path, item in doc["paths"].items():
             for op in item.values():
                 responses = op.setdefault("responses", {})
-                if path in _SCORING:
-                    for code, what in _ERRORS.items():
-                        responses.setdefault(
-                            code,
-                            {"description": what,
-                             "content": {"application/json": {"schema": _ERROR}}},
-                        )  # fmt: skip
-                if path == "/v1/models/reload":
-                    for code, what in (("401", "missing or wrong admin token"),
-                                       ("403", "no admin token configured"),
-                                       ("409", "the load failed; the old model serves")):  # fmt: skip
-                        responses.setdefault(
-                            code,
-                            {"description": what,
-                             "content": {"application/json": {"schema": _HTTP_ERROR}}},
-                        )  # fmt: skip
+                errors = {
+                    _SCORING_PATH: (_ERRORS, _ERROR),
+                    "/v1/models/reload": (_RELOAD, _HTTP_ERROR),
+                }
+                listed, body = errors.get(_SCORING_PATH if path in _SCORING else path, ({}, {}))
+                for code, what in listed.items():
+                    responses.setdefault(
+                        code,
+                        {"description": what, "content": {"application/json": {"schema": body}}},
+                    )
                 if path == "/readyz":
                     responses.setdefault("503", {"description": "not ready, with the reason"})
         return doc

@@ -39,6 +39,15 @@ def _fresh_process(cls: str, bundle: Path, rows_path: Path, load: str) -> np.nda
     return np.array([float.fromhex(v) for v in json.loads(out.stdout.strip().splitlines()[-1])])
 
 
+def _fresh_table_scores(bundle: Path, rows: pd.DataFrame, tmp_path: Path) -> np.ndarray:
+    """``rows`` scored by the bundle in a new interpreter (via a CSV file)."""
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    return _fresh_process(
+        "TabularDetector", bundle, path, "__import__('pandas').read_csv(sys.argv[2])"
+    )
+
+
 def _in_batches(score, rows, sizes: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Scores of ``rows`` sent as consecutive batches of the given sizes (cycled)."""
     parts, start, i = [], 0, 0
@@ -94,14 +103,7 @@ def test_tabular_scores_are_the_same_bits_in_any_batch(
             _assert_same_bits(score(rows), want, f"{n} thread(s)")
     finally:
         torch.set_num_threads(threads)
-    rows.to_csv(tmp_path / "rows.csv", index=False)
-    fresh = _fresh_process(
-        "TabularDetector",
-        bundle,
-        tmp_path / "rows.csv",
-        "__import__('pandas').read_csv(sys.argv[2])",
-    )
-    _assert_same_bits(fresh, want, "a fresh process")
+    _assert_same_bits(_fresh_table_scores(bundle, rows, tmp_path), want, "a fresh process")
 
 
 def test_tabular_stored_calibration_is_what_serving_computes(
@@ -111,13 +113,7 @@ def test_tabular_stored_calibration_is_what_serving_computes(
     train = make_mixed(500, 0)
     cal = train.iloc[_cal_rows(len(train), det.seed, det.calibration_fraction)]
     assert len(cal) == det.calibration_.n
-    cal.to_csv(tmp_path / "cal.csv", index=False)
-    fresh = _fresh_process(
-        "TabularDetector",
-        bundle,
-        tmp_path / "cal.csv",
-        "__import__('pandas').read_csv(sys.argv[2])",
-    )
+    fresh = _fresh_table_scores(bundle, cal, tmp_path)
     _assert_same_bits(np.sort(fresh), det.calibration_.reference, "stored calibration scores")
 
 
