@@ -20,7 +20,9 @@ them into a :class:`DriftReport`:
   p-value assumes distinct records, and tables with many identical rows (skin: RGB
   triples) put whole clusters of copies into a window's sample;
 - features (tables): per column, a two-sample chi-square test on the reference's bins
-  (numeric: quantile bins; categorical and boolean: levels incl. unknown and missing),
+  (numeric: quantile bins, with a binned KS test on the percentiles and the missing
+  rate's test, Bonferroni over the parts; categorical and boolean: levels incl. unknown
+  and missing),
   with PSI, Jensen-Shannon, total variation and, for numeric columns, the binned
   Wasserstein distance in the column's standard deviations; and per column the shift of
   its mean log-likelihood contribution in nats (what the model finds unusual, which sees
@@ -209,6 +211,7 @@ class WindowStats:
     latent_sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     feature_counts: dict[str, np.ndarray] = field(default_factory=dict)
     feature_missing: dict[str, int] = field(default_factory=dict)
+    feature_fine: dict[str, np.ndarray] = field(default_factory=dict)
     contrib_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
     contrib_sumsq: np.ndarray = field(default_factory=lambda: np.zeros(0))
     contrib_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
@@ -224,6 +227,8 @@ class WindowStats:
             for name, f in ref.get("features", {}).items():
                 self.feature_counts[name] = np.zeros(len(f["counts"]), np.int64)
                 self.feature_missing[name] = 0
+                if "fine" in f:
+                    self.feature_fine[name] = np.zeros(len(f["fine"]["counts"]), np.int64)
             n_f = len(ref.get("contributions", {}).get("names", []))
             self.contrib_sum, self.contrib_sumsq = np.zeros(n_f), np.zeros(n_f)
             self.contrib_counts = np.zeros((n_f, BINS), np.int64)
@@ -276,6 +281,10 @@ class WindowStats:
                 arrays.num[seen, j], np.asarray(feats[name]["cuts"])
             )
             self.feature_missing[name] += int((~seen).sum())
+            if name in self.feature_fine:
+                self.feature_fine[name] += bin_counts(
+                    arrays.num[seen, j], np.asarray(feats[name]["fine"]["cuts"])
+                )
         for j, name in enumerate(categorical):
             codes = arrays.cat[:, j]
             levels = len(feats[name]["counts"])
@@ -315,6 +324,8 @@ class WindowStats:
         for name in self.feature_counts:
             self.feature_counts[name] = self.feature_counts[name] + other.feature_counts[name]
             self.feature_missing[name] += other.feature_missing[name]
+        for name in self.feature_fine:
+            self.feature_fine[name] = self.feature_fine[name] + other.feature_fine[name]
         self.contrib_sum = self.contrib_sum + other.contrib_sum
         self.contrib_sumsq = self.contrib_sumsq + other.contrib_sumsq
         self.contrib_counts = self.contrib_counts + other.contrib_counts
@@ -330,6 +341,7 @@ class WindowStats:
             "score_sum": self.score_sum, "score_sumsq": self.score_sumsq,
             "feature_missing": dict(self.feature_missing),
             "feature_counts": {k: v.tolist() for k, v in self.feature_counts.items()},
+            "feature_fine": {k: v.tolist() for k, v in self.feature_fine.items()},
         }  # fmt: skip
         doc |= {name: getattr(self, name).tolist() for name in self._ARRAYS}
         return doc
@@ -343,6 +355,7 @@ class WindowStats:
         stats.feature_counts = {
             k: np.asarray(v, np.int64) for k, v in doc["feature_counts"].items()
         }
+        stats.feature_fine = {k: np.asarray(v, np.int64) for k, v in doc["feature_fine"].items()}
         for name in cls._ARRAYS:
             dtype = np.int64 if name.endswith("counts") else np.float64
             value = np.asarray(doc[name], dtype=dtype)
@@ -543,19 +556,36 @@ def evaluate(
         r_all, w_all = np.append(r, f["missing"]), np.append(w, stats.feature_missing[name])
         numeric = f["kind"] == "numeric"
         chi, p, dof = chi2(r_all, w_all, ordered=False) if not numeric else chi2(r, w)
+        extra: dict[str, Any] = {}
         if numeric:
+            # the column is one test at its level: the least of its parts' p-values,
+            # Bonferroni over the parts (the bins' chi-square sees changes of shape, the
+            # percentiles' KS a shift of location, the missing rate's test the missing)
+            parts = [p]
+            fine = f.get("fine")
+            if fine is not None:
+                ks = S.binned_ks(np.asarray(fine["counts"]), stats.feature_fine[name])
+                parts.append(ks.p_value)
+                extra = {"ks_statistic": ks.statistic, "ks_p_value": ks.p_value}
             missing_chi = chi2(
                 np.array([r.sum(), f["missing"]]),
                 np.array([w.sum(), stats.feature_missing[name]]),
                 ordered=False,
             )
             if missing_chi[2] > 0:
-                # the values' test or the missing rate's, whichever is smaller, Bonferroni
-                # over the two so a column is still one test at its level
-                if missing_chi[1] < p:
+                parts.append(missing_chi[1])
+                extra["missing_p_value"] = missing_chi[1]
+                if missing_chi[1] < min(parts[:-1]):
                     chi, dof = missing_chi[0], missing_chi[2]
-                p = min(1.0, 2.0 * min(p, missing_chi[1]))
-            effect = S.binned_wasserstein(r, w, np.asarray(f["cuts"]), f["std"] or 1.0)
+            extra["chi2_p_value"] = p
+            p = min(1.0, len(parts) * min(parts))
+            if fine is not None:  # the finer bins measure the distance closer to the truth
+                effect = S.binned_wasserstein(
+                    np.asarray(fine["counts"]), stats.feature_fine[name],
+                    np.asarray(fine["cuts"]), f["std"] or 1.0,
+                )  # fmt: skip
+            else:
+                effect = S.binned_wasserstein(r, w, np.asarray(f["cuts"]), f["std"] or 1.0)
             margin, unit = (
                 margins.numeric,
                 "Wasserstein distance in the column's standard deviations",
@@ -568,8 +598,12 @@ def evaluate(
             margin,
             feature=name,
             kind=f["kind"],
-            test="two-sample chi-square on the reference's "
-            + ("quantile bins" if numeric else "levels (with unknown and missing)"),
+            test=(
+                "two-sample chi-square on the reference's quantile bins and KS on its "
+                "percentiles (and the missing rate's test), Bonferroni over them"
+                if numeric
+                else "two-sample chi-square on the reference's levels (with unknown and missing)"
+            ),
             effect_unit=unit,
             dof=dof,
             psi=S.psi(r_all, w_all),
@@ -580,6 +614,7 @@ def evaluate(
             window_counts=w.tolist(),
             cuts=f.get("cuts"),
             levels=f.get("levels"),
+            **extra,
         )
         if name in c_names and c_sample.size:
             j = c_names.index(name)

@@ -193,3 +193,37 @@ def test_exact_p_value_is_fishers_or_scipys_monte_carlo():
     big_r, big_w = np.array([5000, 5000, 5000]), np.array([900, 1000, 1100])
     _, p_big, _ = S.chi2_two_sample(big_r, big_w, resamples=999)
     assert p_big == pytest.approx(sps.chi2_contingency(np.vstack([big_r, big_w])).pvalue)
+
+
+def test_binned_ks_is_scipys_ks_on_the_bin_indices():
+    """The statistic and p-value equal ks_2samp's (asymptotic) on samples whose values
+    are the bins' indices, and with fine bins D is close to the unbinned D."""
+    rng = np.random.default_rng(7)
+    ref, win = rng.normal(0, 1, 4000), rng.normal(0.2, 1, 300)
+    cuts = quantile_cuts(ref, bins=100)
+    rc, wc = bin_counts(ref, cuts), bin_counts(win, cuts)
+    got = S.binned_ks(rc, wc)
+    idx_r, idx_w = np.repeat(np.arange(rc.size), rc), np.repeat(np.arange(wc.size), wc)
+    want = sps.ks_2samp(idx_r, idx_w, method="asymp")
+    assert got.statistic == pytest.approx(want.statistic, abs=1e-12)
+    assert got.p_value == pytest.approx(want.pvalue, rel=1e-9)
+    assert got.statistic <= sps.ks_2samp(ref, win).statistic + 1e-12
+    assert got.statistic == pytest.approx(sps.ks_2samp(ref, win).statistic, abs=0.02)
+    assert S.binned_ks(rc, np.zeros_like(rc)).p_value == 1.0
+
+
+@pytest.mark.parametrize("size", [30, 100, 1000])
+def test_binned_ks_keeps_its_level_on_ties_and_small_windows(size):
+    """Discrete values (ties at the cuts) and small windows: the false-alarm rate on
+    unchanged data stays within the binomial bound of the level."""
+    rng = np.random.default_rng(size)
+    values = np.round(rng.gamma(2.0, 1.0, 200_000), 1)  # many ties
+    ref = values[:5000]
+    cuts = quantile_cuts(ref, bins=100)
+    rc = bin_counts(ref, cuts)
+    trials = 400
+    alarms = sum(
+        S.binned_ks(rc, bin_counts(rng.choice(values[5000:], size), cuts)).p_value <= 0.05
+        for _ in range(trials)
+    )
+    assert alarms / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
