@@ -13,6 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,6 +37,32 @@ log = logging.getLogger(__name__)
 
 #: Longest wait for the first model load before the server listens anyway (seconds).
 STARTUP_WAIT_S = 5.0
+#: A worker whose master died shuts down gracefully, and is ended after this long.
+MASTER_GONE_GRACE_S = 10.0
+
+
+def watch_master() -> threading.Thread | None:
+    """In a worker process of a multi-worker server (a child spawned by uvicorn's
+    supervisor), end this process when the master dies: a SIGKILLed master leaves its
+    workers holding the port, and the restart fails with "Address already in use".
+    The parent's sentinel becomes ready the moment it exits; then SIGTERM starts the
+    worker's graceful shutdown, and a shutdown that hangs is cut off after
+    ``MASTER_GONE_GRACE_S``. In a single-process server (no parent): nothing."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return None
+    sentinel = parent.sentinel
+
+    def wait() -> None:
+        multiprocessing.connection.wait([sentinel])
+        log.warning("the master process (pid %s) is gone: shutting this worker down", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(MASTER_GONE_GRACE_S)
+        os._exit(1)
+
+    thread = threading.Thread(target=wait, name="watch-master", daemon=True)
+    thread.start()
+    return thread
 
 
 class _Observe:
@@ -152,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one attempt before listening, so a worker whose store answers starts with its
         # model (every worker of a multi-worker server is then ready as it accepts); a
         # store that is down or slow gets STARTUP_WAIT_S, then the loader keeps trying
+        watch_master()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(run_in_threadpool(store.reload), STARTUP_WAIT_S)
         batcher.start()

@@ -6,6 +6,14 @@ other requests are in flight (parsed but not yet queued), waits up to ``batch_wi
 for them, up to ``max_batch_records``; a lone request is scored at once, so sequential
 traffic pays no window. Each group (same model, K and contribution setting) is scored in
 a worker thread, off the event loop.
+
+Two lanes keep a costly request from stalling the others. A request whose cost (records
+x K) exceeds ``lane_cost`` goes to the costly lane and is scored in slices of whole row
+chunks, each costing about ``lane_cost``; before every slice the worker serves whatever
+cheap requests are waiting. A cheap request therefore waits at most one slice, however
+large the costly one is, and scoring stays on one thread at a time (torch's thread
+setting is process-wide). A record's score does not depend on its slice: every pass is
+padded to the scorer's fixed row chunk.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,12 +50,21 @@ class _Job:
     future: asyncio.Future[ScoreResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    done: int = 0  # costly lane: records scored so far
+    parts: list[ScoreResult] = field(default_factory=list)
+
+    @property
+    def cost(self) -> int:
+        """Importance samples this job asks for: records x K."""
+        return len(self.arrays) * (self.k or self.model.detector.sampler_.k)
 
 
 class Batcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.costly: deque[_Job] = deque()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.inflight = 0  # requests between entering a scoring route and getting a result
         self.bulk_threads = settings.bulk_thread_count()
@@ -73,34 +91,79 @@ class Batcher:
     async def score(
         self, model: LoadedModel, arrays: TabularArrays, k: int | None, contributions: bool
     ) -> ScoreResult:
-        if self.queue.qsize() >= self.settings.max_queue:
+        if self.queue.qsize() + len(self.costly) >= self.settings.max_queue:
             raise QueueFull
         job = _Job(model, arrays, k, contributions)
-        await self.queue.put(job)
+        if job.cost > self.settings.lane_cost:
+            self.costly.append(job)
+            metrics.COSTLY.inc()
+        else:
+            await self.queue.put(job)
+        self._wake.set()
         return await job.future
 
     async def _run(self) -> None:
-        window = self.settings.batch_window_ms / 1000.0
         while True:
-            first = await self.queue.get()
-            jobs = [first]
-            n = len(first.arrays)
-            deadline = time.monotonic() + window
-            while n < self.settings.max_batch_records and self.inflight > len(jobs):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-                jobs.append(job)
-                n += len(job.arrays)
-            groups: dict[tuple[int, int | None, bool], list[_Job]] = {}
-            for job in jobs:
-                groups.setdefault((id(job.model), job.k, job.contributions), []).append(job)
-            for group in groups.values():
-                await self._score_group(group)
+            if self.queue.empty() and not self.costly:
+                self._wake.clear()
+                await self._wake.wait()
+            elif not self.queue.empty():
+                await self._serve_cheap()
+            else:
+                await self._slice_costly()
+
+    async def _slice_costly(self) -> None:
+        """Score the next slice of the oldest costly job; finish it after its last."""
+        job = self.costly[0]
+        if job.future.done():  # its client went away: stop spending on it
+            self.costly.popleft()
+            return
+        sampler = job.model.detector.sampler_
+        chunk = int(sampler.row_chunk)
+        k = job.k or sampler.k
+        rows = chunk * max(1, self.settings.lane_cost // (chunk * k))
+        part = job.arrays.take(slice(job.done, min(len(job.arrays), job.done + rows)))
+        metrics.BATCH.observe(len(part))
+        try:
+            res = await run_in_threadpool(
+                _score_with_threads, job.model.detector, part, job.k, job.contributions,
+                self.bulk_threads,
+            )  # fmt: skip
+        except Exception as exc:
+            self.costly.popleft()
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        job.parts.append(res)
+        job.done += len(part)
+        if job.done >= len(job.arrays):
+            self.costly.popleft()
+            out = ScoreResult.concat(job.parts, job.parts[0].contributions.shape[1])
+            if not job.future.done():
+                job.future.set_result(out)
+
+    async def _serve_cheap(self) -> None:
+        window = self.settings.batch_window_ms / 1000.0
+        first = self.queue.get_nowait()
+        jobs = [first]
+        n = len(first.arrays)
+        deadline = time.monotonic() + window
+        # requests still being parsed may join; costly ones in flight never will
+        while n < self.settings.max_batch_records and self.inflight - len(self.costly) > len(jobs):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                job = await asyncio.wait_for(self.queue.get(), remaining)
+            except TimeoutError:
+                break
+            jobs.append(job)
+            n += len(job.arrays)
+        groups: dict[tuple[int, int | None, bool], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault((id(job.model), job.k, job.contributions), []).append(job)
+        for group in groups.values():
+            await self._score_group(group)
 
     async def _score_group(self, group: list[_Job]) -> None:
         head = group[0]

@@ -42,6 +42,11 @@ BATCH = Histogram(
     "records per scoring batch",
     buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
 )
+COSTLY = Counter(
+    "anomaly_vae_costly_requests_total",
+    "requests costing more than lane_cost importance samples, scored in slices between "
+    "cheap requests",
+)
 LOADS = Counter("anomaly_vae_model_loads_total", "model load attempts by outcome", ["outcome"])
 LOAD_FAILING = Gauge(
     "anomaly_vae_model_load_failing",

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     max_batch_records: int = Field(
         default=4_096, ge=1, description="records scored in one batch at most"
     )
+    lane_cost: int = Field(
+        default=262_144,
+        ge=1,
+        description="requests costing more importance samples (records x k) are scored in "
+        "slices of about this cost, cheap requests served between slices",
+    )
     max_queue: int = Field(default=256, ge=1, description="queued requests before 503")
     cache_dir: Path | None = None
     torch_threads: int = Field(
