@@ -1016,8 +1016,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    if (args.model is None) == (args.bundle is None):
-        msg = "give exactly one of --model NAME or --bundle PATH"
+    if args.model is not None and args.bundle is not None:
+        msg = "give one of --model NAME or --bundle PATH, not both"
         raise ValueError(msg)
     # a flag overrides the environment only when given: an operator's
     # ANOMALY_VAE_POLL_SECONDS=1 must not silently become the flag's default
@@ -1030,14 +1030,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     env = {k: v for k, v in given.items() if v is not None}
     if "ANOMALY_VAE_TRACKING_STORE" not in env and "ANOMALY_VAE_TRACKING_STORE" not in os.environ:
         env["ANOMALY_VAE_TRACKING_STORE"] = str(Path("mlruns").resolve())
+    # neither flag: the environment's ANOMALY_VAE_MODEL_NAME or _BUNDLE_PATH (Settings
+    # below names both when neither is set)
     if args.model:
         env["ANOMALY_VAE_MODEL_NAME"] = args.model
-    else:
+    elif args.bundle:
         env["ANOMALY_VAE_BUNDLE_PATH"] = str(Path(args.bundle).resolve())
     os.environ.update(env)
     workers = int(os.environ.get("ANOMALY_VAE_WORKERS", "1"))
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-vae-metrics-")
+    elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # a fixed directory (the Docker image's) holds the files of the processes of an
+        # earlier start: their counts would be added to the new ones, and a new worker
+        # given a dead one's pid would write on in its file. This server's processes
+        # are the only writers, and none has started yet.
+        clear_metric_files(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     from anomaly_vae.service.settings import Settings
 
     Settings()  # fail fast, with the message, on bad settings
@@ -1049,6 +1057,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=workers,
     )
     return 0
+
+
+def clear_metric_files(directory: Path) -> int:
+    """Remove prometheus-client's multiprocess files (``*.db``) from ``directory``,
+    creating it if missing; returns how many were removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for f in directory.glob("*.db"):
+        f.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 COMMANDS = {

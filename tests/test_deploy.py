@@ -93,6 +93,11 @@ def test_dockerfile_is_cpu_nonroot_and_healthchecked():
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "HEALTHCHECK" in text
     assert "/healthz" in text
+    # served by `anomaly-vae serve`, whose workers know their number (threads per worker)
+    assert re.search(r'^CMD \["anomaly-vae", "serve"', text, re.M)
+    assert re.search(r"^ENV ANOMALY_VAE_WORKERS=\d+", text, re.M)
+    cmd = next(ln for ln in text.splitlines() if ln.startswith("CMD ["))
+    assert "--workers" not in cmd  # the number comes from ANOMALY_VAE_WORKERS alone
 
 
 def _cron_command() -> list[str]:
