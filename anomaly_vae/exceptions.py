@@ -11,7 +11,16 @@ class AnomalyVAEError(Exception):
 
 
 class SchemaError(AnomalyVAEError, ValueError):
-    """A frame does not match the schema: names the column(s) and the first rows."""
+    """A frame does not match the schema: names the column(s) and the first rows.
+
+    ``columns`` and ``rows`` (positions in the frame) say the same for programs: the
+    service turns them into the error's ``loc``."""
+
+    def __init__(
+        self, msg: str, *, columns: tuple[str, ...] = (), rows: tuple[int, ...] = ()
+    ) -> None:
+        super().__init__(msg)
+        self.columns, self.rows = tuple(columns), tuple(int(r) for r in rows)
 
 
 class NotFittedError(AnomalyVAEError, ValueError, AttributeError):

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+
+from anomaly_vae.exceptions import SchemaError
 
 from .errors import RequestError
 from .schemas import ImageScoreRequest, ScoreRequest
@@ -72,6 +76,22 @@ def check_cost(
         raise RequestError(413, list(k_loc), msg, "too_costly")
 
 
+@contextlib.contextmanager
+def naming(container: tuple[str, ...], columnar: bool = False) -> Iterator[None]:
+    """Turn the library's :class:`SchemaError` into a 422 whose ``loc`` names the field:
+    ``container`` (e.g. ``("body", "records")``), then the row and the column
+    (``columnar`` bodies, ``{"columns": {...}}``: the column, then the row); a column
+    missing from every row or unexpected in all of them is named without a row."""
+    try:
+        yield
+    except SchemaError as exc:
+        loc: list[str | int] = list(container)
+        if exc.columns:
+            column, rows = exc.columns[0], list(exc.rows[:1])
+            loc += [column, *rows] if columnar else [*rows, column]
+        raise RequestError(422, loc, str(exc), "schema_error") from exc
+
+
 def check_missing(
     settings: Settings, det: Any, arrays: Any, loc: tuple[str, ...] = ("body", "records")
 ) -> None:
@@ -108,8 +128,24 @@ def validate_json(model: type[BaseModel], body: bytes) -> Any:
         raise RequestError(422, ["body"], "invalid request", detail=detail) from exc
 
 
-def parse_score_request(body: bytes) -> ScoreRequest:
-    """A ``/v1/score`` body as a :class:`ScoreRequest` (see :func:`validate_json`)."""
+def _media(header: str | None, allowed: tuple[str, ...]) -> str:
+    """The media type of a ``Content-Type`` header (JSON when absent), one of
+    ``allowed``, else a 415 naming the header."""
+    ctype = (header or "application/json").split(";")[0].strip().lower()
+    if ctype not in allowed:
+        raise RequestError(
+            415,
+            ["header", "content-type"],
+            f"unsupported content type {ctype!r}; use {' or '.join(allowed)}",
+            "unsupported",
+        )
+    return ctype
+
+
+def parse_score_request(body: bytes, ctype: str | None = None) -> ScoreRequest:
+    """A ``/v1/score`` body (``Content-Type`` header ``ctype``: JSON or absent) as a
+    :class:`ScoreRequest` (see :func:`validate_json`)."""
+    _media(ctype, ("application/json",))
     req: ScoreRequest = validate_json(ScoreRequest, body)
     return req
 
@@ -139,21 +175,18 @@ def frame_from_request(req: ScoreRequest, settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(req.columns)
 
 
-def parse_invocations(body: bytes, content_type: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def parse_invocations(
+    body: bytes, header: str | None
+) -> tuple[pd.DataFrame, dict[str, Any], tuple[str, ...]]:
     """An ``/invocations`` body (MLflow's scoring protocol: JSON in one of
-    :data:`MLFLOW_FORMS`, or CSV) as (frame, params)."""
+    :data:`MLFLOW_FORMS`, or CSV; ``header`` its ``Content-Type``) as (frame, params,
+    the ``loc`` of its rows)."""
+    content_type = _media(header, ("application/json", "text/csv"))
     if content_type == "text/csv":
         try:
-            return pd.read_csv(io.BytesIO(body)), {}
+            return pd.read_csv(io.BytesIO(body)), {}, ("body",)
         except (ValueError, pd.errors.ParserError) as exc:
             raise RequestError(400, ["body"], f"could not parse CSV: {exc}", "csv_invalid") from exc
-    if content_type != "application/json":
-        raise RequestError(
-            415,
-            ["header", "content-type"],
-            f"unsupported content type {content_type!r}; use application/json or text/csv",
-            "unsupported",
-        )
     try:
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -189,21 +222,23 @@ def parse_invocations(body: bytes, content_type: str) -> tuple[pd.DataFrame, dic
     duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
     if duplicated:
         raise RequestError(422, ["body", keys[0]], f"duplicate column names: {duplicated}")
-    return frame, params
+    return frame, params, ("body", keys[0])
 
 
 async def read_image_request(
     request: Request, k: int | None, heatmap: bool, max_files: int = 256
-) -> tuple[list[tuple[str, bytes]], int | None, bool, tuple[str, ...]]:
+) -> tuple[list[tuple[str, bytes]], int | None, bool, tuple[str, ...], tuple[str, ...]]:
     """The uploaded images of a ``/v1/score/images`` request as (label, bytes) pairs,
-    with ``k`` and ``heatmap`` (a JSON body's own values win over the query's) and where
-    ``k`` came from (``loc``, for errors); a multipart body holds at most ``max_files``
+    with ``k`` and ``heatmap`` (a JSON body's own values win over the query's), where
+    ``k`` came from and where the images did (``loc``s, for errors: ``("body",
+    "files")`` or ``("body", "images")``); a multipart body holds at most ``max_files``
     files."""
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     blobs: list[tuple[str, bytes]] = []
     k_loc: tuple[str, ...] = ("query", "k")
+    field: tuple[str, ...] = ("body", "files")
     if ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=max_files, max_fields=max_files + 16)
@@ -220,6 +255,7 @@ async def read_image_request(
             raise RequestError(422, ["body", "files"], "no files uploaded (field name: files)")
     elif ctype == "application/json":
         req: ImageScoreRequest = validate_json(ImageScoreRequest, await request.body())
+        field = ("body", "images")
         if req.k is not None:
             k, k_loc = req.k, ("body", "k")
         heatmap = heatmap or req.heatmap
@@ -236,12 +272,17 @@ async def read_image_request(
             f"unsupported content type {ctype!r}; use multipart/form-data or application/json",
             "unsupported",
         )  # fmt: skip
-    return blobs, k, heatmap, k_loc
+    return blobs, k, heatmap, k_loc, field
 
 
-def decode_images(blobs: list[tuple[str, bytes]], shape: tuple[int, int, int]) -> np.ndarray:
+def decode_images(
+    blobs: list[tuple[str, bytes]],
+    shape: tuple[int, int, int],
+    field: tuple[str, ...] = ("body", "files"),
+) -> np.ndarray:
     """PNG/JPEG bytes to uint8 [N, C, H, W] in the model's channels; a 422 naming the
-    image (file name or list index) that cannot be read or has the wrong size."""
+    image that cannot be read or has the wrong size: ``loc`` is ``field`` and its
+    position, the message names its file name or list index."""
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = shape
@@ -254,19 +295,19 @@ def decode_images(blobs: list[tuple[str, bytes]], shape: tuple[int, int, int]) -
                 if im.size != (w, h):
                     raise RequestError(
                         422,
-                        ["body", label],
+                        [*field, i],
                         f"{label}: image is {im.size[0]}x{im.size[1]} pixels; the model takes {w}x{h}",
                         "image_size",
                     )
                 arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise RequestError(
-                422, ["body", label], f"{label}: not a readable PNG or JPEG image", "image_invalid"
+                422, [*field, i], f"{label}: not a readable PNG or JPEG image", "image_invalid"
             ) from exc
         if arr.shape[:2] != (h, w):
             raise RequestError(
                 422,
-                ["body", label],
+                [*field, i],
                 f"{label}: image is {arr.shape[1]}x{arr.shape[0]} pixels; the model takes {w}x{h}",
                 "image_size",
             )

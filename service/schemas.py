@@ -76,7 +76,9 @@ class ImageScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     images: list[str] = Field(min_length=1, description="base64 PNG/JPEG files")
-    k: int | None = Field(default=None, ge=1, description="importance samples")
+    k: int | None = Field(default=None, ge=1, strict=True, description="importance samples")
     heatmap: bool = Field(
-        default=False, description="add per-pixel log-likelihood contributions (nats)"
+        default=False,
+        strict=True,
+        description="add per-pixel log-likelihood contributions (nats)",
     )

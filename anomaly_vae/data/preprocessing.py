@@ -96,7 +96,7 @@ def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
                 f"column {name!r} is numeric but has non-numeric values at rows "
                 f"{describe_rows(s.index[bad])} (first: {first!r})"
             )
-            raise SchemaError(msg)
+            raise SchemaError(msg, columns=(name,), rows=_positions(bad))
         values = coerced.to_numpy(dtype="float64", na_value=np.nan)
     inf = np.isinf(values)
     if inf.any():
@@ -104,8 +104,14 @@ def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
             f"column {name!r} has infinite values at rows {describe_rows(s.index[inf])}; "
             "replace them with a finite value or NaN (NaN is marginalized out)"
         )
-        raise SchemaError(msg)
+        raise SchemaError(msg, columns=(name,), rows=tuple(np.flatnonzero(inf)[:1]))
     return values
+
+
+def _positions(bad: Any) -> tuple[int, ...]:
+    """The position of the first True in a boolean mask (Series or array), as a tuple."""
+    hits = np.flatnonzero(np.asarray(bad, dtype=bool))
+    return (int(hits[0]),) if hits.size else ()
 
 
 def _boolean_column(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +135,7 @@ def _boolean_column(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndar
             f"column {name!r} is boolean but has values other than 0/1/true/false at rows "
             f"{describe_rows(s.index[bad])} (first: {first!r})"
         )
-        raise SchemaError(msg)
+        raise SchemaError(msg, columns=(name,), rows=_positions(bad))
     return out, observed
 
 
@@ -294,7 +300,9 @@ class TabularPreprocessor:
                 f"{describe_rows(np.flatnonzero(inf[:, j]))}; replace them with a finite value "
                 "or NaN (NaN is marginalized out)"
             )
-            raise SchemaError(msg)
+            raise SchemaError(
+                msg, columns=(specs[j].name,), rows=tuple(np.flatnonzero(inf[:, j])[:1])
+            )
         kinds = np.array([c.kind for c in specs])
         num_idx = np.flatnonzero(kinds == "numeric")
         bin_idx = np.flatnonzero(kinds == "boolean")
@@ -313,7 +321,7 @@ class TabularPreprocessor:
                 f"column {specs[bin_idx[j]].name!r} is boolean but has values other than "
                 f"0/1/true/false at rows {describe_rows(rows)} (first: {xb[rows[0], j]!r})"
             )
-            raise SchemaError(msg)
+            raise SchemaError(msg, columns=(specs[bin_idx[j]].name,), rows=(int(rows[0]),))
         cat = np.empty((x.shape[0], len(cat_idx)), dtype=np.int64)
         for j, col in enumerate(cat_idx):
             cat[:, j] = _level_codes(x[:, col], specs[col].levels)

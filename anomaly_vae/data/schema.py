@@ -160,7 +160,7 @@ class Schema:
         missing = [n for n in self.names if n not in present]
         if missing:
             msg = f"missing columns: {missing} (the model was trained on {self.names})"
-            raise SchemaError(msg)
+            raise SchemaError(msg, columns=tuple(missing))
         if not allow_extra:
             known = set(self.names) | ({self.id_column} if self.id_column else set())
             unexpected = [c for c in present if c not in known]
@@ -169,7 +169,7 @@ class Schema:
                     f"unexpected columns: {unexpected}; drop them or pass allow_extra=True "
                     f"(the model was trained on {self.names})"
                 )
-                raise SchemaError(msg)
+                raise SchemaError(msg, columns=tuple(unexpected))
 
 
 def _integer_levels(values: pd.Series, max_levels: int) -> tuple[str, ...] | None:

@@ -37,11 +37,13 @@ async def score_images(
             409, ["model"], f"the loaded model {model.name!r} scores tables; use /v1/score",
             "wrong_model_kind",
         )  # fmt: skip
-    blobs, k, heatmap, k_loc = await read_image_request(request, k, heatmap, settings.max_files)
+    blobs, k, heatmap, k_loc, field = await read_image_request(
+        request, k, heatmap, settings.max_files
+    )
     check_limits(settings, n=len(blobs), k=k, k_loc=k_loc, what="images")
     check_cost(settings, len(blobs), k or det.sampler_.k, k_loc, "images")
     # decoding is CPU work: off the event loop, so /healthz and other requests go on
-    images = await run_in_threadpool(decode_images, blobs, det.shape_)
+    images = await run_in_threadpool(decode_images, blobs, det.shape_, field)
     scored = await run_in_threadpool(det.score, images, k=k)
     heat = await run_in_threadpool(det.heatmap, images, k=k) if heatmap else None
     metrics.RECORDS.inc(len(scored))

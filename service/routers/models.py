@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import SettingsDep, StoreDep
+from ..errors import RequestError
 
 router = APIRouter(tags=["models"])
 
@@ -41,15 +42,17 @@ async def reload(
     """Load the version the alias points at now (admin token as ``Authorization:
     Bearer <token>``). A failed load keeps the current model and answers 409."""
     if not settings.admin_token:
-        raise HTTPException(
-            403, detail="reload is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured"
-        )
+        raise RequestError(
+            403, ["header", "authorization"],
+            "reload is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured", "forbidden",
+        )  # fmt: skip
     # bytes: compare_digest refuses non-ASCII text, and a header may hold any byte
     given = (authorization or "").encode("utf-8", "surrogateescape")
     if not secrets.compare_digest(given, f"Bearer {settings.admin_token}".encode()):
-        raise HTTPException(
-            401, detail="missing or wrong admin token (Authorization: Bearer <token>)"
-        )
+        raise RequestError(
+            401, ["header", "authorization"],
+            "missing or wrong admin token (Authorization: Bearer <token>)", "unauthorized",
+        )  # fmt: skip
     try:
         changed, model = await run_in_threadpool(store.reload)
     except Exception as exc:

@@ -24,6 +24,7 @@ from ..parsing import (
     check_limits,
     check_missing,
     frame_from_request,
+    naming,
     parse_invocations,
     parse_score_request,
     plain,
@@ -125,13 +126,15 @@ async def score(
     ``{"columns": {column: [values...]}}``, with optional ``k`` and ``contributions``.
     """
     with batcher.request():
-        req = parse_score_request(await request.body())
+        req = parse_score_request(await request.body(), request.headers.get("content-type"))
         frame = frame_from_request(req, settings)
         check_limits(settings, k=req.k, top=req.contributions)
         det = tabular(model)
         check_cost(settings, len(frame), req.k or det.sampler_.k)
-        arrays = det.encode_rows(frame, allow_extra=False)
-        check_missing(settings, det, arrays, ("body", "records" if req.records else "columns"))
+        container = ("body", "records" if req.records else "columns")
+        with naming(container, columnar=not req.records):
+            arrays = det.encode_rows(frame, allow_extra=False)
+        check_missing(settings, det, arrays, container)
         res = await batcher.score(model, arrays, req.k, req.contributions > 0)
         results = await run_in_threadpool(score_rows, det, frame, res, req.contributions, arrays)
         metrics.RECORDS.inc(len(res))
@@ -170,8 +173,8 @@ async def invocations(
     work unchanged. Answers ``{"predictions": [...]}`` with the detector's columns, the
     same frame as the registered pyfunc model returns."""
     with batcher.request():
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        frame, params = parse_invocations(await request.body(), ctype)
+        ctype = request.headers.get("content-type")
+        frame, params, container = parse_invocations(await request.body(), ctype)
         check_limits(settings, n=len(frame), allow_empty=True)
         k = params.get("k")
         if k is not None and (
@@ -184,8 +187,9 @@ async def invocations(
             )
         det = tabular(model)
         check_cost(settings, len(frame), k or det.sampler_.k, ("body", "params", "k"))
-        arrays = det.encode_rows(frame, allow_extra=True)
-        check_missing(settings, det, arrays, ("body", "records"))
+        with naming(container):
+            arrays = det.encode_rows(frame, allow_extra=True)
+        check_missing(settings, det, arrays, container)
         res = await batcher.score(model, arrays, k, False)
         out = (await run_in_threadpool(det.result_frame, frame, res, arrays)).reset_index(drop=True)
         metrics.RECORDS.inc(len(res))
