@@ -8,18 +8,21 @@ traffic pays no window. Each group (same model, K and contribution setting) is s
 a worker thread, off the event loop.
 
 Two lanes keep a costly request from stalling the others. A request whose cost (records
-x K) exceeds ``lane_cost`` goes to the costly lane and is scored in slices of whole row
-chunks, each costing about ``lane_cost``; before every slice the worker serves whatever
-cheap requests are waiting. A cheap request therefore waits at most one slice, however
-large the costly one is, and scoring stays on one thread at a time (torch's thread
-setting is process-wide). A record's score does not depend on its slice: every pass is
-padded to the scorer's fixed row chunk.
+x K) exceeds ``lane_cost`` goes to the costly lane, scored in a thread of its own with a
+yield point before every sample chunk (:func:`~anomaly_vae.scoring.iwae.yield_point`).
+When cheap requests arrive, the gate closes: the costly scoring parks at its next yield
+point (one 64-row x 64-sample chunk away), the cheap batch is scored, the gate opens and
+the costly one goes on. A cheap request therefore waits for one sample chunk, not for
+the costly request, and only one thread computes at a time (torch's thread setting is
+process-wide). Parking does not change the arithmetic, so a record's bits are the same.
+A costly request whose client went away stops at its next yield point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -30,7 +33,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from anomaly_vae.data.preprocessing import TabularArrays
-from anomaly_vae.scoring.iwae import ScoreResult
+from anomaly_vae.scoring.iwae import ScoreResult, yield_point
 
 from . import metrics
 from .model_store import LoadedModel
@@ -39,6 +42,10 @@ from .settings import Settings
 
 class QueueFull(Exception):
     """More requests are waiting than ``max_queue``: answer 503 with Retry-After."""
+
+
+class _Abandoned(Exception):
+    """Raised at a yield point: the costly request's client went away."""
 
 
 @dataclass
@@ -50,8 +57,7 @@ class _Job:
     future: asyncio.Future[ScoreResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    done: int = 0  # costly lane: records scored so far
-    parts: list[ScoreResult] = field(default_factory=list)
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
     @property
     def cost(self) -> int:
@@ -65,18 +71,29 @@ class Batcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.costly: deque[_Job] = deque()
         self._wake = asyncio.Event()
+        self._costly_wake = asyncio.Event()
+        # set: the costly scoring may compute; cleared while cheap work is to be done
+        self._gate = threading.Event()
+        self._gate.set()
+        self._parked = threading.Event()  # the costly scoring waits at the gate
+        self._costly_running = False
         self._task: asyncio.Task[None] | None = None
+        self._costly_task: asyncio.Task[None] | None = None
         self.inflight = 0  # requests between entering a scoring route and getting a result
         self.bulk_threads = settings.bulk_thread_count()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._costly_task = loop.create_task(self._run_costly())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._gate.set()
+        for task in (self._task, self._costly_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -95,52 +112,81 @@ class Batcher:
             raise QueueFull
         job = _Job(model, arrays, k, contributions)
         if job.cost > self.settings.lane_cost:
+            job.future.add_done_callback(lambda _: job.abandoned.set())
             self.costly.append(job)
             metrics.COSTLY.inc()
+            self._costly_wake.set()
         else:
             await self.queue.put(job)
-        self._wake.set()
+            self._wake.set()
         return await job.future
 
     async def _run(self) -> None:
+        """The cheap lane: batches, scored while the costly lane is parked."""
         while True:
-            if self.queue.empty() and not self.costly:
-                self._wake.clear()
-                await self._wake.wait()
-            elif not self.queue.empty():
-                await self._serve_cheap()
-            else:
-                await self._slice_costly()
+            if self.queue.empty():
+                self._gate.set()
+                # until the costly scoring has left the gate: a parked flag still set
+                # would let the next cheap batch start beside it
+                while self._costly_running and self._parked.is_set():
+                    await asyncio.sleep(0.0005)
+                if self.queue.empty():  # (no await between this check and the wait)
+                    self._wake.clear()
+                    await self._wake.wait()
+                continue
+            self._gate.clear()
+            # wait for the costly scoring to reach its next yield point (one sample
+            # chunk) or to end; it computes nothing while parked
+            while self._costly_running and not self._parked.is_set():
+                await asyncio.sleep(0.0005)
+            await self._serve_cheap()
 
-    async def _slice_costly(self) -> None:
-        """Score the next slice of the oldest costly job; finish it after its last."""
-        job = self.costly[0]
-        if job.future.done():  # its client went away: stop spending on it
-            self.costly.popleft()
-            return
-        sampler = job.model.detector.sampler_
-        chunk = int(sampler.row_chunk)
-        k = job.k or sampler.k
-        rows = chunk * max(1, self.settings.lane_cost // (chunk * k))
-        part = job.arrays.take(slice(job.done, min(len(job.arrays), job.done + rows)))
-        metrics.BATCH.observe(len(part))
-        try:
-            res = await run_in_threadpool(
-                _score_with_threads, job.model.detector, part, job.k, job.contributions,
-                self.bulk_threads,
-            )  # fmt: skip
-        except Exception as exc:
-            self.costly.popleft()
+    async def _run_costly(self) -> None:
+        """The costly lane: one request at a time, in order."""
+        while True:
+            if not self.costly:
+                self._costly_wake.clear()
+                await self._costly_wake.wait()
+                continue
+            job = self.costly[0]
             if not job.future.done():
-                job.future.set_exception(exc)
-            return
-        job.parts.append(res)
-        job.done += len(part)
-        if job.done >= len(job.arrays):
+                self._costly_running = True
+                try:
+                    res = await run_in_threadpool(self._score_costly, job)
+                except Exception as exc:  # _Abandoned included: nobody is waiting then
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                else:
+                    if not job.future.done():
+                        job.future.set_result(res)
+                finally:
+                    self._costly_running = False
             self.costly.popleft()
-            out = ScoreResult.concat(job.parts, job.parts[0].contributions.shape[1])
-            if not job.future.done():
-                job.future.set_result(out)
+
+    def _score_costly(self, job: _Job) -> ScoreResult:
+        """In a worker thread: score ``job``, parking at every yield point while the
+        gate is closed; stop if its client went away."""
+        threads = self.bulk_threads
+
+        def pause() -> None:
+            if job.abandoned.is_set():
+                raise _Abandoned
+            if self._gate.is_set():
+                return
+            self._parked.set()
+            self._gate.wait()
+            self._parked.clear()
+            if job.abandoned.is_set():
+                raise _Abandoned
+            # the cheap batch may have set torch's (process-wide) thread count
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+        metrics.BATCH.observe(len(job.arrays))
+        with yield_point(pause):
+            return _score_with_threads(
+                job.model.detector, job.arrays, job.k, job.contributions, threads
+            )
 
     async def _serve_cheap(self) -> None:
         window = self.settings.batch_window_ms / 1000.0

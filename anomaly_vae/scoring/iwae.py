@@ -18,7 +18,9 @@ pass of one row, came out up to 2.5e-7 nats away from the same record in a full 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +174,10 @@ class ImportanceSampler:
 
     def _sample_chunks(self, latent_dim: int, dtype: torch.dtype) -> Iterator[Tensor]:
         eps = self.eps(latent_dim, dtype)
+        pause = getattr(_YIELD, "hook", None)
         for s in range(0, self.k, self.sample_chunk):
+            if pause is not None:
+                pause()
             yield eps[s : s + self.sample_chunk]
 
     def _score_chunk(self, model: VAEProtocol, batch: Any, with_contrib: bool) -> ScoreResult:
@@ -228,6 +233,21 @@ class ImportanceSampler:
 
 
 _FIELDS = tuple(ScoreResult.__dataclass_fields__)
+_YIELD = threading.local()
+
+
+@contextlib.contextmanager
+def yield_point(hook: Callable[[], None]) -> Iterator[None]:
+    """Call ``hook`` before every sample chunk of every scoring pass this thread runs
+    inside the block: a point where long scoring can wait for other work (the service
+    parks a costly request there while cheap ones are scored) or stop (an exception
+    from ``hook`` ends the scoring). The arithmetic is not changed by waiting."""
+    previous = getattr(_YIELD, "hook", None)
+    _YIELD.hook = hook
+    try:
+        yield
+    finally:
+        _YIELD.hook = previous
 
 
 def _pad_rows(chunk: Any, pad: int) -> Any:

@@ -1,7 +1,9 @@
-"""The batcher's two lanes: a costly request is scored in slices, cheap ones between them.
+"""The batcher's two lanes: a costly request parks at its next yield point while cheap
+requests are scored, then goes on.
 
-The order of scoring passes is observed directly (no clock): the first slice of a costly
-request is held until a cheap request is queued behind it, then released.
+What happened when is observed directly (no clock): the costly pass is held at its start
+until a cheap request is queued behind it, then released; the log of pass starts and
+ends shows the cheap pass inside the costly one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from anomaly_vae.service.app import create_app
 from anomaly_vae.service.settings import Settings
 
+from anomaly_vae.scoring.iwae import yield_point
 from tests.integration.conftest import records
 
 
@@ -23,94 +26,126 @@ def bundle(tmp_path_factory, fitted):
     return fitted.save(tmp_path_factory.mktemp("lane") / "bundle")
 
 
-def _hold_first_pass(app, calls, started, release):
-    """Record every scoring pass's (records, k) in ``calls``; hold the first until
-    ``release`` is set (``started`` says it began). Returns the detector."""
+def _log_passes(app, log: list[str], started: threading.Event, release: threading.Event):
+    """Log every scoring pass's start and end as "start N" / "end N" (N records, or
+    "stopped N" when it raised); hold
+    the first pass, before it computes, until ``release`` is set. Returns the detector."""
     det = app.state.store.current.detector
     real = det.score_encoded
 
     def observed(arrays, k=None, contributions=True):
-        calls.append((len(arrays), k))
-        if len(calls) == 1:
+        log.append(f"start {len(arrays)}")
+        if len(log) == 1:
             started.set()
             release.wait(60)
-        return real(arrays, k=k, contributions=contributions)
+        try:
+            out = real(arrays, k=k, contributions=contributions)
+        except Exception:
+            log.append(f"stopped {len(arrays)}")
+            raise
+        log.append(f"end {len(arrays)}")
+        return out
 
     det.score_encoded = observed
     return det
 
 
-def test_a_cheap_request_is_scored_after_one_slice_of_a_costly_one(bundle, mixed_test):
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def _app(bundle):
+    # 300 records x k=40 = 12,000 samples: costly above 2,560; 1 x k=32 is cheap
+    return create_app(
+        Settings(bundle_path=bundle, poll_seconds=0, lane_cost=2_560, batch_window_ms=0)
+    )
+
+
+def test_a_cheap_request_is_scored_inside_a_costly_one(bundle, mixed_test):
     frame, _ = mixed_test
-    big = frame.iloc[:300]  # 300 records x k=40: 12,000 samples, above lane_cost
-    settings = Settings(bundle_path=bundle, poll_seconds=0, lane_cost=2_560, batch_window_ms=0)
-    app = create_app(settings)
-    calls: list[tuple[int, int | None]] = []
+    big = frame.iloc[:300]
+    app = _app(bundle)
+    log: list[str] = []
     started, release = threading.Event(), threading.Event()
 
-    async def run() -> tuple[httpx.Response, httpx.Response, float]:
+    async def run() -> tuple[httpx.Response, httpx.Response]:
         async with app.router.lifespan_context(app):
-            det = _hold_first_pass(app, calls, started, release)
+            _log_passes(app, log, started, release)
             batcher = app.state.batcher
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 costly = asyncio.create_task(
                     client.post("/v1/score", json={"records": records(big), "k": 40})
                 )
-                while not started.is_set():
-                    await asyncio.sleep(0.01)
+                await _until(started.is_set)
                 cheap = asyncio.create_task(
                     client.post("/v1/score", json={"records": records(frame.iloc[:1])})
                 )
-                while batcher.queue.empty():
-                    await asyncio.sleep(0.01)
+                await _until(lambda: not batcher.queue.empty())
                 release.set()
-                a, b = await costly, await cheap
-                return a, b, float(det.sampler_.row_chunk)
+                return await costly, await cheap
 
-    r_costly, r_cheap, chunk = asyncio.run(run())
+    r_costly, r_cheap = asyncio.run(run())
     assert r_costly.status_code == 200 and r_cheap.status_code == 200
-    # slices of whole row chunks: 2,560 // (64 x 40) = 1 chunk of 64 rows each
-    assert chunk == 64
-    assert calls[0] == (64, 40)
-    assert calls[1] == (1, None)  # the cheap request, right after the first slice
-    assert calls[2:] == [(64, 40)] * 3 + [(300 - 4 * 64, 40)]
-    # slicing does not change a record's bits: the same rows scored in one pass
+    # the cheap pass ran while the costly one was parked, not after it
+    assert log == ["start 300", "start 1", "end 1", "end 300"]
+    # parking does not change a record's bits: the same rows scored in one pass
     from anomaly_vae import TabularDetector
 
-    det = TabularDetector.load(bundle)
-    whole = det.score(big, k=40)
+    whole = TabularDetector.load(bundle).score(big, k=40)
     got = np.array([r["log_likelihood"] for r in r_costly.json()["results"]])
     np.testing.assert_array_equal(got, whole.log_likelihood)
 
 
 def test_a_cancelled_costly_request_stops_being_scored(bundle, mixed_test):
     frame, _ = mixed_test
-    settings = Settings(bundle_path=bundle, poll_seconds=0, lane_cost=2_560, batch_window_ms=0)
-    app = create_app(settings)
-    calls: list[tuple[int, int | None]] = []
+    app = _app(bundle)
+    log: list[str] = []
     started, release = threading.Event(), threading.Event()
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
-            _hold_first_pass(app, calls, started, release)
+            _log_passes(app, log, started, release)
             batcher = app.state.batcher
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 task = asyncio.create_task(
                     client.post("/v1/score", json={"records": records(frame), "k": 40})
                 )
-                while not started.is_set():
-                    await asyncio.sleep(0.01)
+                await _until(started.is_set)
                 task.cancel()  # the client goes away mid-request
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 release.set()
-                while batcher.costly:
-                    await asyncio.sleep(0.01)
-                # the service still answers
+                await _until(lambda: not batcher.costly)
                 ok = await client.post("/v1/score", json={"records": records(frame.iloc[:1])})
                 assert ok.status_code == 200
 
     asyncio.run(run())
-    assert [n for n, _ in calls] == [64, 1]  # no slice after the first, then the cheap one
+    # stopped at its first yield point, before computing anything
+    assert log == ["start 300", "stopped 300", "start 1", "end 1"]
+
+
+def test_yield_point_calls_its_hook_per_sample_chunk_and_can_stop_scoring(fitted, mixed_test):
+    frame, _ = mixed_test
+    calls = [0]
+
+    def hook() -> None:
+        calls[0] += 1
+
+    arrays = fitted.encode_rows(frame.iloc[:100])
+    with yield_point(hook):
+        res = fitted.score_encoded(arrays, k=100)
+    chunks = -(-100 // fitted.sampler_.row_chunk) * -(-100 // fitted.sampler_.sample_chunk)
+    assert calls[0] == chunks  # 2 row chunks x 2 sample chunks
+    np.testing.assert_array_equal(
+        res.log_likelihood, fitted.score_encoded(arrays, k=100).log_likelihood
+    )
+
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    with yield_point(stop), pytest.raises(KeyboardInterrupt):
+        fitted.score_encoded(arrays, k=100)
+    fitted.score_encoded(arrays, k=1)  # the hook is gone after the block
