@@ -9,7 +9,8 @@ features:
   effect;
 - ``features`` (tables): per numeric column, cuts at the training rows' quantiles
   (standardized units) and the exact count of training rows in each bin, the same at
-  percentiles (``fine``, for the binned KS test), the missing count, and the column's
+  the percentiles' values and just below them (``fine``, for the binned KS test, see
+  :func:`atom_cuts`), the missing count, and the column's
   standard deviation; per categorical or boolean column, the
   count of every level, the unknown slot and missing;
 - ``latent``: a capped, seeded sample of the calibration rows' posterior means mu(x), the
@@ -62,6 +63,24 @@ def quantile_cuts(values: np.ndarray, bins: int = BINS) -> np.ndarray:
     nxt = np.searchsorted(v, q, side="right")
     keep = nxt < v.size
     return np.unique((q[keep] + v[nxt[keep]]) / 2.0)
+
+
+def atom_cuts(values: np.ndarray, bins: int = FINE_BINS) -> np.ndarray:
+    """Cuts for a location test on raw feature values: at each ``bins``-quantile of
+    ``values``, taken as a value that occurs (numpy's ``lower`` method), and just below
+    it, so that value sits alone in its bin (``nextafter(q, -inf)``, ``q``]; repeats
+    kept once.
+
+    Unlike :func:`quantile_cuts`, a cut sits on a value: for a discrete column (atoms
+    with gaps between them) a shift smaller than half a gap kept every value in its
+    midpoint bin and was invisible, where the empirical CDF taken at the atoms, as the
+    KS test takes it, sees the whole atom move. Safe for encoded features only: the same
+    raw value gives the same bits in the reference and in any window."""
+    v = np.asarray(values, dtype=np.float64)
+    if np.unique(v).size < 2:
+        return np.zeros(0)
+    q = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1], method="lower"))
+    return np.unique(np.concatenate([np.nextafter(q, -np.inf), q]))
 
 
 def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
@@ -156,12 +175,12 @@ def tabular_reference(
     for j, spec in enumerate(schema.of_kind("numeric")):
         seen = train.num_mask[:, j]
         values = train.num[seen, j].astype(np.float64)
-        fine = _binned(values, FINE_BINS)
+        fine = atom_cuts(values)
         features[spec.name] = {
             "kind": "numeric",
             **_binned(values),
             "missing": int((~seen).sum()),
-            "fine": {"cuts": fine["cuts"], "counts": fine["counts"]},
+            "fine": {"cuts": fine.tolist(), "counts": bin_counts(values, fine).tolist()},
         }
     for j, spec in enumerate(schema.of_kind("categorical")):
         codes = train.cat[:, j]

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from anomaly_vae.drift import stats as S
-from anomaly_vae.drift.reference import bin_counts, quantile_cuts
+from anomaly_vae.drift.reference import atom_cuts, bin_counts, quantile_cuts
 
 
 def test_chi2_two_sample_is_scipys_contingency_test():
@@ -219,7 +219,7 @@ def test_binned_ks_keeps_its_level_on_ties_and_small_windows(size):
     rng = np.random.default_rng(size)
     values = np.round(rng.gamma(2.0, 1.0, 200_000), 1)  # many ties
     ref = values[:5000]
-    cuts = quantile_cuts(ref, bins=100)
+    cuts = atom_cuts(ref)
     rc = bin_counts(ref, cuts)
     trials = 400
     alarms = sum(
@@ -227,3 +227,20 @@ def test_binned_ks_keeps_its_level_on_ties_and_small_windows(size):
         for _ in range(trials)
     )
     assert alarms / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_atom_cuts_let_ks_see_a_shift_smaller_than_the_gaps_between_values():
+    """A discrete column moved by 0.3 (its values are 1 apart): midpoint cuts keep every
+    value in its bin and see nothing; cuts at the values and just below them see every
+    atom move, in either direction."""
+    rng = np.random.default_rng(3)
+    probs = np.array([0.3, 0.25, 0.2, 0.1, 0.1, 0.05])
+    ref = rng.choice(6, 5000, p=probs).astype(np.float64)
+    win = rng.choice(6, 200, p=probs).astype(np.float64)
+    mid = quantile_cuts(ref, bins=100)
+    atoms = atom_cuts(ref)
+    for delta in (0.3, -0.3):
+        assert S.binned_ks(bin_counts(ref, mid), bin_counts(win + delta, mid)).p_value > 0.5
+        assert S.binned_ks(bin_counts(ref, atoms), bin_counts(win + delta, atoms)).p_value < 1e-6
+    # unshifted, the same window is not called different
+    assert S.binned_ks(bin_counts(ref, atoms), bin_counts(win, atoms)).p_value > 0.05
