@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from anomaly_vae.detector import TabularDetector
+from anomaly_vae.image_detector import ImageDetector
 
 from .model_store import ModelStore
 from .settings import Settings
@@ -122,6 +123,66 @@ def _describe_tables(doc: dict[str, Any], det: TabularDetector, settings: Settin
     }
 
 
+def _png_base64(shape: tuple[int, int, int]) -> str:
+    """A mid-grey PNG of the model's (C, H, W), base64: a request example that scores."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    c, h, w = shape
+    pixels = np.full((h, w) if c == 1 else (h, w, 3), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _describe_images(doc: dict[str, Any], det: ImageDetector, settings: Settings) -> None:
+    """The image route's two bodies for the loaded image model, with an example (a
+    mid-grey image of its size) that scores."""
+    k = {"type": "integer", "minimum": 1, "maximum": settings.max_k}
+    op = doc["paths"]["/v1/score/images"]["post"]
+    op["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": settings.max_records,
+                            "items": {"type": "string", "contentEncoding": "base64"},
+                            "description": f"PNG or JPEG files of {det.shape_[2]}x"
+                            f"{det.shape_[1]} pixels, {det.shape_[0]} channel(s), base64",
+                        },
+                        "k": k,
+                        "heatmap": {"type": "boolean"},
+                    },
+                },
+                "example": {"images": [_png_base64(det.shape_)], "k": min(8, settings.max_k)},
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "maxItems": settings.max_files,
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                }
+            },
+        },
+    }
+
+
 def install_openapi(app: FastAPI, store: ModelStore, settings: Settings) -> None:
     """Make ``/openapi.json`` describe the model loaded when it is asked for."""
 
@@ -132,6 +193,8 @@ def install_openapi(app: FastAPI, store: ModelStore, settings: Settings) -> None
         model = store.current
         if model is not None and isinstance(model.detector, TabularDetector):
             _describe_tables(doc, model.detector, settings)
+        elif model is not None and isinstance(model.detector, ImageDetector):
+            _describe_images(doc, model.detector, settings)
         for path, item in doc["paths"].items():
             for op in item.values():
                 responses = op.setdefault("responses", {})
