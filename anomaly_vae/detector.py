@@ -641,10 +641,32 @@ class TabularDetector(Detector):
         would make its p-value too large. None for a bundle without calibration rows."""
         rows = getattr(self, "calibration_rows_", None)
         if rows is None or not len(rows):
-            return None
+            return None  # a bundle from before calibration rows: the complete rows' reference
         cache = self.__dict__.setdefault("_pattern_cache", {})
         if pattern in cache:
             return cache[pattern]
+        rows = self.pattern_rows(pattern)
+        assert rows is not None
+        ll = self._score_arrays(rows, progress=False, contributions=False).log_likelihood
+        return self.store_pattern_calibration(pattern, ll)
+
+    def new_patterns(self, arrays: TabularArrays) -> list[tuple[int, ...]]:
+        """The missingness patterns of ``arrays`` whose calibration is not computed yet
+        (none without calibration rows): each costs scoring :meth:`pattern_rows` once,
+        which a service may want to schedule or count itself."""
+        if getattr(self, "calibration_rows_", None) is None or not len(arrays):
+            return []
+        missing = self.missing_cells(arrays)
+        cache = self.__dict__.get("_pattern_cache", {})
+        found = {tuple(np.flatnonzero(row).tolist()) for row in missing[missing.any(1)]}
+        return sorted(p for p in found if p not in cache)
+
+    def pattern_rows(self, pattern: tuple[int, ...]) -> TabularArrays | None:
+        """The kept calibration rows with the cells of ``pattern`` made missing (what
+        :meth:`_pattern_calibration` scores); None without calibration rows."""
+        rows = getattr(self, "calibration_rows_", None)
+        if rows is None or not len(rows):
+            return None
         n_num, n_cat = rows.num.shape[1], rows.cat.shape[1]
         masked = TabularArrays(
             *(getattr(rows, f).copy() for f in TabularArrays.__dataclass_fields__)
@@ -656,11 +678,23 @@ class TabularDetector(Detector):
                 masked.cat[:, j - n_num] = -1
             else:
                 masked.bin[:, j - n_num - n_cat], masked.bin_mask[:, j - n_num - n_cat] = 0.0, False
-        ll = self._score_arrays(masked, progress=False, contributions=False).log_likelihood
+        return masked
+
+    def store_pattern_calibration(
+        self, pattern: tuple[int, ...], log_likelihood: np.ndarray
+    ) -> Calibration:
+        """Calibrate ``pattern`` on the log-likelihoods [R] of its :meth:`pattern_rows`
+        (scored at the detector's own K) and keep it (at most ``MAX_PATTERNS``, oldest
+        dropped first)."""
         cal = self.calibration_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)
-            found = Calibration.fit(ll, alpha=cal.alpha, contamination=cal.contamination)
+            found = Calibration.fit(
+                np.asarray(log_likelihood, dtype=np.float64),
+                alpha=cal.alpha,
+                contamination=cal.contamination,
+            )
+        cache = self.__dict__.setdefault("_pattern_cache", {})
         if len(cache) >= MAX_PATTERNS:
             cache.pop(next(iter(cache)))
         cache[pattern] = found

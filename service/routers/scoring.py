@@ -104,6 +104,43 @@ def score_rows(
     return results
 
 
+async def calibrate_patterns(
+    settings: Any,
+    batcher: Any,
+    model: LoadedModel,
+    det: TabularDetector,
+    arrays: TabularArrays,
+    cost: int,
+    loc: tuple[str, ...],
+) -> None:
+    """Calibrate the missingness patterns of ``arrays`` new to the model before its
+    p-values are taken: each pattern's calibration rows (with the same cells missing)
+    are scored through the batcher, so they take their lane like any request and count
+    towards the request's cost (``cost``: its own records x k). A request whose new
+    patterns would take it over ``max_cost`` gets a 413 naming ``loc``."""
+    patterns = det.new_patterns(arrays)
+    if not patterns:
+        return
+    rows = det.calibration_rows_
+    assert rows is not None  # new_patterns is empty without calibration rows
+    extra = len(patterns) * len(rows) * det.sampler_.k
+    if cost + extra > settings.max_cost:
+        msg = (
+            f"{len(patterns)} missingness patterns new to this model need {extra:,} "
+            f"importance samples to calibrate (a record with missing cells is compared "
+            f"with calibration rows missing the same cells); with the records' {cost:,} "
+            f"that is above the limit of {settings.max_cost:,} per request "
+            "(ANOMALY_VAE_MAX_COST): send fewer distinct patterns of missing cells per "
+            "request (a pattern, once calibrated, costs nothing more)"
+        )
+        raise RequestError(413, list(loc), msg, "too_costly")
+    for pattern in patterns:
+        masked = det.pattern_rows(pattern)
+        assert masked is not None
+        res = await batcher.score(model, masked, None, False)
+        det.store_pattern_calibration(pattern, res.log_likelihood)
+
+
 @router.post(
     "/v1/score",
     response_model=ScoreResponse,
@@ -135,6 +172,10 @@ async def score(
         with naming(container, columnar=not req.records):
             arrays = det.encode_rows(frame, allow_extra=False)
         check_missing(settings, det, arrays, container)
+        k_eff = req.k or det.sampler_.k
+        await calibrate_patterns(
+            settings, batcher, model, det, arrays, len(frame) * k_eff, container
+        )
         res = await batcher.score(model, arrays, req.k, req.contributions > 0)
         results = await run_in_threadpool(score_rows, det, frame, res, req.contributions, arrays)
         metrics.RECORDS.inc(len(res))
@@ -190,6 +231,8 @@ async def invocations(
         with naming(container):
             arrays = det.encode_rows(frame, allow_extra=True)
         check_missing(settings, det, arrays, container)
+        cost = len(frame) * (k or det.sampler_.k)
+        await calibrate_patterns(settings, batcher, model, det, arrays, cost, container)
         res = await batcher.score(model, arrays, k, False)
         out = (await run_in_threadpool(det.result_frame, frame, res, arrays)).reset_index(drop=True)
         metrics.RECORDS.inc(len(res))

@@ -290,3 +290,47 @@ def test_bad_image_input_gets_a_json_4xx_naming_the_field(images_client, name, k
 def test_image_route_within_the_limits_scores(images_client):
     r = images_client.post("/v1/score/images?k=8", files=_files(2))
     assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+# ------------------------------------------------------ missingness patterns and their cost
+def test_a_new_missingness_pattern_is_calibrated_through_the_service(fitted, tmp_path):
+    """A record with a missing cell gets the library's p-value (its pattern calibrated
+    on calibration rows missing the same cell), and the pattern is kept."""
+    from anomaly_vae import TabularDetector
+
+    bundle = fitted.save(tmp_path / "bundle")
+    settings = Settings(bundle_path=bundle, poll_seconds=0)
+    rows = [{**_record(), "a": None}, {**_record(), "color": None}, _record()]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.post("/v1/score", json={"records": rows})
+        assert r.status_code == 200, r.text
+        det = c.app.state.store.current.detector
+        assert len(det.__dict__["_pattern_cache"]) == 2
+    import pandas as pd
+
+    want = TabularDetector.load(bundle).p_values(pd.DataFrame(rows))
+    np.testing.assert_array_equal([x["p_value"] for x in r.json()["results"]], want)
+
+
+def test_too_many_new_missingness_patterns_are_a_413_naming_the_records(fitted, tmp_path):
+    """Each new pattern costs scoring the calibration rows once: a request of records
+    with many distinct missing cells could hold the scorer far beyond MAX_COST."""
+    bundle = fitted.save(tmp_path / "bundle")
+    n_cal = len(fitted.calibration_rows_)
+    one_pattern = n_cal * fitted.sampler_.k
+    settings = Settings(bundle_path=bundle, poll_seconds=0, max_cost=2 * one_pattern + 100)
+    three = [{**_record(), "a": None}, {**_record(), "b": None}, {**_record(), "c": None}]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.post("/v1/score", json={"records": three})
+        assert r.status_code == 413, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "records"]
+        assert "3 missingness patterns new to this model" in r.text
+        r = c.post("/invocations", json={"dataframe_records": three})
+        assert r.status_code == 413 and r.json()["detail"][0]["loc"] == [
+            "body",
+            "dataframe_records",
+        ]
+        # two fit, and once calibrated they cost nothing more
+        assert c.post("/v1/score", json={"records": three[:2]}).status_code == 200
+        assert c.post("/v1/score", json={"records": three[:2]}).status_code == 200
+        assert c.post("/v1/score", json={"records": three[2:]}).status_code == 200
