@@ -39,7 +39,7 @@ def test_loads_leave_no_temporary_folders(store, tmp_path, monkeypatch):
     # failed loads too: the version's bundle is broken in the artifact store
     broken = next(store.rglob("artifacts/bundle/calibration.json"))
     broken.write_text("{}")
-    for _ in range(20):
+    for _ in range(100):
         with pytest.raises(Exception, match="does not match its sha256"):
             ModelStore(settings).reload()
     assert _downloads(scratch) == []
