@@ -35,8 +35,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Longest wait for the first model load before the server listens anyway (seconds).
-STARTUP_WAIT_S = 5.0
+#: Longest wait for the first model load before the server listens anyway (seconds): a
+#: store that answers loads a model well within it (50 ms for a small bundle from a
+#: sqlite store), one that hangs delays listening by no more than this.
+STARTUP_WAIT_S = 1.5
 #: A worker whose master died shuts down gracefully, and is ended after this long.
 MASTER_GONE_GRACE_S = 10.0
 
