@@ -158,7 +158,12 @@ async def _load(
             await asyncio.to_thread(registry.promote, NAME, version)
             flips[0] += 1
 
-    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
+    # idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them:
+    # with both at 5 s a client could pick a connection the server was closing
+    # (ReadError), a race in the client's pool, not an answer of the server
+    limits = httpx.Limits(
+        max_connections=clients + 5, max_keepalive_connections=clients + 5, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(timeout=300, limits=limits) as c:
         await asyncio.gather(*(client(c, s) for s in range(clients)), costly_client(c), flipper())
 
