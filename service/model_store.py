@@ -96,6 +96,8 @@ class ModelStore:
             # retry an unreachable server for minutes inside one call
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            # a progress bar per download, every alias flip, is noise in a service's log
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     def _now(self) -> str:
         return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
