@@ -75,6 +75,16 @@ def test_serve_flags_override_the_environment_only_when_given(tmp_path, fitted, 
         env = seen["env"]
         assert env["ANOMALY_VAE_POLL_SECONDS"] == "5.0"
         assert env["ANOMALY_VAE_MODEL_ALIAS"] == "blue"
+        # neither --model nor --bundle (the Docker image): the environment's model, and
+        # the workers' number from ANOMALY_VAE_WORKERS
+        os.environ["ANOMALY_VAE_BUNDLE_PATH"] = str(bundle)
+        os.environ["ANOMALY_VAE_WORKERS"] = "2"
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+        (tmp_path / "metrics").mkdir()
+        (tmp_path / "metrics" / "counter_7.db").write_bytes(b"old")
+        assert main(["serve"]) == 0
+        assert seen["workers"] == 2 and seen["env"]["ANOMALY_VAE_BUNDLE_PATH"] == str(bundle)
+        assert not list((tmp_path / "metrics").glob("*.db"))  # a dead process's counts
     finally:
         os.environ.clear()
         os.environ.update(saved)
