@@ -6,7 +6,9 @@ samples there and ``/metrics`` aggregates them (prometheus-client multiprocess m
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -42,6 +44,36 @@ BATCH = Histogram(
     "records per scoring batch",
     buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
 )
+#: Upper edges of the p-value buckets. On data like the calibration set a conformal
+#: p-value is uniform, so each bucket's share of the records is its width.
+P_VALUE_EDGES = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+P_VALUES = Histogram(
+    "anomaly_vae_p_value",
+    "conformal p-values of scored records by model version (uniform on data like the "
+    "calibration set: a bucket's share is its width)",
+    ["name", "version"],
+    buckets=P_VALUE_EDGES,
+)
+SCORE_DECILES = Counter(
+    "anomaly_vae_score_decile_records_total",
+    "scored records by the decile of the model's own calibration scores they fall in "
+    "(0: the most normal tenth, 9: the most anomalous), by model version: 10% each on "
+    "data like the calibration set, whatever the model's units",
+    ["name", "version", "decile"],
+)
+MODEL_ALPHA = Gauge(
+    "anomaly_vae_model_alpha",
+    "the loaded model's target false-positive rate (conformal alpha, or its contamination)",
+    ["name", "version"],
+    multiprocess_mode="livemax",
+)
+MODEL_THRESHOLD = Gauge(
+    "anomaly_vae_model_score_threshold",
+    "the loaded model's outlier threshold on the score (a complete record scoring above "
+    "it is flagged; one with missing cells has its pattern's), in the score's units",
+    ["name", "version"],
+    multiprocess_mode="livemax",
+)
 COSTLY = Counter(
     "anomaly_vae_costly_requests_total",
     "requests costing more than lane_cost importance samples, scored in slices between "
@@ -71,12 +103,53 @@ def observe_scores(scores: np.ndarray) -> None:
     values = values[~np.isnan(values)]
     if values.size == 0:
         return
-    bounds = np.asarray(SCORES._upper_bounds, dtype=np.float64)
+    _bulk(SCORES, values)
+
+
+@functools.lru_cache(maxsize=8)
+def _decile_cuts(reference: tuple[float, ...]) -> np.ndarray:
+    """The 9 inner cuts of the calibration scores' deciles (scores = -normality)."""
+    return np.quantile(-np.asarray(reference, dtype=np.float64), np.linspace(0.1, 0.9, 9))
+
+
+def _bulk(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe`` for every value at once (see :func:`observe_scores`)."""
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    SCORES._sum.inc(float(values.sum()))
+    histogram._sum.inc(float(values.sum()))
     for i, c in enumerate(counts.tolist()):
         if c:
-            SCORES._buckets[i].inc(c)
+            histogram._buckets[i].inc(c)
+
+
+def observe_model(model: Any, scores: Any, p_values: Any) -> None:
+    """Per model version, the records' p-values on fixed edges and their scores on the
+    deciles of that version's calibration scores: counters on the request path, which
+    add up across worker processes and keep each version's distribution apart after a
+    promotion. ``scores`` [N] higher is more anomalous; NaN entries are skipped."""
+    name, version = model.name, str(model.version)
+    p = np.asarray(p_values, dtype=np.float64)
+    p = p[~np.isnan(p)]
+    if p.size:
+        _bulk(P_VALUES.labels(name, version), p)
+    sc = np.asarray(scores, dtype=np.float64)
+    sc = sc[~np.isnan(sc)]
+    if sc.size:
+        cuts = _decile_cuts(tuple(model.detector.calibration_.reference.tolist()))
+        deciles = np.bincount(np.searchsorted(cuts, sc, side="left"), minlength=10)
+        for d, c in enumerate(deciles.tolist()):
+            if c:
+                SCORE_DECILES.labels(name, version, str(d)).inc(c)
+
+
+def set_model(model: Any, loaded: bool) -> None:
+    """The loaded model's alpha and score threshold (``loaded``), or their removal (0)
+    when it is swapped out, so alert rules read alpha instead of assuming it."""
+    cal = model.detector.calibration_
+    alpha = cal.alpha if cal.alpha is not None else cal.contamination
+    labels = (model.name, str(model.version))
+    MODEL_ALPHA.labels(*labels).set(float(alpha) if loaded else 0.0)
+    MODEL_THRESHOLD.labels(*labels).set(-float(cal.threshold) if loaded else 0.0)
 
 
 def render() -> tuple[bytes, str]:

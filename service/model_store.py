@@ -165,6 +165,8 @@ class ModelStore:
             metrics.LOADS.labels("success").inc()
             if old is not None:
                 metrics.MODEL_INFO.labels(old.name, str(old.version), str(old.alias)).set(0)
+                metrics.set_model(old, loaded=False)
             metrics.MODEL_INFO.labels(new.name, str(new.version), str(new.alias)).set(1)
+            metrics.set_model(new, loaded=True)
             log.info("serving %s version %s", new.name, new.version)
             return True, new

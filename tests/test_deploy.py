@@ -48,6 +48,13 @@ def test_prometheus_config_and_rules_validate(tmp_path):
         ["promtool", "check", "rules", str(rules)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    # the rules on synthetic series: the outlier-rate alert reads the model's own alpha
+    # (4% flagged fires at alpha = 0.01, stays silent at 0.05)
+    check = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"],
+        capture_output=True, text=True, cwd=DEPLOY / "prometheus",
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def _metric_refs(expr: str) -> set[str]:

@@ -181,6 +181,7 @@ async def score(
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(sum(r["is_outlier"] for r in results))
         metrics.observe_scores(-res.log_likelihood)
+        metrics.observe_model(model, [r["score"] for r in results], [r["p_value"] for r in results])
         doc = {"model": model_ref(model), "k": req.k or det.sampler_.k, "results": results}
     # serialized directly (the declared response_model documents the shape): pydantic
     # validation of 1000 result objects cost more than the JSON encoding itself
@@ -237,5 +238,6 @@ async def invocations(
         out = (await run_in_threadpool(det.result_frame, frame, res, arrays)).reset_index(drop=True)
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(int(out["is_outlier"].sum()))
+        metrics.observe_model(model, out["score"].to_numpy(), out["p_value"].to_numpy())
         records = [{k2: plain(v) for k2, v in row.items()} for row in out.to_dict(orient="records")]
         return {"predictions": records}
