@@ -1,0 +1,80 @@
+"""The Simple Jumper martingale: one step has mean 1 on uniform p-values, streams of
+uniform p-values rarely ever reach 1/level (Ville), shifted ones do, in either
+direction; smoothed conformal p-values are uniform where plain ones are not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+from anomaly_vae.drift.martingale import BETS, SimpleJumper, smoothed_p_values
+
+
+def test_each_bet_integrates_to_one_so_one_step_has_mean_one():
+    for e in BETS:
+        value, _ = integrate.quad(lambda p, e=e: 1.0 + e * (p - 0.5), 0.0, 1.0)
+        assert value == pytest.approx(1.0)
+    # and the mixture after a jump: the expected capital ratio of one step is 1
+    m = SimpleJumper(jump=0.3)
+    m.weights = np.array([0.7, 0.2, 0.1])
+    w = (1 - m.jump) * m.weights + m.jump / 3
+    value, _ = integrate.quad(lambda p: float((w * (1 + BETS * (p - 0.5))).sum()), 0, 1)
+    assert value == pytest.approx(1.0)
+
+
+def test_uniform_streams_rarely_ever_alarm():
+    """300 streams of 2,000 uniform p-values at level 0.05: the share that ever reaches
+    1/level stays within the binomial bound of 0.05 (Ville's inequality)."""
+    rng = np.random.default_rng(0)
+    streams = 300
+    ever = sum(SimpleJumper(level=0.05).update(rng.random(2000)).alarm for _ in range(streams))
+    assert ever / streams <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / streams)
+
+
+@pytest.mark.parametrize("side", ["small", "large"])
+def test_a_shifted_stream_alarms_in_either_direction(side):
+    rng = np.random.default_rng(1)
+    p = rng.beta(0.6, 1.0, 3000)  # small p-values: unusual records
+    if side == "large":
+        p = 1.0 - p  # large p-values: records more typical than the reference
+    m = SimpleJumper(level=0.01).update(p)
+    assert m.alarm and m.log_max > m.threshold
+
+
+def test_a_change_after_a_long_quiet_stretch_is_still_followed():
+    rng = np.random.default_rng(2)
+    quiet = SimpleJumper(level=0.01).update(rng.random(20_000))
+    assert not quiet.alarm
+    quiet.update(rng.beta(0.6, 1.0, 2000))
+    assert quiet.alarm
+
+
+def test_smoothed_p_values_are_uniform_where_plain_ones_are_biased():
+    rng = np.random.default_rng(3)
+    reference = rng.integers(0, 5, 200).astype(float)  # heavy ties
+    window = rng.integers(0, 5, 100_000).astype(float)
+    p = smoothed_p_values(window, reference, rng)
+    assert p.min() > 0.0 and p.max() < 1.0
+    # uniform given this reference? only on average over references; over many draws
+    means = []
+    for _ in range(200):
+        ref = rng.integers(0, 5, 200).astype(float)
+        means.append(smoothed_p_values(rng.integers(0, 5, 500).astype(float), ref, rng).mean())
+    assert np.mean(means) == pytest.approx(0.5, abs=0.005)
+    plain = (np.searchsorted(np.sort(reference), window, side="right") + 1) / 201
+    assert plain.mean() > 0.55  # ties counted in the record's favour: biased high
+
+
+def test_state_round_trips_and_bad_input_is_refused():
+    rng = np.random.default_rng(4)
+    m = SimpleJumper(level=0.05).update(rng.random(100))
+    again = SimpleJumper.from_dict(m.to_dict())
+    a, b = m.update(np.full(50, 0.1)), again.update(np.full(50, 0.1))
+    assert a.log_value == b.log_value and a.n == b.n == 150
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        SimpleJumper().update(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="level"):
+        SimpleJumper(level=0.0)
