@@ -452,7 +452,8 @@ def write_results(doc: dict[str, Any]) -> None:
                 + (f" ({r['reason'][:60]}...)" if r.get("reason") else "")
                 for name, r in start.items()
             )
-            + ". A store that hangs delays listening by at most STARTUP_WAIT_S = 1.5 s.",
+            + ". A store that refuses connections fails at once; one that hangs delays "
+            "listening by at most STARTUP_WAIT_S = 5 s.",
             "",
         ]
     if ess:

@@ -35,10 +35,12 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Longest wait for the first model load before the server listens anyway (seconds): a
-#: store that answers loads a model well within it (50 ms for a small bundle from a
-#: sqlite store), one that hangs delays listening by no more than this.
-STARTUP_WAIT_S = 1.5
+#: Longest wait for the first model load before the server listens anyway (seconds). A
+#: store that refuses connections fails at once, so the server listens at once; one that
+#: hangs delays listening by this much. Shorter (1.5 s was tried) let a worker of a
+#: multi-worker server accept requests before its model had loaded on a busy machine
+#: (the others ready, it 503): every worker should be ready when it accepts.
+STARTUP_WAIT_S = 5.0
 #: A worker whose master died shuts down gracefully, and is ended after this long.
 MASTER_GONE_GRACE_S = 10.0
 
