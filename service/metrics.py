@@ -6,7 +6,6 @@ samples there and ``/metrics`` aggregates them (prometheus-client multiprocess m
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -76,8 +75,8 @@ MODEL_THRESHOLD = Gauge(
 )
 COSTLY = Counter(
     "anomaly_vae_costly_requests_total",
-    "requests costing more than lane_cost importance samples, scored in slices between "
-    "cheap requests",
+    "requests costing more than lane_cost importance samples, scored in a lane of their "
+    "own that pauses while cheap requests are scored",
 )
 LOADS = Counter("anomaly_vae_model_loads_total", "model load attempts by outcome", ["outcome"])
 LOAD_FAILING = Gauge(
@@ -106,12 +105,6 @@ def observe_scores(scores: np.ndarray) -> None:
     _bulk(SCORES, values)
 
 
-@functools.lru_cache(maxsize=8)
-def _decile_cuts(reference: tuple[float, ...]) -> np.ndarray:
-    """The 9 inner cuts of the calibration scores' deciles (scores = -normality)."""
-    return np.quantile(-np.asarray(reference, dtype=np.float64), np.linspace(0.1, 0.9, 9))
-
-
 def _bulk(histogram: Any, values: np.ndarray) -> None:
     """``histogram.observe`` for every value at once (see :func:`observe_scores`)."""
     bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
@@ -135,8 +128,9 @@ def observe_model(model: Any, scores: Any, p_values: Any) -> None:
     sc = np.asarray(scores, dtype=np.float64)
     sc = sc[~np.isnan(sc)]
     if sc.size:
-        cuts = _decile_cuts(tuple(model.detector.calibration_.reference.tolist()))
-        deciles = np.bincount(np.searchsorted(cuts, sc, side="left"), minlength=10)
+        deciles = np.bincount(
+            np.searchsorted(model.score_decile_cuts, sc, side="left"), minlength=10
+        )
         for d, c in enumerate(deciles.tolist()):
             if c:
                 SCORE_DECILES.labels(name, version, str(d)).inc(c)

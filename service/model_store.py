@@ -4,6 +4,7 @@ bundle directory, swapped atomically on reload, kept when a new version fails to
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -12,6 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from anomaly_vae import load_detector
 from anomaly_vae.detector import TabularDetector
@@ -45,6 +48,13 @@ class LoadedModel:
     @property
     def is_image(self) -> bool:
         return isinstance(self.detector, ImageDetector)
+
+    @functools.cached_property
+    def score_decile_cuts(self) -> np.ndarray:
+        """The 9 inner cuts [9] of this version's calibration scores' deciles (score =
+        -normality, higher is more anomalous), computed once per loaded version."""
+        reference = np.asarray(self.detector.calibration_.reference, dtype=np.float64)
+        return np.quantile(-reference, np.linspace(0.1, 0.9, 9))
 
     def describe(self) -> dict[str, Any]:
         det = self.detector

@@ -9,6 +9,7 @@ ends shows the cheap pass inside the costly one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import httpx
@@ -62,29 +63,40 @@ def _app(bundle):
     )
 
 
+@contextlib.asynccontextmanager
+async def _costly_held(app, log: list[str], rows):
+    """The app running and a costly request (``rows`` at k=40) sent, its scoring pass
+    held at its start: yields (client, batcher, the request's task, the event that
+    releases the pass)."""
+    started, release = threading.Event(), threading.Event()
+    async with app.router.lifespan_context(app):
+        _log_passes(app, log, started, release)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            task = asyncio.create_task(
+                client.post("/v1/score", json={"records": records(rows), "k": 40})
+            )
+            await _until(started.is_set)
+            try:
+                yield client, app.state.batcher, task, release
+            finally:
+                release.set()
+
+
 def test_a_cheap_request_is_scored_inside_a_costly_one(bundle, mixed_test):
     frame, _ = mixed_test
     big = frame.iloc[:300]
     app = _app(bundle)
     log: list[str] = []
-    started, release = threading.Event(), threading.Event()
 
     async def run() -> tuple[httpx.Response, httpx.Response]:
-        async with app.router.lifespan_context(app):
-            _log_passes(app, log, started, release)
-            batcher = app.state.batcher
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                costly = asyncio.create_task(
-                    client.post("/v1/score", json={"records": records(big), "k": 40})
-                )
-                await _until(started.is_set)
-                cheap = asyncio.create_task(
-                    client.post("/v1/score", json={"records": records(frame.iloc[:1])})
-                )
-                await _until(lambda: not batcher.queue.empty())
-                release.set()
-                return await costly, await cheap
+        async with _costly_held(app, log, big) as (client, batcher, costly, release):
+            cheap = asyncio.create_task(
+                client.post("/v1/score", json={"records": records(frame.iloc[:1])})
+            )
+            await _until(lambda: not batcher.queue.empty())
+            release.set()
+            return await costly, await cheap
 
     r_costly, r_cheap = asyncio.run(run())
     assert r_costly.status_code == 200 and r_cheap.status_code == 200
@@ -102,25 +114,16 @@ def test_a_cancelled_costly_request_stops_being_scored(bundle, mixed_test):
     frame, _ = mixed_test
     app = _app(bundle)
     log: list[str] = []
-    started, release = threading.Event(), threading.Event()
 
     async def run() -> None:
-        async with app.router.lifespan_context(app):
-            _log_passes(app, log, started, release)
-            batcher = app.state.batcher
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                task = asyncio.create_task(
-                    client.post("/v1/score", json={"records": records(frame), "k": 40})
-                )
-                await _until(started.is_set)
-                task.cancel()  # the client goes away mid-request
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                release.set()
-                await _until(lambda: not batcher.costly)
-                ok = await client.post("/v1/score", json={"records": records(frame.iloc[:1])})
-                assert ok.status_code == 200
+        async with _costly_held(app, log, frame) as (client, batcher, task, release):
+            task.cancel()  # the client goes away mid-request
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            release.set()
+            await _until(lambda: not batcher.costly)
+            ok = await client.post("/v1/score", json={"records": records(frame.iloc[:1])})
+            assert ok.status_code == 200
 
     asyncio.run(run())
     # stopped at its first yield point, before computing anything
