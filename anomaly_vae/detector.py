@@ -711,25 +711,46 @@ class TabularDetector(Detector):
         cal = self.calibration_
         p, flags = cal.p_values(ll), cal.is_outlier(ll)
         thr = np.full(len(ll), cal.threshold)
-        if arrays is None or not len(ll):
-            return p, flags, thr
-        missing = self.missing_cells(arrays)
-        incomplete = np.flatnonzero(missing.any(1))
-        if not incomplete.size:
-            return p, flags, thr
-        patterns: dict[tuple[int, ...], list[int]] = {}
-        for i in incomplete.tolist():
-            patterns.setdefault(tuple(np.flatnonzero(missing[i]).tolist()), []).append(i)
-        for pattern, idx in patterns.items():
-            pc = self._pattern_calibration(pattern)
-            if pc is None:
-                continue
+        for pc, idx in self._pattern_groups(arrays, len(ll)):
             p[idx], flags[idx], thr[idx] = (
                 pc.p_values(ll[idx]),
                 pc.is_outlier(ll[idx]),
                 pc.threshold,
             )
         return p, flags, thr
+
+    def smoothed_p_values(
+        self, log_likelihood: np.ndarray, u: np.ndarray, arrays: TabularArrays | None = None
+    ) -> np.ndarray:
+        """Smoothed conformal p-values [N] (``u`` [N] uniform on (0, 1); see
+        :meth:`~anomaly_vae.scoring.calibration.Calibration.smoothed_p_values`), each row
+        against the calibration its p-value in :meth:`calibrated` comes from."""
+        ll = np.asarray(log_likelihood, dtype=np.float64)
+        u = np.asarray(u, dtype=np.float64)
+        p = self.calibration_.smoothed_p_values(ll, u)
+        for pc, idx in self._pattern_groups(arrays, len(ll)):
+            p[idx] = pc.smoothed_p_values(ll[idx], u[idx])
+        return p
+
+    def _pattern_groups(
+        self, arrays: TabularArrays | None, n: int
+    ) -> list[tuple[Calibration, list[int]]]:
+        """The rows with missing cells, grouped by missingness pattern, each with its
+        pattern's calibration (patterns without one are left out: their rows stay on the
+        complete rows' calibration)."""
+        if arrays is None or not n:
+            return []
+        missing = self.missing_cells(arrays)
+        incomplete = np.flatnonzero(missing.any(1))
+        patterns: dict[tuple[int, ...], list[int]] = {}
+        for i in incomplete.tolist():
+            patterns.setdefault(tuple(np.flatnonzero(missing[i]).tolist()), []).append(i)
+        out = []
+        for pattern, idx in patterns.items():
+            pc = self._pattern_calibration(pattern)
+            if pc is not None:
+                out.append((pc, idx))
+        return out
 
     def top_features(
         self, res: ScoreResult, top: int, arrays: TabularArrays | None = None
@@ -755,6 +776,22 @@ class TabularDetector(Detector):
         """Column names in the order of the contribution vectors (numeric, categorical, boolean)."""
         self._check_fitted()
         return [c.name for kind in KINDS for c in self.schema_.of_kind(kind)]
+
+    @property
+    def feature_order_(self) -> tuple[list[str], list[str], list[str]]:
+        """The (numeric, categorical, boolean) column names, as drift statistics take them."""
+        self._check_fitted()
+        return tuple([c.name for c in self.schema_.of_kind(kind)] for kind in KINDS)  # type: ignore[return-value]
+
+    def latent_outputs(self, arrays: TabularArrays) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means [N, L] and KL(q(z|x) || p(z)) [N] (nats) of encoded rows: one
+        encoder pass, what live drift monitoring needs beside a scoring result."""
+        from anomaly_vae.nn.base import gaussian_kl
+
+        with torch.inference_mode():
+            mu, logvar = self.net_.encode(TabularTensors.from_arrays(arrays))
+            kl = gaussian_kl(mu, logvar).to(torch.float64)
+        return mu.numpy(), kl.numpy()
 
     def contributions(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
         """Per-feature log-likelihood terms (nats), rows x schema columns; each row sums to
@@ -869,7 +906,7 @@ class TabularDetector(Detector):
             "contributions": res.contributions,
             "result": res,
             "arrays": arrays,
-            "feature_order": tuple([c.name for c in self.schema_.of_kind(kind)] for kind in KINDS),
+            "feature_order": self.feature_order_,
         }
 
     def rebuild_reference(self, X: Any) -> TabularDetector:

@@ -483,6 +483,16 @@ class ImageDetector(Detector):
             mu, _ = self.net_.encode(torch.from_numpy(self._prepare(images)))
         return mu.numpy()
 
+    def latent_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means [N, L] and KL(q(z|x) || p(z)) [N] (nats) of checked images
+        [N, C, H, W]: one encoder pass, what live drift monitoring needs."""
+        from anomaly_vae.nn.base import gaussian_kl
+
+        with torch.inference_mode():
+            mu, logvar = self.net_.encode(torch.from_numpy(self._prepare(images)))
+            kl = gaussian_kl(mu, logvar).to(torch.float64)
+        return mu.numpy(), kl.numpy()
+
     def reconstruct(self, X: Any) -> np.ndarray:
         """Decoder means at the posterior means, floats in [0, 1], [N, C, H, W]."""
         images = self._checked(X)

@@ -29,8 +29,9 @@ from . import metrics
 from .batching import Batcher
 from .errors import error_response, install_handlers
 from .model_store import ModelStore
+from .monitor import DriftMonitor
 from .openapi import install_openapi
-from .routers import images, models, ops, scoring
+from .routers import drift, images, models, ops, scoring
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
     store = ModelStore(settings)
     batcher = Batcher(settings)
+    monitor = DriftMonitor(settings, current_model=lambda: store.current)
 
     async def first_load() -> None:
         """Load until a model is there, with backoff (0.5 s doubling to 30 s), then poll
@@ -191,10 +193,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(run_in_threadpool(store.reload), STARTUP_WAIT_S)
         batcher.start()
+        monitor.start()
         loader = asyncio.get_running_loop().create_task(first_load())
         yield
         loader.cancel()
         await batcher.stop()
+        await run_in_threadpool(monitor.stop)
 
     app = FastAPI(
         title="anomaly-vae",
@@ -205,10 +209,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.batcher = batcher
+    app.state.monitor = monitor
     app.add_middleware(_LimitBody, limit=settings.max_body_bytes)
     app.add_middleware(_Observe)
     install_handlers(app)
-    for router in (scoring.router, images.router, models.router, ops.router):
+    for router in (scoring.router, images.router, models.router, ops.router, drift.router):
         app.include_router(router)
     install_openapi(app, store, settings)
     return app

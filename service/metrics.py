@@ -35,7 +35,8 @@ RECORDS = Counter("anomaly_vae_records_scored_total", "records scored")
 OUTLIERS = Counter("anomaly_vae_outliers_flagged_total", "records flagged as outliers")
 SCORES = Histogram(
     "anomaly_vae_score_nats",
-    "anomaly score (-log p(x), nats) of scored records",
+    "anomaly score (-log p(x), nats) of scored records, all versions together (kept for "
+    "old dashboards: anomaly_vae_score_decile_records_total is per version and unitless)",
     buckets=(-100, -50, -20, -10, -5, 0, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 BATCH = Histogram(
@@ -60,6 +61,12 @@ SCORE_DECILES = Counter(
     "data like the calibration set, whatever the model's units",
     ["name", "version", "decile"],
 )
+FLAGGED = Counter(
+    "anomaly_vae_flagged_records_total",
+    "records flagged as outliers, by model version (with anomaly_vae_p_value_count, the "
+    "version's outlier rate, to compare with its alpha)",
+    ["name", "version"],
+)
 MODEL_ALPHA = Gauge(
     "anomaly_vae_model_alpha",
     "the loaded model's target false-positive rate (conformal alpha, or its contamination)",
@@ -72,6 +79,137 @@ MODEL_THRESHOLD = Gauge(
     "it is flagged; one with missing cells has its pattern's), in the score's units",
     ["name", "version"],
     multiprocess_mode="livemax",
+)
+# ---------------------------------------------------------------- live drift
+# Counters on the drift task's path add up across workers; the gauges below them are
+# written by the one worker that runs the checks ("mostrecent": the latest write wins).
+DRIFT_RECORDS = Counter(
+    "anomaly_vae_drift_records_total",
+    "records fed to the drift monitor (martingale and windows), by model version",
+    ["name", "version"],
+)
+DRIFT_SKIPPED = Counter(
+    "anomaly_vae_drift_skipped_records_total",
+    "records not monitored: scored at another K than the model's own, or by a version "
+    "swapped out before the drift task took them",
+    ["name", "version"],
+)
+DRIFT_DROPPED = Counter(
+    "anomaly_vae_drift_dropped_records_total",
+    "records dropped because the drift task's queue was full (drift_queue_records)",
+    ["name", "version"],
+)
+_VW = ["name", "version", "window", "signal"]
+DRIFT_STATISTIC = Gauge(
+    "anomaly_vae_drift_statistic",
+    "the latest window check's test statistic, per signal (scores, outlier_rate, latent, "
+    "kl) and window (count, time)",
+    _VW,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_P_VALUE = Gauge(
+    "anomaly_vae_drift_p_value",
+    "the latest window check's Holm-adjusted p-value, per signal and window",
+    _VW,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_EFFECT = Gauge(
+    "anomaly_vae_drift_effect",
+    "the latest window check's effect size (the signal's own units, see GET /v1/drift)",
+    _VW,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_THRESHOLD = Gauge(
+    "anomaly_vae_drift_threshold",
+    "the level the Holm-adjusted p-value is compared with (drift_window_level)",
+    _VW,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_ALARM = Gauge(
+    "anomaly_vae_drift_alarm",
+    "1 while the latest window check finds drift in the signal (any: the window's "
+    "verdict; features: any feature), else 0",
+    _VW,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_WINDOW_RECORDS = Gauge(
+    "anomaly_vae_drift_window_records",
+    "records in the window of the latest check",
+    ["name", "version", "window"],
+    multiprocess_mode="mostrecent",
+)
+_VF = ["name", "version", "window", "feature"]
+#: The feature label shared by the features past ``drift_max_features``.
+OVERFLOW_FEATURE = "__other__"
+FEATURE_Q_VALUE = Gauge(
+    "anomaly_vae_drift_feature_q_value",
+    "a feature's Benjamini-Hochberg q-value in the latest window check (features past "
+    "drift_max_features share the label __other__: their least q-value)",
+    _VF,
+    multiprocess_mode="mostrecent",
+)
+FEATURE_EFFECT = Gauge(
+    "anomaly_vae_drift_feature_effect",
+    "a feature's drift effect (numeric: Wasserstein in its sd; else total variation)",
+    _VF,
+    multiprocess_mode="mostrecent",
+)
+FEATURE_CONTRIBUTION_SHIFT = Gauge(
+    "anomaly_vae_drift_feature_contribution_shift_nats",
+    "the shift of a feature's mean log-likelihood contribution against the calibration "
+    "rows (absolute, nats)",
+    _VF,
+    multiprocess_mode="mostrecent",
+)
+FEATURE_ALARM = Gauge(
+    "anomaly_vae_drift_feature_alarm",
+    "1 while the latest window check finds the feature drifted, else 0",
+    _VF,
+    multiprocess_mode="mostrecent",
+)
+DRIFT_FEATURES_CAPPED = Gauge(
+    "anomaly_vae_drift_features_capped",
+    "1 when the model has more features than drift_max_features (the rest are __other__)",
+    ["name", "version"],
+    multiprocess_mode="mostrecent",
+)
+MARTINGALE_LOG = Gauge(
+    "anomaly_vae_drift_martingale_log",
+    "log of the conformal test martingale over every worker's records (the sum of the "
+    "workers' logs), at the latest check",
+    ["name", "version"],
+    multiprocess_mode="mostrecent",
+)
+MARTINGALE_WORKER_LOG = Gauge(
+    "anomaly_vae_drift_martingale_worker_log",
+    "log of this worker's own martingale (on the records it scored)",
+    ["name", "version"],
+    multiprocess_mode="liveall",
+)
+MARTINGALE_THRESHOLD = Gauge(
+    "anomaly_vae_drift_martingale_threshold",
+    "log(2 / drift_level): the martingale alarms when its log reaches this",
+    ["name", "version"],
+    multiprocess_mode="mostrecent",
+)
+MARTINGALE_ALARM = Gauge(
+    "anomaly_vae_drift_martingale_alarm",
+    "1 once the martingale has reached its threshold for this version (it stays), else 0",
+    ["name", "version"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_LAST_CHECK = Gauge(
+    "anomaly_vae_drift_last_check_timestamp_seconds",
+    "Unix time of the latest drift check of this version",
+    ["name", "version"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_REFERENCE = Gauge(
+    "anomaly_vae_drift_reference_info",
+    "1 while the drift monitor checks this version against its own reference (the label "
+    "is the reference's fingerprint); 0 when it has none or is swapped out",
+    ["name", "version", "reference"],
+    multiprocess_mode="mostrecent",
 )
 COSTLY = Counter(
     "anomaly_vae_costly_requests_total",
@@ -115,12 +253,17 @@ def _bulk(histogram: Any, values: np.ndarray) -> None:
             histogram._buckets[i].inc(c)
 
 
-def observe_model(model: Any, scores: Any, p_values: Any) -> None:
+def observe_model(model: Any, scores: Any, p_values: Any, flags: Any = None) -> None:
     """Per model version, the records' p-values on fixed edges and their scores on the
     deciles of that version's calibration scores: counters on the request path, which
     add up across worker processes and keep each version's distribution apart after a
-    promotion. ``scores`` [N] higher is more anomalous; NaN entries are skipped."""
+    promotion; and the records ``flags`` [N] marks as outliers. ``scores`` [N] higher is
+    more anomalous; NaN entries are skipped."""
     name, version = model.name, str(model.version)
+    if flags is not None:
+        flagged = int(np.asarray(flags, dtype=bool).sum())
+        if flagged:
+            FLAGGED.labels(name, version).inc(flagged)
     p = np.asarray(p_values, dtype=np.float64)
     p = p[~np.isnan(p)]
     if p.size:

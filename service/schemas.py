@@ -82,3 +82,77 @@ class ImageScoreRequest(BaseModel):
         strict=True,
         description="add per-pixel log-likelihood contributions (nats)",
     )
+
+
+# ---------------------------------------------------------------------- drift
+class DriftSignal(BaseModel):
+    """One test of a window check."""
+
+    statistic: float | None = Field(description="the test statistic (see ``test``)")
+    p_value: float | None = Field(description="Holm-adjusted p-value over the window's tests")
+    effect: float | None = Field(description="effect size, in the signal's units (see ``test``)")
+    margin: float = Field(description="the least effect an alarm needs")
+    threshold: float = Field(description="the level the p-value is compared with")
+    verdict: str = Field(description="drift or no_drift")
+    test: str | None = None
+
+
+class DriftFeature(BaseModel):
+    feature: str
+    kind: str = Field(description="numeric, categorical or boolean")
+    q_value: float | None = Field(description="Benjamini-Hochberg q-value over the features")
+    p_value: float | None = Field(description="Holm-adjusted p-value of the column's values")
+    effect: float | None = Field(
+        description="numeric: Wasserstein distance in the column's sd; else total variation"
+    )
+    verdict: str
+    contribution_shift_nats: float | None = Field(
+        description="shift of the column's mean log-likelihood contribution, nats"
+    )
+
+
+class DriftWindow(BaseModel):
+    verdict: str = Field(description="drift, no_drift or too_few_rows")
+    records: int
+    start: float | None = Field(description="Unix time of the window's first record")
+    end: float | None = Field(description="Unix time of its last record")
+    level: float
+    fired: list[dict[str, Any]] = Field(description="the tests that alarmed")
+    signals: dict[str, DriftSignal] = Field(description="scores, outlier_rate, latent, kl")
+    features: list[DriftFeature] = Field(description="the top features, by q-value")
+    score_counts: dict[str, list[float]] = Field(
+        description="records per reference score ventile: the reference's and the window's"
+    )
+    outlier_rate: float | None
+    alpha: float | None
+    drift_since: float | None = Field(
+        description="Unix time of the first of the consecutive checks finding drift"
+    )
+
+
+class DriftMartingale(BaseModel):
+    log_value: float | None = Field(description="log of the combined test martingale")
+    log_max: float | None = Field(description="the largest log value it has had")
+    threshold: float | None = Field(description="log(2 / drift_level): the alarm line")
+    alarm: bool | None = Field(description="the martingale has reached its threshold")
+    records: int | None = Field(description="records it has bet on, every worker together")
+    workers: int | None = Field(description="worker processes whose states were combined")
+    level: float | None
+    slack: float | None = Field(description="the calibration set's slack in each bet")
+    alarm_at: float | None = Field(description="Unix time the alarm was first seen")
+    alarm_after_records: int | None
+
+
+class DriftState(BaseModel):
+    """``GET /v1/drift``: the loaded version's live drift state."""
+
+    status: str = Field(description="checked, waiting_for_check or no_records")
+    model: dict[str, Any] | None
+    reference: str | None = Field(description="the drift reference's fingerprint")
+    reference_missing: bool = Field(
+        description="the bundle has no drift reference: only the martingale runs"
+    )
+    checked_at: float | None = Field(description="Unix time of the latest check")
+    interval_seconds: float
+    martingale: DriftMartingale | None
+    windows: dict[str, DriftWindow] = Field(description="count and time windows")

@@ -85,6 +85,53 @@ class Settings(BaseSettings):
         "divided by the number of workers (ANOMALY_VAE_WORKERS)",
     )
     workers: int = Field(default=1, ge=1, description="worker processes serving (set by serve)")
+    drift: bool = Field(
+        default=True,
+        description="live drift monitoring of scored records (martingale and window checks)",
+    )
+    drift_level: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="bound on the chance that the martingale alarm ever fires on data like "
+        "the calibration set (half for the bets, half for the calibration set's noise)",
+    )
+    drift_window_level: float = Field(
+        default=0.001,
+        gt=0.0,
+        lt=1.0,
+        description="family-wise false-alarm level of one window check (Holm over its tests)",
+    )
+    drift_interval_seconds: float = Field(
+        default=30.0, gt=0.0, description="how often the window checks run"
+    )
+    drift_window_records: int = Field(
+        default=5_000, ge=1, description="the count window: the latest this many records"
+    )
+    drift_window_seconds: float = Field(
+        default=3_600.0, gt=0.0, description="the time window: records of this many seconds"
+    )
+    drift_bucket_records: int = Field(
+        default=500, ge=1, description="records per bucket of the sliding windows"
+    )
+    drift_bucket_seconds: float = Field(
+        default=60.0, gt=0.0, description="a bucket closes after this long even if not full"
+    )
+    drift_max_features: int = Field(
+        default=20,
+        ge=1,
+        description="features named in the drift metrics; the rest share one overflow label",
+    )
+    drift_queue_records: int = Field(
+        default=200_000,
+        ge=1,
+        description="records waiting for the drift task at most (beyond: dropped, counted)",
+    )
+    drift_dir: Path | None = Field(
+        default=None,
+        description="where worker processes share drift state; default: a drift folder in "
+        "PROMETHEUS_MULTIPROC_DIR when set (several workers), else none (one process)",
+    )
 
     def bulk_thread_count(self) -> int:
         """Threads for bulk batches: ``bulk_threads``, or this worker's share of the cores."""

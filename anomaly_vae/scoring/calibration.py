@@ -120,6 +120,19 @@ class Calibration:
         p = (1.0 + count) / (self.n + 1.0)
         return np.where(np.isnan(scores), np.nan, p)
 
+    def smoothed_p_values(self, scores: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Smoothed conformal p-values [N] of log-likelihoods [N]: (#{ref < s} +
+        u (#{ref == s} + 1)) / (n + 1), with ``u`` [N] uniform on (0, 1), so a record
+        exchangeable with the calibration set gets a p-value uniform on (0, 1) (ties
+        included), as a test martingale needs (:mod:`anomaly_vae.drift.martingale`).
+        Counts on a kept subsample are scaled to n as in :meth:`p_values`. NaN stays NaN."""
+        scores = np.asarray(scores, dtype=np.float64)
+        scale = self.n / self.reference.size
+        below = np.searchsorted(self.reference, scores, side="left")
+        ties = np.searchsorted(self.reference, scores, side="right") - below
+        p = (below * scale + np.asarray(u) * (ties * scale + 1.0)) / (self.n + 1.0)
+        return np.where(np.isnan(scores), np.nan, p)
+
     def is_outlier(self, scores: np.ndarray) -> np.ndarray:
         """[N] bool: log-likelihood strictly below the threshold."""
         return np.asarray(scores, dtype=np.float64) < self.threshold

@@ -49,7 +49,14 @@ async def score_images(
     metrics.RECORDS.inc(len(scored))
     metrics.OUTLIERS.inc(int(scored["is_outlier"].sum()))
     metrics.observe_scores(scored["score"].to_numpy())
-    metrics.observe_model(model, scored["score"].to_numpy(), scored["p_value"].to_numpy())
+    metrics.observe_model(
+        model, scored["score"].to_numpy(), scored["p_value"].to_numpy(),
+        scored["is_outlier"].to_numpy(),
+    )  # fmt: skip
+    request.app.state.monitor.submit(
+        model, images, -scored["score"].to_numpy(), k=k,
+        flags=scored["is_outlier"].to_numpy(dtype=bool),
+    )  # fmt: skip
     results: list[dict[str, Any]] = []
     for i, row in enumerate(scored.to_dict(orient="records")):
         entry: dict[str, Any] = {"id": blobs[i][0]}

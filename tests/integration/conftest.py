@@ -147,3 +147,54 @@ def records(frame) -> list[dict]:
     ``DataFrame.to_json`` would round floats to 10 significant digits, so a request
     would score slightly different rows than the frame the test compares with."""
     return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+
+
+class Prometheus(_Process):
+    """Debian's ``prometheus`` on a free loopback port, scraping ``targets`` every second
+    with ``rule_files`` loaded; :meth:`query` asks its HTTP API."""
+
+    def __init__(self, work: Path, targets: list[str], rule_files: list[Path] = ()) -> None:
+        import shutil
+
+        binary = shutil.which("prometheus")
+        assert binary is not None
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api/v1"
+        config = work / "prometheus.yml"
+        rules = "".join(f"  - {p}\n" for p in rule_files)
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            + (f"rule_files:\n{rules}" if rule_files else "")
+            + "scrape_configs:\n  - job_name: anomaly-vae\n"
+            + f"    static_configs:\n      - targets: {targets!r}\n"
+        )
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def query(self, q: str) -> list[dict]:
+        """The instant vector of ``q`` now ([] while Prometheus is starting)."""
+        try:
+            r = httpx.get(f"{self.api}/query", params={"query": q}, timeout=5)
+            r.raise_for_status()
+        except httpx.HTTPError:
+            return []
+        return r.json()["data"]["result"]
+
+    def wait_for(self, q: str, test, timeout: float = 90.0) -> list[dict]:
+        """Poll ``q`` until ``test(result)`` holds; the last result either way."""
+        deadline = time.monotonic() + timeout
+        result: list[dict] = []
+        while time.monotonic() < deadline:
+            result = self.query(q)
+            if result and test(result):
+                return result
+            time.sleep(0.5)
+        return result

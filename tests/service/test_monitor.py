@@ -1,0 +1,182 @@
+"""Live drift monitoring, in process: the monitor fed as the routes feed it, stepped by
+hand (no clock in the assertions); a hot swap starts a new version's state; two workers
+sharing a drift folder are checked once, together; and the app's /v1/drift and /monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+from anomaly_vae.service import metrics
+from anomaly_vae.service.app import create_app
+from anomaly_vae.service.model_store import LoadedModel
+from anomaly_vae.service.monitor import DriftMonitor
+from anomaly_vae.service.settings import Settings
+
+from tests.conftest import make_mixed
+
+
+def loaded(det, version: int) -> LoadedModel:
+    return LoadedModel(det, "mixed", version, "champion", "test", "now")
+
+
+def feed(monitor: DriftMonitor, model: LoadedModel, frame, chunk: int = 50) -> None:
+    """Score ``frame`` as the /v1/score route does and hand each request to the monitor."""
+    det = model.detector
+    for start in range(0, len(frame), chunk):
+        arrays = det.encode_rows(frame.iloc[start : start + chunk], allow_extra=False)
+        res = det.score_encoded(arrays)
+        flags = det.result_columns(res, arrays)["is_outlier"]
+        monitor.submit(
+            model, arrays, res.log_likelihood, k=None, kl=res.kl,
+            contributions=res.contributions, flags=flags,
+        )  # fmt: skip
+
+
+def settings(tmp_path, **kw) -> Settings:
+    base = {
+        "bundle_path": tmp_path, "drift_interval_seconds": 1.0, "drift_window_records": 400,
+        "drift_bucket_records": 100, "drift_window_level": 0.001, "drift_level": 1e-6,
+    }  # fmt: skip
+    return Settings(**(base | kw))
+
+
+def shifted(n: int, seed: int):
+    frame = make_mixed(n, seed=seed)
+    frame["c"] = frame["c"] + 3.0  # 1.5 sd
+    return frame
+
+
+def test_unchanged_traffic_is_quiet_and_a_shifted_feature_alarms_and_is_named(fitted, tmp_path):
+    monitor = DriftMonitor(settings(tmp_path))
+    model = loaded(fitted, 1)
+    feed(monitor, model, make_mixed(600, seed=11))
+    monitor.step(1000.0)
+    state = monitor.state()
+    assert state["status"] == "checked"
+    assert state["martingale"]["records"] == 600 and not state["martingale"]["alarm"]
+    for window in ("count", "time"):
+        assert state["windows"][window]["verdict"] == "no_drift", state["windows"][window]["fired"]
+    assert state["windows"]["count"]["records"] >= 400
+    assert state["windows"]["time"]["records"] == 600
+
+    feed(monitor, model, shifted(600, seed=12))
+    monitor.step(1002.0)
+    state = monitor.state()
+    m = state["martingale"]
+    assert m["alarm"] and m["log_value"] >= m["threshold"] == pytest.approx(np.log(2 / 1e-6))
+    assert m["alarm_after_records"] == 1200
+    count = state["windows"]["count"]
+    assert count["verdict"] == "drift"
+    assert count["features"][0]["feature"] == "c" and count["features"][0]["verdict"] == "drift"
+    assert count["drift_since"] == 1002.0
+    # the gauges the rules read
+    labels = ("mixed", "1", "count", "any")
+    assert metrics.DRIFT_ALARM.labels(*labels)._value.get() == 1
+    assert metrics.FEATURE_ALARM.labels("mixed", "1", "count", "c")._value.get() == 1
+    assert metrics.MARTINGALE_ALARM.labels("mixed", "1")._value.get() == 1
+
+
+def test_a_hot_swap_starts_the_new_version_from_its_own_state(fitted, tmp_path):
+    monitor = DriftMonitor(settings(tmp_path))
+    v1, v2 = loaded(fitted, 11), loaded(fitted, 12)
+    feed(monitor, v1, shifted(400, seed=13))
+    monitor.step(10.0)
+    assert monitor.state()["martingale"]["alarm"]
+    feed(monitor, v2, make_mixed(300, seed=14))
+    monitor.step(20.0)
+    state = monitor.state()
+    assert state["model"]["version"] == 12
+    assert state["martingale"]["records"] == 300 and not state["martingale"]["alarm"]
+    assert state["windows"]["time"]["records"] == 300  # none of version 11's records
+    # version 11's alarms are withdrawn, version 12's are its own
+    assert metrics.DRIFT_ALARM.labels("mixed", "11", "count", "any")._value.get() == 0
+    assert metrics.MARTINGALE_ALARM.labels("mixed", "11")._value.get() == 0
+    assert metrics.MARTINGALE_ALARM.labels("mixed", "12")._value.get() == 0
+
+
+def test_two_workers_sharing_a_folder_are_checked_once_on_all_their_records(fitted, tmp_path):
+    s = settings(tmp_path, drift_dir=tmp_path / "drift")
+    a, b = DriftMonitor(s, worker="a"), DriftMonitor(s, worker="b")
+    model = loaded(fitted, 21)
+    frame = make_mixed(500, seed=15)
+    feed(a, model, frame.iloc[:300])
+    feed(b, model, frame.iloc[300:])
+    a.step(100.0)  # a takes the checker's lock
+    b.step(100.0)  # b cannot: it shares its records
+    assert a.checker and not b.checker
+    a._next_check = 0.0
+    a.step(101.0)  # a's next check sees both
+    state = b.published(model)  # what worker b answers: the checker's file
+    assert state["martingale"]["workers"] == 2 and state["martingale"]["records"] == 500
+    assert state["windows"]["time"]["records"] == 500
+    # the combined martingale is the product of the workers' (the sum of their logs)
+    total = a.current.martingale.log_value + b.current.martingale.log_value
+    assert state["martingale"]["log_value"] == pytest.approx(total)
+    # and the window statistics are the merge of both: one pass over all the records
+    one = DriftMonitor(settings(tmp_path / "one"), worker="one")
+    feed(one, model, frame)
+    one.step(100.0)
+    assert one.state()["windows"]["time"]["signals"]["scores"]["statistic"] == pytest.approx(
+        state["windows"]["time"]["signals"]["scores"]["statistic"]
+    )
+    a.stop()  # the checker goes: b takes over at its next check
+    b._next_check = 0.0
+    b.step(200.0)
+    assert b.checker
+
+
+def test_records_at_another_k_are_not_monitored_and_a_full_queue_drops_the_oldest(fitted, tmp_path):
+    monitor = DriftMonitor(settings(tmp_path, drift_queue_records=100))
+    model = loaded(fitted, 31)
+    arrays = fitted.encode_rows(make_mixed(60, seed=16))
+    res = fitted.score_encoded(arrays)
+    monitor.submit(model, arrays, res.log_likelihood, k=fitted.sampler_.k + 1)
+    assert not monitor.queue
+    for _ in range(3):
+        monitor.submit(model, arrays, res.log_likelihood, k=None, kl=res.kl)
+    assert monitor.queued == 60 and len(monitor.queue) == 1
+    assert metrics.DRIFT_DROPPED.labels("mixed", "31")._value.get() == 120
+    assert metrics.DRIFT_SKIPPED.labels("mixed", "31")._value.get() == 60
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, fitted):
+    return fitted.save(tmp_path_factory.mktemp("b") / "bundle")
+
+
+def test_the_app_serves_drift_state_and_the_monitoring_page(bundle):
+    s = Settings(
+        bundle_path=bundle, poll_seconds=0, drift_interval_seconds=0.2,
+        drift_bucket_records=50, drift_window_records=200,
+    )  # fmt: skip
+    app = create_app(s)
+    frame = make_mixed(200, seed=17)
+    records = frame.astype(object).to_dict(orient="records")
+
+    async def run() -> tuple[dict, str, dict]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.post("/v1/score", json={"records": records})
+                assert r.status_code == 200
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    state = (await client.get("/v1/drift")).json()
+                    if state["status"] == "checked" and state["martingale"]["records"] == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                page = (await client.get("/monitor")).text
+                schema = (await client.get("/openapi.json")).json()
+                return state, page, schema
+
+    state, page, schema = asyncio.run(run())
+    assert state["martingale"]["records"] == 200
+    assert state["windows"]["time"]["records"] == 200
+    assert "<script>" in page and "http" not in page.split("<script>")[0].replace("http-equiv", "")
+    assert "/v1/drift" in schema["paths"]
+    props = schema["components"]["schemas"]["DriftState"]["properties"]
+    assert {"martingale", "windows", "reference_missing"} <= set(props)
