@@ -711,10 +711,79 @@ def write_results(doc: dict[str, Any], command: str) -> None:
             f"Checking a {t['window']:,}-row window of {t['set']} ({t['columns']} columns), scoring "
             f"at K=64 included: {t['seconds']:.2f} s (best of 3).",
         ]
+    lines += streaming_lines(doc.get("streaming"))
     lines.append("")
     if not doc["evidently"]:
         lines += [f"Evidently was not run: {doc['evidently_note']}", ""]
     replace_section(RESULTS, "## Drift:", "\n".join(lines) + "\n")
+
+
+def streaming_lines(st: dict[str, Any] | None) -> list[str]:
+    """The streaming part's lines of the Drift section (benchmarks/drift_streaming.py)."""
+    if not st:
+        return []
+    null = st["null"]
+    lines = [
+        "",
+        "### Streaming: the service's live monitor",
+        "",
+        "`python benchmarks/drift.py --parts streaming` (about 25 minutes). Nothing in it "
+        "chooses a default: the jump rate (0.01), the levels and the window sizes were set "
+        "before it ran.",
+        "",
+        f"No-drift streams of {null['length']:,} records, each with its own calibration set "
+        "(a conformal p-value sees only ranks, so uniform draws stand for any model's "
+        "continuous scores); the share that ever alarms at level "
+        f"{null['level']}:",
+        "",
+        "| calibration scores | service (online ranks) | streams | fixed calibration set | streams |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n, row in null["sizes"].items():
+        a, b = row["service"], row["fixed_calibration"]
+        lines.append(
+            f"| {int(n):,} | {a['ever_alarm']:.3f} (se {a['se']:.3f}) | {a['streams']:,} "
+            f"| {b['ever_alarm']:.3f} (se {b['se']:.3f}) | {b['streams']:,} |"
+        )
+    d = st["delays"]
+    lines += [
+        "",
+        f"Detection delay (records after the change until the alarm; median over {d['reps']} "
+        f"streams for the martingale, {d['window_reps']} for the count window of "
+        f"{d['window_records']:,} records checked every {d['check_every']} at level "
+        f"{d['window_level']}), {d['before']:,} normal records before the change, at most "
+        f"{d['max']:,} after it; '-' = not detected in at least half the streams:",
+        "",
+        "| set | drift | martingale delay | martingale detected | window delay | window detected |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    early = streams = 0
+    for name, res in d["sets"].items():
+        for kind, r in res["kinds"].items():
+            md, wd = r["martingale_median"], r["window_median"]
+            lines.append(
+                f"| {name} | {kind} | {'-' if md is None else f'{md:,.0f}'} | "
+                f"{r['martingale_detected']:.2f} | {'-' if wd is None else f'{wd:,.0f}'} | "
+                f"{r['window_detected']:.2f} |"
+            )
+            early += r["martingale_alarm_before_change"]
+            streams += d["reps"]
+    lines += [
+        "",
+        f"Real-data null check: the martingale alarmed during the {d['before']:,} records "
+        f"before the change in {early} of {streams} streams (level {d['level']}).",
+    ]
+    t = st["throughput"]
+    lines += [
+        "",
+        f"Throughput, monitoring on against off (two real servers of one WDBC version, "
+        f"{t['clients']} closed-loop clients posting 1000-record requests, {t['slots']} "
+        f"alternating slots of {t['slot_seconds']:.0f} s each): {t['records_per_s_on']:,.0f} "
+        f"against {t['records_per_s_off']:,.0f} records/s, **{100 * t['ratio']:.1f}%** "
+        f"(median slot). The monitored server's drift task took {t['monitored_records']:,.0f} "
+        f"of the {t['posted_records_on']:,} records it scored.",
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -745,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parts",
         default="tables,images,memory,timing",
-        help="tables, images, memory, timing (each updates its part of drift.json); "
+        help="tables, images, memory, timing, streaming (each updates its part of "
+        "drift.json; streaming is not in the default: about 25 minutes of its own); "
         "report: only rewrite the RESULTS.md section from drift.json",
     )
     p.add_argument("--image-fit", type=int, default=10_000)
@@ -754,6 +824,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-rows", type=int, default=10_000_000)
     p.add_argument("--memory-small", type=int, default=1_000_000)
     p.add_argument("--memory-k", type=int, default=8, help="K of the memory part's detector")
+    # the streaming part (benchmarks/drift_streaming.py)
+    p.add_argument(
+        "--streams", type=int, default=2000, help="no-drift streams per calibration size"
+    )
+    p.add_argument("--stream-length", type=int, default=100_000)
+    p.add_argument("--stream-sizes", default="200", help="calibration set sizes")
+    p.add_argument("--delay-sets", nargs="+", default=["satellite", "campaign", "shuttle"])
+    p.add_argument("--delay-reps", type=int, default=20, help="streams per drift kind (martingale)")
+    p.add_argument("--window-reps", type=int, default=5, help="of them, with window checks")
+    p.add_argument("--delay-before", type=int, default=2000, help="records before the change")
+    p.add_argument("--delay-max", type=int, default=20_000, help="records after the change")
+    p.add_argument("--check-every", type=int, default=500, help="records between window checks")
+    p.add_argument("--window-records", type=int, default=5000, help="the count window")
+    p.add_argument("--slots", type=int, default=6, help="throughput slots per server")
+    p.add_argument("--slot-seconds", type=float, default=20.0)
+    p.add_argument("--clients", type=int, default=2, help="closed-loop clients in a slot")
     p.add_argument(
         "--make-evidently-env",
         action="store_true",
@@ -785,6 +871,35 @@ def main(argv: list[str] | None = None) -> int:
         update_json("images", image_part(args))
     if "memory" in parts:
         update_json("memory", memory_part(args))
+    if "streaming" in parts:
+        from benchmarks import drift_streaming as st
+
+        sizes = tuple(int(v) for v in args.stream_sizes.split(","))
+        update_json(
+            "streaming",
+            {
+                "null": st.null_streams(
+                    args.streams, args.stream_length, sizes, args.seed, args.online_streams
+                ),
+                "delays": st.detection_delays(args),
+                "throughput": st.throughput(args),
+            },
+        )
+        part = json.loads(JSON_OUT.read_text())["streaming"]
+        update_json(
+            "streaming_headline",
+            {
+                "ever_alarm_service": {
+                    n: r["service"]["ever_alarm"] for n, r in part["null"]["sizes"].items()
+                },
+                "ever_alarm_fixed_calibration": {
+                    n: r["fixed_calibration"]["ever_alarm"]
+                    for n, r in part["null"]["sizes"].items()
+                },
+                "level": part["null"]["level"],
+                "throughput_ratio": part["throughput"]["ratio"],
+            },
+        )
     if parts & {"tables", "report"}:
         update_json("headline", headline(json.loads(JSON_OUT.read_text())))
     doc = json.loads(JSON_OUT.read_text())

@@ -94,6 +94,12 @@ DRIFT_SKIPPED = Counter(
     "swapped out before the drift task took them",
     ["name", "version"],
 )
+DRIFT_UNWINDOWED = Counter(
+    "anomaly_vae_drift_unwindowed_records_total",
+    "records the martingale took but the windows left out, to keep the drift task within "
+    "drift_budget of a core (a share of the requests, chosen by time)",
+    ["name", "version"],
+)
 DRIFT_DROPPED = Counter(
     "anomaly_vae_drift_dropped_records_total",
     "records dropped because the drift task's queue was full (drift_queue_records)",
@@ -175,20 +181,14 @@ DRIFT_FEATURES_CAPPED = Gauge(
 )
 MARTINGALE_LOG = Gauge(
     "anomaly_vae_drift_martingale_log",
-    "log of the conformal test martingale over every worker's records (the sum of the "
-    "workers' logs), at the latest check",
+    "log of the conformal test martingale over every worker's records (run by the worker "
+    "that runs the drift checks)",
     ["name", "version"],
     multiprocess_mode="mostrecent",
 )
-MARTINGALE_WORKER_LOG = Gauge(
-    "anomaly_vae_drift_martingale_worker_log",
-    "log of this worker's own martingale (on the records it scored)",
-    ["name", "version"],
-    multiprocess_mode="liveall",
-)
 MARTINGALE_THRESHOLD = Gauge(
     "anomaly_vae_drift_martingale_threshold",
-    "log(2 / drift_level): the martingale alarms when its log reaches this",
+    "log(1 / drift_level): the martingale alarms when its log reaches this",
     ["name", "version"],
     multiprocess_mode="mostrecent",
 )

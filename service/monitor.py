@@ -3,12 +3,13 @@
 A scoring route hands its records to :meth:`DriftMonitor.submit`, which only appends
 them to a bounded queue; a background thread per worker process does the rest:
 
-- **The martingale.** Each record scored at the model's own K gets a smoothed conformal
-  p-value (:meth:`~anomaly_vae.detector.TabularDetector.smoothed_p_values`), fed in
-  arrival order to a Simple Jumper (:mod:`anomaly_vae.drift.martingale`) whose bets carry
-  the calibration set's slack, at level ``drift_level / 2`` with delta ``drift_level / 2``:
-  on data exchangeable with the calibration set, the chance that the alarm *ever* fires
-  is at most ``drift_level``, however long the service runs. Records scored at another K
+- **The martingale.** Each record scored at the model's own K is ranked against the
+  calibration scores and every record of the version's stream before it
+  (:class:`~anomaly_vae.drift.martingale.OnlineConformal`); the smoothed p-values feed,
+  in arrival order, a Simple Jumper at ``drift_level``. If the calibration set and the
+  stream are exchangeable, those p-values are independent and uniform, and the chance
+  that the alarm *ever* fires is at most ``drift_level``, however long the service runs
+  (plus 1e-6 once 10^7 records have frozen the reference). Records scored at another K
   are not monitored (their scores are not comparable with the calibration scores).
 - **The windows.** Records also go into buckets of mergeable
   :class:`~anomaly_vae.drift.WindowStats` (closed at ``drift_bucket_records`` records or
@@ -20,18 +21,16 @@ them to a bounded queue; a background thread per worker process does the rest:
 The state belongs to a model version: a hot swap starts a new :class:`VersionMonitor`
 from the new version's own reference, and the old one's figures are not carried over.
 
-**Several workers.** Each worker process runs its own martingale on the records it
-scored, and writes its closed buckets and its martingale state to files in the drift
-folder (``drift_dir``, by default ``PROMETHEUS_MULTIPROC_DIR/drift``). The worker that
-holds an exclusive ``flock`` on the folder's lock file is the checker: it merges every
-worker's buckets for the loaded version (the merge is exact) and runs the window checks
-once for all of them, and it adds the workers' log martingales. Each worker's capital
-is a test martingale on its own sub-stream, and on independent records their product
-is one on the whole stream (at each step one factor moves, with conditional mean at most
-1), so the sum of the logs is the combined log martingale. A worker that dies leaves its
-last state, a stopped martingale, still valid. When the checker dies its lock is
-released and another worker takes over. The drift gauges are written by the checker
-only (``mostrecent``); the record counters on the request path add up across workers.
+**Several workers.** The martingale needs one stream, so it runs in one process: the
+worker that holds an exclusive ``flock`` on the drift folder's lock file (``drift_dir``,
+by default ``PROMETHEUS_MULTIPROC_DIR/drift``) is the checker. The other workers write
+the scores they took (float32, in arrival order) and their closed window buckets to the
+folder; the checker ranks every worker's scores in the order it finds them (an order
+that does not depend on the scores keeps the stream exchangeable), merges every
+worker's buckets exactly, and runs the window checks once for all. When the checker dies
+its lock is released and another worker takes over; its martingale starts afresh (as
+at a restart). The drift gauges are written by the checker only (``mostrecent``); the
+record counters on the request path add up across workers.
 """
 
 from __future__ import annotations
@@ -52,7 +51,12 @@ from typing import Any
 import numpy as np
 
 from anomaly_vae.drift.check import DriftReport, WindowStats, evaluate, record_keys
-from anomaly_vae.drift.martingale import SimpleJumper, calibration_slack
+from anomaly_vae.drift.martingale import (
+    FROZEN_DELTA,
+    OnlineConformal,
+    SimpleJumper,
+    calibration_slack,
+)
 from anomaly_vae.drift.reference import REFERENCE_FORMAT
 
 from . import metrics
@@ -65,6 +69,8 @@ log = logging.getLogger(__name__)
 JUMP = 0.01
 #: How often the background thread drains the queue (seconds).
 INGEST_SECONDS = 0.5
+#: The drift task's CPU budget accrues over at most this long (a burst can use it).
+BUDGET_WINDOW_SECONDS = 60.0
 #: Top drifted features listed by ``GET /v1/drift``.
 TOP_FEATURES = 10
 WINDOWS = ("count", "time")
@@ -121,6 +127,7 @@ class VersionMonitor:
     worker: str = ""
     reference: dict[str, Any] | None = None
     martingale: SimpleJumper = field(init=False)
+    ranks: OnlineConformal = field(init=False)
     buckets: deque[Bucket] = field(default_factory=deque)
     open: Bucket | None = None
     records: int = 0
@@ -128,47 +135,62 @@ class VersionMonitor:
     #: this worker's bucket files in the drift folder, and the records last shared
     files: dict[str, Bucket] = field(default_factory=dict)
     shared_records: int = -1
+    #: scores taken but not yet ranked (by the checker) or written (by another worker)
+    pending: list[np.ndarray] = field(default_factory=list)
     #: reports of the latest check (the checker's), by window
     reports: dict[str, DriftReport] = field(default_factory=dict)
     combined: dict[str, Any] = field(default_factory=dict)
     last_check: float | None = None
-    alarm_since: float | None = None
 
     def __post_init__(self) -> None:
         det = self.model.detector
         ref = getattr(det, "reference_", None) or {}
         self.reference = ref if ref.get("format") == REFERENCE_FORMAT else None
-        cal = det.calibration_
-        half = self.settings.drift_level / 2
-        self.martingale = SimpleJumper(
-            level=half, jump=JUMP, slack=calibration_slack(int(cal.reference.size), half)
-        )
+        self.reset_martingale()
+
+    def reset_martingale(self) -> None:
+        """A fresh test: the calibration scores alone as the ranks' reference."""
+        cal = self.model.detector.calibration_
+        self.ranks = OnlineConformal(cal.reference, weight=cal.n / cal.reference.size)
+        self.martingale = SimpleJumper(level=self.settings.drift_level, jump=JUMP)
         version = self.model.version or 0
-        # the smoothing's randomness, its own stream per worker
+        # the smoothing's randomness: its own stream per version and worker
         self.rng = np.random.default_rng([version, *map(ord, self.worker or str(os.getpid()))])
+        self.combined = {k: v for k, v in self.combined.items() if k == "drift_since"}
+
+    def bet(self, scores: np.ndarray, now: float) -> None:
+        """Rank ``scores`` (in arrival order) and bet on their p-values (the checker)."""
+        if not scores.size:
+            return
+        p = self.ranks.p_values(scores, self.rng.random(scores.size))
+        if self.ranks.frozen and not self.martingale.slack:
+            # the reference stopped growing: bets conservative for its noise from now on
+            self.martingale.slack = calibration_slack(int(self.ranks.size), FROZEN_DELTA)
+        was = self.martingale.alarm
+        self.martingale.update(p)
+        if self.martingale.alarm and not was:
+            self.combined["alarm_at"] = now
+            self.combined["alarm_after_records"] = self.martingale.n
 
     @property
     def labels(self) -> tuple[str, str]:
         return self.model.name, str(self.model.version)
 
     # ---------------------------------------------------------------- ingesting
-    def ingest(self, batch: _Batch) -> None:
-        """Add one request's records: their p-values to the martingale, their statistics
-        to the open bucket."""
-        det = self.model.detector
+    def ingest(self, batch: _Batch, windows: bool = True) -> None:
+        """Add one request's records: their scores to those the martingale will bet on,
+        and (with ``windows``) their statistics to the open bucket."""
         ll = np.asarray(batch.normality, dtype=np.float64)
         ok = np.isfinite(ll)
         if not ok.any():
             return
-        u = self.rng.random(len(ll))
-        if self.model.is_image:
-            p = det.calibration_.smoothed_p_values(ll, u)
-        else:
-            p = det.smoothed_p_values(ll, u, batch.arrays)  # type: ignore[union-attr]
-        self.martingale.update(p[ok])
+        self.pending.append(ll[ok].astype(np.float32))
         self.records += int(ok.sum())
         metrics.DRIFT_RECORDS.labels(*self.labels).inc(int(ok.sum()))
         if self.reference is None:
+            return
+        if not windows:
+            metrics.DRIFT_UNWINDOWED.labels(*self.labels).inc(int(ok.sum()))
             return
         if self.open is None:
             self.open = Bucket(batch.at, batch.at, WindowStats(self.reference))
@@ -218,7 +240,6 @@ class VersionMonitor:
         """What the other workers' checker needs of this one, besides the closed buckets."""
         return {
             "worker": self.worker,
-            "martingale": self.martingale.to_dict(),
             "records": self.records,
             "open": self.open.to_dict() if self.open is not None else None,
             "written": time.time(),
@@ -242,6 +263,10 @@ class DriftMonitor:
         self.worker = worker or str(os.getpid())
         self.queue: deque[tuple[LoadedModel, _Batch]] = deque()
         self.queued = 0
+        self._budget = settings.drift_budget * BUDGET_WINDOW_SECONDS
+        self._last_step: float | None = None
+        # the first request is scored with contributions: a window soon has some
+        self._credit = 1.0 - settings.drift_contribution_share
         self.current: VersionMonitor | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -258,6 +283,19 @@ class DriftMonitor:
             directory.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- request path
+    def wants_contributions(self) -> bool:
+        """Whether this request is one of the ``drift_contribution_share`` scored with
+        contributions for the windows: every k-th request, chosen by its place in the
+        sequence, never by its records (so the share is an unbiased sample)."""
+        share = self.settings.drift_contribution_share
+        if not self.settings.drift or share <= 0:
+            return False
+        self._credit += share
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
+
     def submit(
         self,
         model: LoadedModel,
@@ -347,19 +385,64 @@ class DriftMonitor:
                     len(batch.normality)
                 )
                 continue
-            self.monitor_for(model).ingest(batch)
+            # the windows' share of a core: CPU time accrues at drift_budget per second
+            # (a minute's worth at most) and each request's statistics spend it
+            if self._last_step is not None:
+                self._budget = min(
+                    self._budget + self.settings.drift_budget * max(0.0, now - self._last_step),
+                    self.settings.drift_budget * BUDGET_WINDOW_SECONDS,
+                )
+            self._last_step = now
+            windows = self._budget > 0
+            started = time.thread_time()
+            self.monitor_for(model).ingest(batch, windows=windows)
+            if windows:
+                self._budget -= time.thread_time() - started
         if loaded is not None:
             self.monitor_for(loaded)
         cur = self.current
         if cur is None:
             return
         closed = cur.roll(now)
+        if self._is_checker():
+            self._bet(cur, now)
+        else:
+            self._share_scores(cur)
         self._share(cur, closed)
-        metrics.MARTINGALE_WORKER_LOG.labels(*cur.labels).set(cur.martingale.log_value)
-        if now >= self._next_check:
+        if self.checker and now >= self._next_check:
             self._next_check = now + self.settings.drift_interval_seconds
-            if self._is_checker():
-                self.check(cur, now)
+            self.check(cur, now)
+
+    def _bet(self, cur: VersionMonitor, now: float) -> None:
+        """The checker ranks and bets on its own scores and those the other workers
+        wrote, in the order it finds them, then exports the martingale."""
+        parts, cur.pending = cur.pending, []
+        d = self._version_dir(cur)
+        if d is not None:
+            files = sorted(d.glob("scores-*.npy"), key=lambda f: (f.stat().st_mtime_ns, f.name))
+            for path in files:
+                with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+                    parts.append(np.load(path, allow_pickle=False).astype(np.float32))
+                path.unlink(missing_ok=True)
+        for scores in parts:
+            cur.bet(scores, now)
+        m = cur.martingale
+        metrics.MARTINGALE_LOG.labels(*cur.labels).set(m.log_value)
+        metrics.MARTINGALE_ALARM.labels(*cur.labels).set(1 if m.alarm else 0)
+
+    def _share_scores(self, cur: VersionMonitor) -> None:
+        """Another worker's scores, written for the checker (atomically)."""
+        d = self._version_dir(cur)
+        if d is None or not cur.pending:
+            return
+        scores = np.concatenate(cur.pending)
+        cur.pending = []
+        cur.seq += 1
+        path = d / f"scores-{self.worker}-{cur.seq:08d}.npy"
+        tmp = d / f".scores-{self.worker}.tmp"
+        with tmp.open("wb") as f:
+            np.save(f, scores, allow_pickle=False)
+        os.replace(tmp, path)
 
     # ---------------------------------------------------------------- sharing
     def _version_dir(self, cur: VersionMonitor) -> Path | None:
@@ -448,22 +531,13 @@ class DriftMonitor:
         sets the drift gauges and the state ``GET /v1/drift`` answers with."""
         s = self.settings
         buckets, states = self._gather(cur, now)
-        log_value = sum(float(st["martingale"]["log_value"]) for st in states)
-        records = sum(int(st["records"]) for st in states)
+        m = cur.martingale
         combined = cur.combined
-        combined["log_max"] = max(float(combined.get("log_max", 0.0)), log_value)
-        threshold = cur.martingale.threshold
-        alarm = combined["log_max"] >= threshold
-        if alarm and "alarm_at" not in combined:
-            combined["alarm_at"] = now
-            combined["alarm_after_records"] = records
         combined.update(
-            log_value=log_value, threshold=threshold, records=records, workers=len(states),
-            level=s.drift_level, slack=cur.martingale.slack, alarm=alarm,
+            log_value=m.log_value, log_max=m.log_max, threshold=m.threshold, alarm=m.alarm,
+            records=m.n, workers=len(states), level=m.level, slack=m.slack,
         )  # fmt: skip
         labels = cur.labels
-        metrics.MARTINGALE_LOG.labels(*labels).set(log_value)
-        metrics.MARTINGALE_ALARM.labels(*labels).set(1 if alarm else 0)
         reports: dict[str, DriftReport] = {}
         if cur.reference is not None and buckets:
             by_end = sorted(buckets, key=lambda b: b.end, reverse=True)

@@ -58,12 +58,12 @@ svg text { font-size: 11px; fill: var(--mute); }
   </section>
   <section>
     <h2>Martingale (anytime-valid alarm)</h2>
-    <svg id="martingale" width="100%" height="60" viewBox="0 0 300 60"></svg>
+    <svg id="martingale" viewBox="0 0 300 60" style="width: 100%; height: auto; max-height: 90px"></svg>
     <div class="mute" id="martingale-text"></div>
   </section>
   <section class="wide">
     <h2>Score distribution against the reference (count window, share per ventile)</h2>
-    <svg id="scores" width="100%" height="170" viewBox="0 0 800 170"></svg>
+    <svg id="scores" viewBox="0 0 800 170" style="width: 100%; height: auto; max-height: 260px"></svg>
     <div class="mute">grey: reference (calibration scores); blue: recent records.
       Left: the most anomalous twentieth of the reference; right: the most normal.</div>
   </section>
@@ -120,7 +120,7 @@ function drawMartingale(m) {
   box.append(svg("line", {x1: x(m.threshold), x2: x(m.threshold), y1: 12, y2: 44, stroke: "#1f2328", "stroke-width": 2}));
   const t = svg("text", {x: x(m.threshold) + 3, y: 56}); t.textContent = "threshold"; box.append(t);
   $("martingale-text").textContent = `log value ${fmt(m.log_value, 2)} (max ${fmt(m.log_max, 2)}) against ` +
-    `log(2/level) = ${fmt(m.threshold, 2)}; level ${m.level}: on data like the calibration set ` +
+    `log(1/level) = ${fmt(m.threshold, 2)}; level ${m.level}: on data like the calibration set ` +
     `the chance it ever alarms is at most ${m.level}` + (m.alarm ? ` | ALARM after ${m.alarm_after_records} records` : "");
 }
 

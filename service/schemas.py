@@ -133,12 +133,15 @@ class DriftWindow(BaseModel):
 class DriftMartingale(BaseModel):
     log_value: float | None = Field(description="log of the combined test martingale")
     log_max: float | None = Field(description="the largest log value it has had")
-    threshold: float | None = Field(description="log(2 / drift_level): the alarm line")
+    threshold: float | None = Field(description="log(1 / drift_level): the alarm line")
     alarm: bool | None = Field(description="the martingale has reached its threshold")
     records: int | None = Field(description="records it has bet on, every worker together")
-    workers: int | None = Field(description="worker processes whose states were combined")
+    workers: int | None = Field(description="worker processes whose windows were merged")
     level: float | None
-    slack: float | None = Field(description="the calibration set's slack in each bet")
+    slack: float | None = Field(
+        description="0 while the ranks' reference grows; after 10^7 records it freezes and "
+        "each bet is made conservative by this much"
+    )
     alarm_at: float | None = Field(description="Unix time the alarm was first seen")
     alarm_after_records: int | None
 

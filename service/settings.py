@@ -97,10 +97,11 @@ class Settings(BaseSettings):
         "the calibration set (half for the bets, half for the calibration set's noise)",
     )
     drift_window_level: float = Field(
-        default=0.001,
+        default=0.01,
         gt=0.0,
         lt=1.0,
-        description="family-wise false-alarm level of one window check (Holm over its tests)",
+        description="family-wise false-alarm level of one window check (Holm over its "
+        "tests); the anytime-valid alarm is the martingale's",
     )
     drift_interval_seconds: float = Field(
         default=30.0, gt=0.0, description="how often the window checks run"
@@ -116,6 +117,22 @@ class Settings(BaseSettings):
     )
     drift_bucket_seconds: float = Field(
         default=60.0, gt=0.0, description="a bucket closes after this long even if not full"
+    )
+    drift_contribution_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of requests scored with per-feature contributions for the "
+        "windows' contribution tests (every k-th request, whatever its records; they "
+        "cost about a fifth more to score)",
+    )
+    drift_budget: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=1.0,
+        description="share of one core the drift task may spend on window statistics; "
+        "beyond it, requests are left out of the windows (counted; chosen by time, never "
+        "by their records), while the martingale still takes every record",
     )
     drift_max_features: int = Field(
         default=20,

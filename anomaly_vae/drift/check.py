@@ -166,6 +166,27 @@ def _priority(seed: int, keys: np.ndarray) -> np.ndarray:
 
 
 _CUTS: dict[int, tuple[dict[str, Any], list[np.ndarray]]] = {}
+_FEATURE_CUTS: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def reference_arrays(reference: dict[str, Any]) -> dict[str, Any]:
+    """The reference's cut lists as arrays, once per reference (a stream updates window
+    statistics batch after batch; turning the JSON lists into arrays each time cost as
+    much as the counting): ``scores``, ``kl``, and per feature ``cuts`` and ``fine``."""
+    hit = _FEATURE_CUTS.get(id(reference))
+    if hit is None or hit[0] is not reference:
+        feats = reference.get("features", {})
+        doc = {
+            "scores": np.asarray(reference["scores"]["cuts"], dtype=np.float64),
+            "kl": np.asarray(reference["latent"]["kl"]["cuts"], dtype=np.float64),
+            "cuts": {k: np.asarray(f["cuts"], dtype=np.float64) for k, f in feats.items()
+                     if f["kind"] == "numeric"},
+            "fine": {k: np.asarray(f["fine"]["cuts"], dtype=np.float64) for k, f in feats.items()
+                     if "fine" in f},
+        }  # fmt: skip
+        _FEATURE_CUTS.clear()
+        _FEATURE_CUTS[id(reference)] = hit = (reference, doc)
+    return hit[1]
 
 
 def contribution_cuts(reference: dict[str, Any]) -> list[np.ndarray]:
@@ -215,6 +236,9 @@ class WindowStats:
     contrib_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
     contrib_sumsq: np.ndarray = field(default_factory=lambda: np.zeros(0))
     contrib_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    #: records whose contributions were added (a live monitor takes them from a share
+    #: of the requests only; a batch check from every record)
+    contrib_n: int = 0
 
     def __post_init__(self) -> None:
         ref = self.reference
@@ -260,8 +284,9 @@ class WindowStats:
         normality = np.asarray(normality, dtype=np.float64)
         self.score_sum += float(normality.sum())
         self.score_sumsq += float((normality * normality).sum())
-        self.score_counts += bin_counts(normality, np.asarray(ref["scores"]["cuts"]))
-        self.kl_counts += bin_counts(np.asarray(kl), np.asarray(ref["latent"]["kl"]["cuts"]))
+        cuts = reference_arrays(ref)
+        self.score_counts += bin_counts(normality, cuts["scores"])
+        self.kl_counts += bin_counts(np.asarray(kl), cuts["kl"])
         mu = np.asarray(mu, dtype=np.float64)
         self._keep_latent(_priority(self.seed, keys), mu)
         proj = latent_projections(ref)
@@ -277,14 +302,11 @@ class WindowStats:
         feats = ref["features"]
         for j, name in enumerate(numeric):
             seen = arrays.num_mask[:, j]
-            self.feature_counts[name] += bin_counts(
-                arrays.num[seen, j], np.asarray(feats[name]["cuts"])
-            )
+            values = arrays.num[seen, j]
+            self.feature_counts[name] += bin_counts(values, cuts["cuts"][name])
             self.feature_missing[name] += int((~seen).sum())
             if name in self.feature_fine:
-                self.feature_fine[name] += bin_counts(
-                    arrays.num[seen, j], np.asarray(feats[name]["fine"]["cuts"])
-                )
+                self.feature_fine[name] += bin_counts(values, cuts["fine"][name])
         for j, name in enumerate(categorical):
             codes = arrays.cat[:, j]
             levels = len(feats[name]["counts"])
@@ -297,11 +319,12 @@ class WindowStats:
             self.feature_missing[name] += int((~seen).sum())
         if contributions is not None and contributions.size:
             c = np.asarray(contributions, dtype=np.float64)
+            self.contrib_n += len(c)
             self.contrib_sum += c.sum(0)
             self.contrib_sumsq += (c * c).sum(0)
             c_ref = c.round(REFERENCE_DECIMALS)  # as the reference sample is kept
-            for j, cuts in enumerate(contribution_cuts(ref)):
-                counts = bin_counts(c_ref[:, j], cuts)
+            for j, c_cuts in enumerate(contribution_cuts(ref)):
+                counts = bin_counts(c_ref[:, j], c_cuts)
                 self.contrib_counts[j, : len(counts)] += counts
 
     def _keep_latent(self, priority: np.ndarray, mu: np.ndarray) -> None:
@@ -329,6 +352,7 @@ class WindowStats:
         self.contrib_sum = self.contrib_sum + other.contrib_sum
         self.contrib_sumsq = self.contrib_sumsq + other.contrib_sumsq
         self.contrib_counts = self.contrib_counts + other.contrib_counts
+        self.contrib_n += other.contrib_n
         return self
 
     _ARRAYS = ("score_counts", "kl_counts", "latent_counts", "latent_priority", "latent_sample",
@@ -337,7 +361,7 @@ class WindowStats:
     def to_dict(self) -> dict[str, Any]:
         """Everything but the reference, as JSON-able lists (to ship from executors)."""
         doc: dict[str, Any] = {
-            "seed": self.seed, "n": self.n, "flagged": self.flagged,
+            "seed": self.seed, "n": self.n, "flagged": self.flagged, "contrib_n": self.contrib_n,
             "score_sum": self.score_sum, "score_sumsq": self.score_sumsq,
             "feature_missing": dict(self.feature_missing),
             "feature_counts": {k: v.tolist() for k, v in self.feature_counts.items()},
@@ -350,6 +374,8 @@ class WindowStats:
     def from_dict(cls, reference: dict[str, Any], doc: dict[str, Any]) -> WindowStats:
         stats = cls(reference, seed=int(doc["seed"]))
         stats.n, stats.flagged = int(doc["n"]), int(doc["flagged"])
+        # older dumps had contributions for every record
+        stats.contrib_n = int(doc.get("contrib_n", doc["n"] if doc["contrib_sum"] else 0))
         stats.score_sum, stats.score_sumsq = float(doc["score_sum"]), float(doc["score_sumsq"])
         stats.feature_missing = {k: int(v) for k, v in doc["feature_missing"].items()}
         stats.feature_counts = {
@@ -616,14 +642,14 @@ def evaluate(
             levels=f.get("levels"),
             **extra,
         )
-        if name in c_names and c_sample.size:
+        if name in c_names and c_sample.size and stats.contrib_n:
             j = c_names.index(name)
             rc = bin_counts(c_sample[:, j], contribution_cuts(ref)[j])
             cchi, cp, _ = chi2(rc, stats.contrib_counts[j, : len(rc)])
             # the effect is the shift of the mean term (nats); the test is on its whole
             # distribution, binned: a mean test on these skewed, often near-constant terms
             # was anti-conservative on small windows
-            c_shift = float(stats.contrib_sum[j] / stats.n - c_sample[:, j].mean())
+            c_shift = float(stats.contrib_sum[j] / stats.contrib_n - c_sample[:, j].mean())
             row["contribution"] = _row(
                 S.Test(cchi, cp, c_shift),
                 margins.contribution,

@@ -177,8 +177,10 @@ async def score(
         await calibrate_patterns(
             settings, batcher, model, det, arrays, len(frame) * k_eff, container
         )
-        # drift monitoring tests each feature's contribution, and they cost little extra
-        res = await batcher.score(model, arrays, req.k, req.contributions > 0 or settings.drift)
+        # a share of the requests is scored with contributions for drift monitoring
+        monitor = request.app.state.monitor
+        sampled = monitor.wants_contributions()
+        res = await batcher.score(model, arrays, req.k, req.contributions > 0 or sampled)
         results = await run_in_threadpool(score_rows, det, frame, res, req.contributions, arrays)
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(sum(r["is_outlier"] for r in results))
@@ -187,9 +189,9 @@ async def score(
         metrics.observe_model(
             model, [r["score"] for r in results], [r["p_value"] for r in results], flags
         )
-        request.app.state.monitor.submit(
+        monitor.submit(
             model, arrays, res.log_likelihood, k=req.k, kl=res.kl,
-            contributions=res.contributions if res.contributions.size else None, flags=flags,
+            contributions=res.contributions if sampled else None, flags=flags,
         )  # fmt: skip
         doc = {"model": model_ref(model), "k": req.k or det.sampler_.k, "results": results}
     # serialized directly (the declared response_model documents the shape): pydantic
@@ -243,16 +245,18 @@ async def invocations(
         check_missing(settings, det, arrays, container)
         cost = len(frame) * (k or det.sampler_.k)
         await calibrate_patterns(settings, batcher, model, det, arrays, cost, container)
-        res = await batcher.score(model, arrays, k, settings.drift)
+        monitor = request.app.state.monitor
+        sampled = monitor.wants_contributions()
+        res = await batcher.score(model, arrays, k, sampled)
         out = (await run_in_threadpool(det.result_frame, frame, res, arrays)).reset_index(drop=True)
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(int(out["is_outlier"].sum()))
         metrics.observe_model(
             model, out["score"].to_numpy(), out["p_value"].to_numpy(), out["is_outlier"].to_numpy()
         )
-        request.app.state.monitor.submit(
+        monitor.submit(
             model, arrays, res.log_likelihood, k=k, kl=res.kl,
-            contributions=res.contributions if res.contributions.size else None,
+            contributions=res.contributions if sampled else None,
             flags=out["is_outlier"].to_numpy(dtype=bool),
         )  # fmt: skip
         records = [{k2: plain(v) for k2, v in row.items()} for row in out.to_dict(orient="records")]

@@ -162,3 +162,40 @@ def test_a_table_of_repeated_rows_does_not_alarm_on_its_latent_codes():
         assert latent["verdict"] == "no_drift", latent
         assert report.verdict == "no_drift", report.fired
     assert latent["mmd_p_value_descriptive"] < 0.01  # why the MMD is not in the verdict
+
+
+def test_contributions_of_a_share_of_the_records_are_tested_on_that_share(fitted):
+    """A live monitor adds contributions for some requests only: the contribution test
+    and its mean shift use those records, the other tests every record."""
+    from anomaly_vae.drift import WindowStats
+
+    frame = make_mixed(600, seed=19)
+    frame["c"] = frame["c"] + 3.0
+    out = fitted.drift_outputs(frame)
+    keys = ("normality", "flags", "mu", "kl")
+
+    def add(stats, rows, with_contributions):
+        stats.update(
+            *(out[k][rows] for k in keys), keys=out["keys"][rows],
+            arrays=out["arrays"].take(rows), feature_order=out["feature_order"],
+            contributions=out["contributions"][rows] if with_contributions else None,
+        )  # fmt: skip
+
+    part, only = WindowStats(fitted.reference_), WindowStats(fitted.reference_)
+    add(part, np.arange(0, 200), True)
+    add(part, np.arange(200, 600), False)
+    add(only, np.arange(0, 200), True)
+    assert part.n == 600 and part.contrib_n == 200
+    shift = {
+        f["feature"]: f["contribution"]["effect"]
+        for f in evaluate(part, fitted.calibration_).features
+    }
+    shift_only = {
+        f["feature"]: f["contribution"]["effect"]
+        for f in evaluate(only, fitted.calibration_).features
+    }
+    assert shift == pytest.approx(shift_only)
+    assert WindowStats.from_dict(fitted.reference_, part.to_dict()).contrib_n == 200
+    none = WindowStats(fitted.reference_)
+    add(none, np.arange(600), False)
+    assert all("contribution" not in f for f in evaluate(none, fitted.calibration_).features)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from anomaly_vae.drift.martingale import BETS, SimpleJumper, smoothed_p_values
+from anomaly_vae.drift.martingale import (
+    BETS,
+    OnlineConformal,
+    SimpleJumper,
+    calibration_slack,
+    smoothed_p_values,
+)
 
 
 def test_each_bet_integrates_to_one_so_one_step_has_mean_one():
@@ -78,3 +84,47 @@ def test_state_round_trips_and_bad_input_is_refused():
         SimpleJumper().update(np.array([0.5, 1.5]))
     with pytest.raises(ValueError, match="level"):
         SimpleJumper(level=0.0)
+
+
+def test_online_p_values_rank_each_record_against_the_calibration_and_every_earlier_one():
+    rng = np.random.default_rng(5)
+    cal = rng.integers(0, 6, 40).astype(float)  # ties on purpose
+    stream = rng.integers(0, 7, 700).astype(float)
+    u = rng.random(700)
+    online = OnlineConformal(cal)
+    got = np.concatenate(
+        [online.p_values(stream[:300], u[:300]), online.p_values(stream[300:], u[300:])]
+    )
+    want = []
+    for t, (a, ut) in enumerate(zip(stream, u, strict=True)):
+        ref = np.concatenate([cal, stream[:t]])
+        want.append(((ref < a).sum() + ut * ((ref == a).sum() + 1)) / (len(ref) + 1))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert online.size == 740 and not online.frozen
+
+
+def test_online_ranks_keep_the_alarm_valid_where_a_fixed_calibration_set_does_not():
+    """Calibration sets of 30 scores and 3,000-record streams, all exchangeable: ranked
+    against the calibration set alone, the p-values carry its noise and the martingale
+    ever alarms far above its level; ranked online, within the binomial bound."""
+    rng = np.random.default_rng(6)
+    streams, level = 200, 0.05
+    fixed = online = 0
+    for _ in range(streams):
+        cal, stream = rng.random(30), rng.random(3000)
+        u = rng.random(3000)
+        fixed += SimpleJumper(level=level).update(smoothed_p_values(stream, cal, rng)).alarm
+        p = OnlineConformal(cal).p_values(stream, u)
+        online += SimpleJumper(level=level).update(p).alarm
+    bound = level + 3 * math.sqrt(level * (1 - level) / streams)
+    assert online / streams <= bound
+    assert fixed / streams > 2 * bound  # the failure the online ranks remove
+
+
+def test_a_frozen_reference_stops_growing_and_the_slack_bounds_its_noise():
+    online = OnlineConformal(np.arange(10.0), cap=100)
+    online.p_values(np.random.default_rng(7).random(150) * 10, np.full(150, 0.5))
+    assert online.frozen and online.size == 110 and online.seen == 100
+    assert calibration_slack(10**7, 1e-6) < 1e-3
+    with pytest.raises(ValueError, match="at least one"):
+        calibration_slack(0, 0.1)
