@@ -747,6 +747,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"curl -s -X POST {host}/v1/score -H 'content-type: application/json' -d @{request}",
             f"curl -s {host}/v1/models",
             f"curl -s {host}/metrics | grep anomaly_vae_records",
+            f"curl -s {host}/v1/drift   # live drift: the martingale and the window checks",
+            f"open http://{host}/monitor for the monitoring page (drift, outlier rate, scores)",
             f"open http://{host}/docs for the OpenAPI documentation",
         ):
             print("  " + line)
@@ -1049,6 +1051,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from anomaly_vae.service.settings import Settings
 
     Settings()  # fail fast, with the message, on bad settings
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(
+        f"serving on http://{shown}:{args.port}: monitoring page /monitor, drift state "
+        "/v1/drift, Prometheus metrics /metrics, OpenAPI documentation /docs",
+        flush=True,
+    )
     uvicorn.run(
         "anomaly_vae.service.app:create_app",
         factory=True,
@@ -1060,13 +1068,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def clear_metric_files(directory: Path) -> int:
-    """Remove prometheus-client's multiprocess files (``*.db``) from ``directory``,
-    creating it if missing; returns how many were removed."""
+    """Remove prometheus-client's multiprocess files (``*.db``) and the live drift state
+    (its ``drift`` folder: a restart starts a fresh test) from ``directory``, creating it
+    if missing; returns how many metric files were removed."""
+    import shutil
+
     directory.mkdir(parents=True, exist_ok=True)
     removed = 0
     for f in directory.glob("*.db"):
         f.unlink(missing_ok=True)
         removed += 1
+    shutil.rmtree(directory / "drift", ignore_errors=True)
     return removed
 
 

@@ -828,6 +828,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--streams", type=int, default=2000, help="no-drift streams per calibration size"
     )
+    p.add_argument(
+        "--online-streams", type=int, default=1000,
+        help="no-drift streams per calibration size for the service's martingale",
+    )  # fmt: skip
     p.add_argument("--stream-length", type=int, default=100_000)
     p.add_argument("--stream-sizes", default="200", help="calibration set sizes")
     p.add_argument("--delay-sets", nargs="+", default=["satellite", "campaign", "shuttle"])

@@ -141,6 +141,8 @@ class VersionMonitor:
     reports: dict[str, DriftReport] = field(default_factory=dict)
     combined: dict[str, Any] = field(default_factory=dict)
     last_check: float | None = None
+    #: when the martingale was last reset (Unix time; 0: never)
+    reset_at: float = 0.0
 
     def __post_init__(self) -> None:
         det = self.model.detector
@@ -265,6 +267,7 @@ class DriftMonitor:
         self.queued = 0
         self._budget = settings.drift_budget * BUDGET_WINDOW_SECONDS
         self._last_step: float | None = None
+        self._reset_asked: float | None = None
         # the first request is scored with contributions: a window soon has some
         self._credit = 1.0 - settings.drift_contribution_share
         self.current: VersionMonitor | None = None
@@ -323,6 +326,27 @@ class DriftMonitor:
             metrics.DRIFT_DROPPED.labels(old_model.name, str(old_model.version)).inc(
                 len(old.normality)
             )
+
+    def request_reset(self, model: LoadedModel) -> None:
+        """Ask the checker to start a fresh martingale for ``model``'s version (a file in
+        the drift folder when there is one, so any worker can take the request)."""
+        if self.directory is None:
+            self._reset_asked = time.time()
+            return
+        d = self.directory / f"{model.name}-v{model.version}"
+        d.mkdir(parents=True, exist_ok=True)
+        _write_json(d / "reset.json", {"asked": time.time()})
+
+    def _take_reset(self, cur: VersionMonitor) -> None:
+        asked = self._reset_asked
+        d = self._version_dir(cur)
+        if d is not None:
+            doc = _read_json(d / "reset.json")
+            asked = float(doc["asked"]) if doc else None
+        if asked is not None and asked > cur.reset_at:
+            cur.reset_martingale()
+            cur.reset_at = asked
+            log.info("drift martingale of %s v%s reset", *cur.labels)
 
     # ---------------------------------------------------------------- background
     def start(self) -> None:
@@ -405,6 +429,7 @@ class DriftMonitor:
             return
         closed = cur.roll(now)
         if self._is_checker():
+            self._take_reset(cur)
             self._bet(cur, now)
         else:
             self._share_scores(cur)
@@ -624,7 +649,12 @@ class DriftMonitor:
         """The current drift state (``GET /v1/drift``'s body) for the monitored version."""
         cur = cur or self.current
         if cur is None:
-            return {"status": "no_records", "model": None, "martingale": None, "windows": {}}
+            return {
+                "status": "no_records", "model": None, "reference": None,
+                "reference_missing": False, "checked_at": None,
+                "interval_seconds": self.settings.drift_interval_seconds, "reset_at": None,
+                "martingale": None, "windows": {},
+            }  # fmt: skip
         windows: dict[str, Any] = {}
         since = cur.combined.get("drift_since", {})
         for window, report in cur.reports.items():
@@ -637,6 +667,7 @@ class DriftMonitor:
                 "reference_missing": cur.reference is None,
                 "checked_at": cur.last_check,
                 "interval_seconds": self.settings.drift_interval_seconds,
+                "reset_at": cur.reset_at or None,
                 "martingale": {
                     k: cur.combined.get(k)
                     for k in (

@@ -51,6 +51,8 @@ _RELOAD = {
     "403": "no admin token configured",
     "409": "the load failed; the old model serves",
 }
+_DRIFT = {"503": "no model loaded yet (Retry-After)"}
+_DRIFT_RESET = {**_DRIFT, "401": _RELOAD["401"], "403": _RELOAD["403"]}
 
 
 def _column_schema(spec: Any) -> dict[str, Any]:
@@ -201,6 +203,8 @@ def install_openapi(app: FastAPI, store: ModelStore, settings: Settings) -> None
                 errors = {
                     _SCORING_PATH: (_ERRORS, _ERROR),
                     "/v1/models/reload": (_RELOAD, _HTTP_ERROR),
+                    "/v1/drift": (_DRIFT, _HTTP_ERROR),
+                    "/v1/drift/reset": (_DRIFT_RESET, _HTTP_ERROR),
                 }
                 listed, body = errors.get(_SCORING_PATH if path in _SCORING else path, ({}, {}))
                 for code, what in listed.items():

@@ -157,5 +157,8 @@ class DriftState(BaseModel):
     )
     checked_at: float | None = Field(description="Unix time of the latest check")
     interval_seconds: float
+    reset_at: float | None = Field(
+        default=None, description="Unix time of the martingale's latest reset (none: never)"
+    )
     martingale: DriftMartingale | None
     windows: dict[str, DriftWindow] = Field(description="count and time windows")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import HTMLResponse
 
-from ..deps import Model
+from ..deps import Model, SettingsDep
 from ..monitor_page import PAGE
 from ..schemas import DriftState
+from .models import check_admin
 
 router = APIRouter(tags=["drift"])
 
@@ -25,6 +26,24 @@ async def drift(model: Model, request: Request) -> dict[str, Any]:
     monitor = request.app.state.monitor
     state: dict[str, Any] = monitor.published(model)
     return state
+
+
+@router.post("/v1/drift/reset")
+async def reset(
+    model: Model,
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Start a fresh martingale for the loaded version (admin token as ``Authorization:
+    Bearer <token>``), e.g. after an alarm was looked into: its ranks' reference goes back
+    to the calibration scores and its capital to 1. A new test: its own chance of ever
+    alarming on data like the calibration set is again at most ``drift_level`` (over R
+    resets, at most R x drift_level). The windows are not reset (they slide on). Taken by
+    the worker that runs the checks at its next step."""
+    check_admin(settings, authorization, "drift reset")
+    request.app.state.monitor.request_reset(model)
+    return {"reset": True, "model": {"name": model.name, "version": model.version}}
 
 
 @router.get("/monitor", response_class=HTMLResponse, include_in_schema=True)

@@ -14,6 +14,23 @@ from ..errors import RequestError
 router = APIRouter(tags=["models"])
 
 
+def check_admin(settings: Any, authorization: str | None, action: str) -> None:
+    """403 when no admin token is configured, 401 when the request's is missing or wrong
+    (both with ``loc`` ``header.authorization``)."""
+    if not settings.admin_token:
+        raise RequestError(
+            403, ["header", "authorization"],
+            f"{action} is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured", "forbidden",
+        )  # fmt: skip
+    # bytes: compare_digest refuses non-ASCII text, and a header may hold any byte
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, f"Bearer {settings.admin_token}".encode()):
+        raise RequestError(
+            401, ["header", "authorization"],
+            "missing or wrong admin token (Authorization: Bearer <token>)", "unauthorized",
+        )  # fmt: skip
+
+
 @router.get("/v1/models")
 async def models(settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
     """What is loaded: name, version, alias, when, columns, calibration summary; and
@@ -41,18 +58,7 @@ async def reload(
 ) -> dict[str, Any]:
     """Load the version the alias points at now (admin token as ``Authorization:
     Bearer <token>``). A failed load keeps the current model and answers 409."""
-    if not settings.admin_token:
-        raise RequestError(
-            403, ["header", "authorization"],
-            "reload is disabled: no ANOMALY_VAE_ADMIN_TOKEN is configured", "forbidden",
-        )  # fmt: skip
-    # bytes: compare_digest refuses non-ASCII text, and a header may hold any byte
-    given = (authorization or "").encode("utf-8", "surrogateescape")
-    if not secrets.compare_digest(given, f"Bearer {settings.admin_token}".encode()):
-        raise RequestError(
-            401, ["header", "authorization"],
-            "missing or wrong admin token (Authorization: Bearer <token>)", "unauthorized",
-        )  # fmt: skip
+    check_admin(settings, authorization, "reload")
     try:
         changed, model = await run_in_threadpool(store.reload)
     except Exception as exc:

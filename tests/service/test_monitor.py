@@ -199,3 +199,55 @@ def test_contributions_are_asked_for_every_kth_request_from_the_first(tmp_path):
     assert asked == [True, False, False, False] * 3
     off = DriftMonitor(settings(tmp_path, drift=False))
     assert not any(off.wants_contributions() for _ in range(5))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_reset_starts_a_fresh_martingale_in_the_checker(fitted, tmp_path, shared):
+    s = settings(tmp_path, drift_dir=tmp_path / "drift" if shared else None)
+    checker = DriftMonitor(s, worker="c")
+    model = loaded(fitted, 51 + shared)
+    feed(checker, model, shifted(300, seed=20))
+    checker.step(10.0)
+    assert checker.state()["martingale"]["alarm"]
+    # any worker may take the request: with a shared folder, another one does
+    (DriftMonitor(s, worker="o") if shared else checker).request_reset(model)
+    checker._next_check = 0.0
+    checker.step(11.0)
+    state = checker.state()
+    assert state["martingale"]["records"] == 0 and not state["martingale"]["alarm"]
+    assert state["reset_at"] is not None
+    assert state["windows"]["time"]["records"] == 300  # the windows slide on
+
+
+def test_reset_needs_the_admin_token(bundle):
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(bundle_path=bundle, poll_seconds=0, admin_token="t" * 20))
+    with TestClient(app) as client:
+        r = client.post("/v1/drift/reset")
+        assert r.status_code == 401 and r.json()["detail"][0]["loc"] == ["header", "authorization"]
+        r = client.post("/v1/drift/reset", headers={"authorization": "Bearer " + "t" * 20})
+        assert r.status_code == 200 and r.json()["reset"]
+
+
+def test_image_models_are_monitored_too(tmp_path):
+    from anomaly_vae import ImageDetector
+    from tests.test_image_detector import squares
+
+    small = {"max_epochs": 6, "k": 8, "latent_dim": 4, "width_mult": 8, "batch_size": 64}
+    det = ImageDetector(**small).fit(squares(300, 0))
+    monitor = DriftMonitor(settings(tmp_path, drift_bucket_records=50, drift_window_records=100))
+    model = LoadedModel(det, "squares", 1, None, "test", "now")
+    for seed in (1, 2):
+        images = squares(100, seed)
+        scored = det.score(images)
+        monitor.submit(
+            model, images, -scored["score"].to_numpy(), k=None,
+            flags=scored["is_outlier"].to_numpy(dtype=bool),
+        )  # fmt: skip
+    monitor.step(5.0)
+    state = monitor.state()
+    assert state["martingale"]["records"] == 200
+    assert state["windows"]["time"]["records"] == 200
+    assert set(state["windows"]["time"]["signals"]) == {"scores", "outlier_rate", "latent", "kl"}
+    assert state["windows"]["time"]["features"] == []
