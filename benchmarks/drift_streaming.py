@@ -330,13 +330,14 @@ def throughput(args: Any) -> dict[str, Any]:
     headers = {"content-type": "application/json"}
     rates: dict[str, list[float]] = {"on": [], "off": []}
     posted = {"on": 0, "off": 0}
+    catch_up: list[float] = []  # seconds the drift task needed after an "on" slot ended
 
-    def drift_records(url: str) -> float:
+    def drift_records(url: str, metric: str = "anomaly_vae_drift_records_total") -> float:
         text = httpx.get(url + "/metrics", timeout=30).text
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("anomaly_vae_drift_records_total{")
+            if line.startswith(metric + "{")
         )
 
     def slot(name: str) -> float:
@@ -359,9 +360,11 @@ def throughput(args: Any) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         posted[name] += sum(counts)
         if name == "on":  # its drift task finishes before the other's slot starts
-            deadline = time.monotonic() + 60
+            t1 = time.monotonic()
+            deadline = t1 + 60
             while drift_records(url) < posted[name] and time.monotonic() < deadline:
                 time.sleep(0.1)
+            catch_up.append(time.monotonic() - t1)
         return sum(counts) / elapsed
 
     try:
@@ -373,15 +376,21 @@ def throughput(args: Any) -> dict[str, Any]:
                 rates[name].append(slot(name))
                 print(f"throughput {name}: {rates[name][-1]:,.0f} records/s", flush=True)
         monitored = drift_records(servers["on"].url)
+        unwindowed = drift_records(servers["on"].url, "anomaly_vae_drift_unwindowed_records_total")
         state = httpx.get(servers["on"].url + "/v1/drift", timeout=30).json()
     finally:
         for srv in servers.values():
             srv.stop()
     on, off = float(np.median(rates["on"])), float(np.median(rates["off"]))
+    # slot i of each server ran back to back, so their ratio shares the machine's state
+    paired = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
     return {
         "records_per_s_on": on, "records_per_s_off": off, "ratio": on / off,
+        "paired_ratios": paired, "paired_ratio_median": float(np.median(paired)),
+        "catch_up_seconds": catch_up,
         "slots": args.slots, "slot_seconds": args.slot_seconds, "clients": args.clients,
         "slot_rates_on": rates["on"], "slot_rates_off": rates["off"],
         "monitored_records": monitored, "posted_records_on": posted["on"],
+        "unwindowed_records": unwindowed,
         "windows_checked": sorted(state.get("windows", {})),
     }  # fmt: skip

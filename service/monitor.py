@@ -69,8 +69,10 @@ log = logging.getLogger(__name__)
 JUMP = 0.01
 #: How often the background thread drains the queue (seconds).
 INGEST_SECONDS = 0.5
-#: The drift task's CPU budget accrues over at most this long (a burst can use it).
-BUDGET_WINDOW_SECONDS = 60.0
+#: The drift task's CPU budget accrues over at most this long (a burst can use it; a
+#: longer bank let an idle minute's savings go to one busy stretch of 20 s, at three
+#: times the budget's share of a core).
+BUDGET_WINDOW_SECONDS = 10.0
 #: Top drifted features listed by ``GET /v1/drift``.
 TOP_FEATURES = 10
 WINDOWS = ("count", "time")
@@ -83,6 +85,7 @@ class _Batch:
     arrays: Any  # TabularArrays, or images [N, C, H, W]
     normality: np.ndarray  # [N] higher is more normal, in the calibration's units
     kl: np.ndarray | None  # [N] nats, when the scorer gave it
+    latent: np.ndarray | None  # [N, L] posterior means, when the scorer gave them
     contributions: np.ndarray | None  # [N, F]
     flags: np.ndarray | None  # [N] bool
     at: float
@@ -201,9 +204,10 @@ class VersionMonitor:
 
     def _update_stats(self, stats: WindowStats, batch: _Batch, ll: np.ndarray) -> None:
         det = self.model.detector
-        mu, kl = det.latent_outputs(batch.arrays)
-        if batch.kl is not None:
-            kl = batch.kl
+        if batch.latent is not None and batch.latent.size and batch.kl is not None:
+            mu, kl = batch.latent, batch.kl  # the scoring pass's own: no second encoder pass
+        else:
+            mu, kl = det.latent_outputs(batch.arrays)
         flags = batch.flags if batch.flags is not None else det.calibration_.is_outlier(ll)
         if self.model.is_image:
             stats.update(ll, flags, mu, kl, keys=record_keys(batch.arrays))
@@ -289,9 +293,14 @@ class DriftMonitor:
     def wants_contributions(self) -> bool:
         """Whether this request is one of the ``drift_contribution_share`` scored with
         contributions for the windows: every k-th request, chosen by its place in the
-        sequence, never by its records (so the share is an unbiased sample)."""
+        sequence, never by its records (so the share is an unbiased sample), and only
+        while the drift task's budget has room for window statistics (contributions cost
+        the scorer about a third more, wasted on a request the windows leave out; at
+        saturation that was a fifth of the monitor's cost). The balance is read without
+        a lock: a float another thread writes, and an old value only shifts which
+        requests are chosen, by time."""
         share = self.settings.drift_contribution_share
-        if not self.settings.drift or share <= 0:
+        if not self.settings.drift or share <= 0 or self._budget <= 0:
             return False
         self._credit += share
         if self._credit >= 1.0:
@@ -307,18 +316,22 @@ class DriftMonitor:
         *,
         k: int | None,
         kl: np.ndarray | None = None,
+        latent: np.ndarray | None = None,
         contributions: np.ndarray | None = None,
         flags: np.ndarray | None = None,
     ) -> None:
         """Queue one request's scored records (called on the request path: an append).
-        Records scored at another K than the model's own are not monitored; beyond
+        ``kl`` [N] and ``latent`` [N, L] are the scoring pass's KL terms and posterior
+        means (without both, the drift task runs the encoder again). Records scored at
+        another K than the model's own are not monitored; beyond
         ``drift_queue_records`` waiting, the oldest are dropped and counted."""
         if not self.settings.drift or len(normality) == 0:
             return
         if k is not None and k != model.detector.sampler_.k:
             metrics.DRIFT_SKIPPED.labels(model.name, str(model.version)).inc(len(normality))
             return
-        self.queue.append((model, _Batch(arrays, normality, kl, contributions, flags, time.time())))
+        batch = _Batch(arrays, normality, kl, latent, contributions, flags, time.time())
+        self.queue.append((model, batch))
         self.queued += len(normality)
         while self.queued > self.settings.drift_queue_records and len(self.queue) > 1:
             old_model, old = self.queue.popleft()
@@ -398,8 +411,27 @@ class DriftMonitor:
         metrics.DRIFT_REFERENCE.labels(*old.labels, reference_id(old.model)).set(0)
 
     def step(self, now: float) -> None:
-        """Drain the queue, roll the buckets, share them, and check when due."""
+        """Drain the queue, roll the buckets, share them, and check when due.
+
+        The budget: CPU time accrues at ``drift_budget`` per second (at most
+        :data:`BUDGET_WINDOW_SECONDS`' worth) and everything this thread does spends it,
+        the martingale's ranks and bets and the checks included; a request's window
+        statistics are computed only while the balance is positive (the martingale
+        takes every record whatever the balance, so the balance can go below zero)."""
         loaded = self.current_model() if self.current_model is not None else None
+        if self._last_step is not None:
+            self._budget = min(
+                self._budget + self.settings.drift_budget * max(0.0, now - self._last_step),
+                self.settings.drift_budget * BUDGET_WINDOW_SECONDS,
+            )
+        self._last_step = now
+        started = time.thread_time()
+        try:
+            self._step(now, loaded, started)
+        finally:
+            self._budget -= time.thread_time() - started
+
+    def _step(self, now: float, loaded: LoadedModel | None, started: float) -> None:
         while self.queue:
             model, batch = self.queue.popleft()
             self.queued -= len(batch.normality)
@@ -409,19 +441,8 @@ class DriftMonitor:
                     len(batch.normality)
                 )
                 continue
-            # the windows' share of a core: CPU time accrues at drift_budget per second
-            # (a minute's worth at most) and each request's statistics spend it
-            if self._last_step is not None:
-                self._budget = min(
-                    self._budget + self.settings.drift_budget * max(0.0, now - self._last_step),
-                    self.settings.drift_budget * BUDGET_WINDOW_SECONDS,
-                )
-            self._last_step = now
-            windows = self._budget > 0
-            started = time.thread_time()
+            windows = self._budget - (time.thread_time() - started) > 0
             self.monitor_for(model).ingest(batch, windows=windows)
-            if windows:
-                self._budget -= time.thread_time() - started
         if loaded is not None:
             self.monitor_for(loaded)
         cur = self.current

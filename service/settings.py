@@ -123,16 +123,18 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="share of requests scored with per-feature contributions for the "
-        "windows' contribution tests (every k-th request, whatever its records; they "
-        "cost about a fifth more to score)",
+        "windows' contribution tests (every k-th request, whatever its records, while "
+        "the drift budget has room for the windows; they cost about a third more to "
+        "score)",
     )
     drift_budget: float = Field(
-        default=0.05,
+        default=0.03,
         gt=0.0,
         le=1.0,
-        description="share of one core the drift task may spend on window statistics; "
-        "beyond it, requests are left out of the windows (counted; chosen by time, never "
-        "by their records), while the martingale still takes every record",
+        description="share of one core the drift task may spend (its martingale, window "
+        "statistics and checks); beyond it, requests are left out of the windows "
+        "(counted; chosen by time, never by their records), while the martingale still "
+        "takes every record",
     )
     drift_max_features: int = Field(
         default=20,

@@ -172,21 +172,42 @@ _FEATURE_CUTS: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 def reference_arrays(reference: dict[str, Any]) -> dict[str, Any]:
     """The reference's cut lists as arrays, once per reference (a stream updates window
     statistics batch after batch; turning the JSON lists into arrays each time cost as
-    much as the counting): ``scores``, ``kl``, and per feature ``cuts`` and ``fine``."""
+    much as the counting): ``scores``, ``kl``, and per feature ``cuts``, ``fine`` and
+    ``joint``."""
     hit = _FEATURE_CUTS.get(id(reference))
     if hit is None or hit[0] is not reference:
         feats = reference.get("features", {})
-        doc = {
+        cuts: dict[str, np.ndarray] = {
+            k: np.asarray(f["cuts"], dtype=np.float64)
+            for k, f in feats.items() if f["kind"] == "numeric"
+        }  # fmt: skip
+        fine: dict[str, np.ndarray] = {
+            k: np.asarray(f["fine"]["cuts"], dtype=np.float64)
+            for k, f in feats.items() if "fine" in f
+        }  # fmt: skip
+        doc: dict[str, Any] = {
             "scores": np.asarray(reference["scores"]["cuts"], dtype=np.float64),
             "kl": np.asarray(reference["latent"]["kl"]["cuts"], dtype=np.float64),
-            "cuts": {k: np.asarray(f["cuts"], dtype=np.float64) for k, f in feats.items()
-                     if f["kind"] == "numeric"},
-            "fine": {k: np.asarray(f["fine"]["cuts"], dtype=np.float64) for k, f in feats.items()
-                     if "fine" in f},
-        }  # fmt: skip
+            "cuts": cuts,
+            "fine": fine,
+            # coarse and fine bins of a numeric column from one search (see _joint_cuts)
+            "joint": {k: _joint_cuts(cuts[k], f) for k, f in fine.items() if k in cuts},
+        }
         _FEATURE_CUTS.clear()
         _FEATURE_CUTS[id(reference)] = hit = (reference, doc)
     return hit[1]
+
+
+def _joint_cuts(coarse: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One search for two sets of cuts: the sorted union U and, for each k, how many
+    coarse (fine) cuts are among U[:k]. A value below exactly k cuts of U is below exactly
+    ``to_coarse[k]`` coarse cuts (those cuts are the coarse ones among U[:k]), so
+    ``to_coarse[searchsorted(U, v)]`` is :func:`bin_counts`' bin of v, bit for bit."""
+    union = np.union1d(coarse, fine)
+    zero = np.zeros(1, np.int64)
+    to_coarse = np.concatenate([zero, np.cumsum(np.isin(union, coarse))])
+    to_fine = np.concatenate([zero, np.cumsum(np.isin(union, fine))])
+    return union, to_coarse, to_fine
 
 
 def contribution_cuts(reference: dict[str, Any]) -> list[np.ndarray]:
@@ -300,11 +321,22 @@ class WindowStats:
             return
         numeric, categorical, boolean = feature_order
         feats = ref["features"]
+        num = np.asarray(arrays.num, dtype=np.float64)
         for j, name in enumerate(numeric):
             seen = arrays.num_mask[:, j]
-            values = arrays.num[seen, j]
-            self.feature_counts[name] += bin_counts(values, cuts["cuts"][name])
+            values = num[seen, j]
             self.feature_missing[name] += int((~seen).sum())
+            joint = cuts["joint"].get(name)
+            if joint is not None and name in self.feature_fine:
+                # the coarse and the fine bins from one search (the same bins, see
+                # _joint_cuts): the searches were most of a request's statistics
+                union, to_coarse, to_fine = joint
+                at = np.searchsorted(union, values, side="left")
+                counts, fine = self.feature_counts[name], self.feature_fine[name]
+                counts += np.bincount(to_coarse[at], minlength=counts.size)
+                fine += np.bincount(to_fine[at], minlength=fine.size)
+                continue
+            self.feature_counts[name] += bin_counts(values, cuts["cuts"][name])
             if name in self.feature_fine:
                 self.feature_fine[name] += bin_counts(values, cuts["fine"][name])
         for j, name in enumerate(categorical):

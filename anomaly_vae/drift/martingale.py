@@ -22,9 +22,9 @@ uniform on [0, 1].
 
 Against a *fixed* calibration set that is not enough: given the set, the p-values are off
 uniform by its sampling noise, which the bets compound (benchmarks/drift.py's streaming
-part measures it: with 200 calibration scores, 26% of 20,000-record no-drift streams
-ever alarmed at level 0.05). :class:`OnlineConformal` removes the problem the way Vovk's
-conformal test martingales do: each record is ranked against the calibration scores
+part measures it: with 200 calibration scores, 29% of 100,000-record no-drift streams
+ever alarmed at level 0.05, against 4.7% with the online ranks below).
+:class:`OnlineConformal` removes the problem the way Vovk's conformal test martingales do: each record is ranked against the calibration scores
 *and every record of the stream before it*. If the calibration set and the stream are
 exchangeable together (drawn from one distribution), these smoothed p-values are
 independent and exactly uniform (Vovk, Nouretdinov and Gammerman 2003), so Ville's
@@ -91,8 +91,9 @@ def calibration_slack(n: int, delta: float) -> float:
 ONLINE_CAP = 10_000_000
 #: The chance, once frozen, that the reference's noise exceeds the bets' slack.
 FROZEN_DELTA = 1e-6
-#: Records ranked against each other at once (a [chunk, chunk] comparison: larger
-#: chunks cost more comparisons per record, smaller ones more searches).
+#: A batch's records ranked against each other at once (a [chunk, chunk] comparison:
+#: larger chunks cost more comparisons per record, smaller ones more searches); against
+#: the reference as it stood before the batch, all at once.
 _CHUNK = 64
 #: Stream records kept in a small sorted buffer before they are merged into the main
 #: sorted array (an insert into 10^7 floats costs ~10 ms; into the buffer, microseconds).
@@ -140,30 +141,39 @@ class OnlineConformal:
 
     def p_values(self, normality: np.ndarray, u: np.ndarray) -> np.ndarray:
         """The next records' p-values [N], in order, for scores [N] (finite) and ``u`` [N]
-        uniform on (0, 1); each record joins the reference after its own p-value."""
+        uniform on (0, 1); each record joins the reference after its own p-value (until
+        the cap: records past it are ranked against the frozen reference)."""
         a = np.asarray(normality, dtype=np.float32).ravel()
         u = np.asarray(u, dtype=np.float64).ravel()
-        out = np.empty(a.size)
-        for start in range(0, a.size, _CHUNK):
-            c, uc = a[start : start + _CHUNK], u[start : start + _CHUNK]
-            below, ties = self._counts(c)
-            if not self.frozen:
-                # the chunk's own earlier records: a lower-triangular comparison
-                earlier = np.tri(c.size, k=-1, dtype=bool)
-                below += (earlier & (c[None, :] < c[:, None])).sum(1)
-                ties += (earlier & (c[None, :] == c[:, None])).sum(1)
-                prior = self.size + np.arange(c.size)
-            else:
-                prior = np.full(c.size, self.size)
-            out[start : start + c.size] = (below + uc * (ties + 1.0)) / (prior + 1.0)
-            self._add(c)
-        return out
+        # against the reference as it stood before this batch: one search per array
+        below, ties = self._counts(a)
+        size = self.size
+        joins = min(max(self.cap - self.seen, 0), a.size)  # the first ``joins`` records join
+        earlier = np.zeros(0, np.float32)  # this batch's joined records so far, sorted
+        for start in range(0, joins, _CHUNK):
+            stop = min(start + _CHUNK, joins)
+            c = a[start:stop]
+            lo = np.searchsorted(earlier, c, side="left")
+            hi = np.searchsorted(earlier, c, side="right")
+            # the chunk's own earlier records: a lower-triangular comparison
+            tri = np.tri(c.size, k=-1, dtype=bool)
+            below[start:stop] += lo + (tri & (c[None, :] < c[:, None])).sum(1)
+            ties[start:stop] += hi - lo + (tri & (c[None, :] == c[:, None])).sum(1)
+            c = np.sort(c)
+            earlier = np.insert(earlier, np.searchsorted(earlier, c), c)
+        if joins < a.size:  # past the cap: every joined record of the batch is earlier
+            rest = a[joins:]
+            lo = np.searchsorted(earlier, rest, side="left")
+            below[joins:] += lo
+            ties[joins:] += np.searchsorted(earlier, rest, side="right") - lo
+        prior = size + np.minimum(np.arange(a.size), joins)
+        self._add(earlier)
+        return (below + u * (ties + 1.0)) / (prior + 1.0)
 
     def _add(self, c: np.ndarray) -> None:
-        room = self.cap - self.seen
-        if room <= 0:
+        """Join the sorted records ``c`` (at most the room left under the cap)."""
+        if not c.size:
             return
-        c = np.sort(c[:room])
         self.seen += c.size
         self.buffer = np.insert(self.buffer, np.searchsorted(self.buffer, c), c)
         if self.buffer.size >= _BUFFER or self.frozen:

@@ -65,6 +65,8 @@ class ScoreResult:
             (sum w)^2 / sum w^2, in [1, K]: near 1 when one sample carries the estimate,
             and then ``stderr`` (computed from the same weights) is not to be trusted.
         unreliable: [N] bool, ``ess`` below :data:`MIN_ESS` (see :func:`unreliable`).
+        latent_mean: [N, L] the posterior means mu(x), in the model's dtype (the encoder
+            pass the samples start from; drift monitoring needs them beside the scores).
     """
 
     log_likelihood: np.ndarray
@@ -74,6 +76,7 @@ class ScoreResult:
     contributions: np.ndarray
     ess: np.ndarray
     unreliable: np.ndarray
+    latent_mean: np.ndarray
 
     def __len__(self) -> int:
         return int(self.log_likelihood.shape[0])
@@ -82,7 +85,10 @@ class ScoreResult:
     def concat(cls, parts: list[ScoreResult], n_features: int) -> ScoreResult:
         if not parts:
             e = np.zeros(0)
-            return cls(e, e, e, e, np.zeros((0, n_features)), e, np.zeros(0, dtype=bool))
+            return cls(
+                e, e, e, e, np.zeros((0, n_features)), e, np.zeros(0, dtype=bool),
+                np.zeros((0, 0), dtype=np.float32),
+            )  # fmt: skip
         return cls(
             *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
         )
@@ -229,6 +235,7 @@ class ImportanceSampler:
             # the ratio is unchanged by the running maximum both sums are scaled by
             ess=ess,
             unreliable=unreliable(ess, k),
+            latent_mean=mu.numpy(),
         )
 
 

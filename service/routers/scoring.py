@@ -190,7 +190,7 @@ async def score(
             model, [r["score"] for r in results], [r["p_value"] for r in results], flags
         )
         monitor.submit(
-            model, arrays, res.log_likelihood, k=req.k, kl=res.kl,
+            model, arrays, res.log_likelihood, k=req.k, kl=res.kl, latent=res.latent_mean,
             contributions=res.contributions if sampled else None, flags=flags,
         )  # fmt: skip
         doc = {"model": model_ref(model), "k": req.k or det.sampler_.k, "results": results}
@@ -255,7 +255,7 @@ async def invocations(
             model, out["score"].to_numpy(), out["p_value"].to_numpy(), out["is_outlier"].to_numpy()
         )
         monitor.submit(
-            model, arrays, res.log_likelihood, k=k, kl=res.kl,
+            model, arrays, res.log_likelihood, k=k, kl=res.kl, latent=res.latent_mean,
             contributions=res.contributions if sampled else None,
             flags=out["is_outlier"].to_numpy(dtype=bool),
         )  # fmt: skip

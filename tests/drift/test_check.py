@@ -199,3 +199,24 @@ def test_contributions_of_a_share_of_the_records_are_tested_on_that_share(fitted
     none = WindowStats(fitted.reference_)
     add(none, np.arange(600), False)
     assert all("contribution" not in f for f in evaluate(none, fitted.calibration_).features)
+
+
+def test_one_search_over_the_joint_cuts_gives_both_bin_counts_exactly():
+    """Atoms, values on the cuts and just below them, a cut shared by both sets."""
+    from anomaly_vae.drift.check import _joint_cuts
+    from anomaly_vae.drift.reference import atom_cuts, bin_counts, quantile_cuts
+
+    rng = np.random.default_rng(12)
+    ref = np.round(rng.normal(size=3000), 1)  # a discrete column: many ties
+    coarse, fine = quantile_cuts(ref), atom_cuts(ref)
+    values = np.concatenate(
+        [np.round(rng.normal(size=2000), 1), fine, np.nextafter(fine, -np.inf), coarse]
+    )
+    union, to_coarse, to_fine = _joint_cuts(coarse, fine)
+    at = np.searchsorted(union, values, side="left")
+    assert np.array_equal(
+        np.bincount(to_coarse[at], minlength=coarse.size + 1), bin_counts(values, coarse)
+    )
+    assert np.array_equal(
+        np.bincount(to_fine[at], minlength=fine.size + 1), bin_counts(values, fine)
+    )

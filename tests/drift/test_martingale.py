@@ -4,6 +4,7 @@ direction; smoothed conformal p-values are uniform where plain ones are not."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -101,6 +102,34 @@ def test_online_p_values_rank_each_record_against_the_calibration_and_every_earl
         want.append(((ref < a).sum() + ut * ((ref == a).sum() + 1)) / (len(ref) + 1))
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert online.size == 740 and not online.frozen
+
+
+def test_online_p_values_stay_exact_across_merges_and_a_cap_reached_inside_a_batch(
+    monkeypatch,
+):
+    """Ties, a weighted calibration set, buffer merges (a small buffer) and a cap crossed
+    in the middle of a batch: every p-value equals the definition's, record by record."""
+    from anomaly_vae.drift import martingale
+
+    monkeypatch.setattr(martingale, "_BUFFER", 50)
+    rng = np.random.default_rng(8)
+    cal = rng.integers(0, 9, 30).astype(float)
+    stream = rng.integers(0, 10, 900).astype(float)
+    u = rng.random(900)
+    cap = 610
+    online = OnlineConformal(cal, weight=2.0, cap=cap)
+    cuts = [0, 1, 130, 200, 600, 700, 900]  # batches of 1, 129, 70, 400, 100, 200 records
+    got = np.concatenate(
+        [online.p_values(stream[a:b], u[a:b]) for a, b in itertools.pairwise(cuts)]
+    )
+    want = []
+    for t, (a, ut) in enumerate(zip(stream, u, strict=True)):
+        ref = stream[: min(t, cap)]
+        below = 2.0 * (cal < a).sum() + (ref < a).sum()
+        ties = 2.0 * (cal == a).sum() + (ref == a).sum()
+        want.append((below + ut * (ties + 1)) / (2.0 * cal.size + ref.size + 1))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert online.frozen and online.seen == cap and online.size == 60 + cap
 
 
 def test_online_ranks_keep_the_alarm_valid_where_a_fixed_calibration_set_does_not():

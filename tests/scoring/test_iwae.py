@@ -118,3 +118,12 @@ def test_effective_sample_size_is_k_for_the_exact_posterior_and_falls_with_a_bad
     assert unreliable(np.array([1.5]), 4).tolist() == [True]
     one = ImportanceSampler(k=1, seed=1).score(far, x, N)
     assert np.all(one.ess == 1.0) and not one.unreliable.any()
+
+
+def test_the_result_carries_the_posterior_means_of_its_own_encoder_pass(ppca):
+    """Live drift monitoring takes mu(x) from the scoring pass instead of a second one."""
+    model, x, _ = ppca
+    res = ImportanceSampler(k=8, seed=2, row_chunk=64).score(model, x[:70], 70)  # one padded
+    mu, _ = model.encode(x[:70])
+    assert res.latent_mean.shape == (70, L)
+    np.testing.assert_allclose(res.latent_mean, mu.detach().numpy(), rtol=0, atol=1e-12)
