@@ -413,11 +413,13 @@ class DriftMonitor:
     def step(self, now: float) -> None:
         """Drain the queue, roll the buckets, share them, and check when due.
 
-        The budget: CPU time accrues at ``drift_budget`` per second (at most
-        :data:`BUDGET_WINDOW_SECONDS`' worth) and everything this thread does spends it,
-        the martingale's ranks and bets and the checks included; a request's window
-        statistics are computed only while the balance is positive (the martingale
-        takes every record whatever the balance, so the balance can go below zero)."""
+        The budget covers the work that grows with traffic: CPU time accrues at
+        ``drift_budget`` per second (at most :data:`BUDGET_WINDOW_SECONDS`' worth) and the
+        martingale's ranks and bets and the window statistics spend it; a request's window
+        statistics are computed only while the balance is positive (the martingale takes
+        every record whatever the balance, so it can go below zero). The checks are not
+        charged: their cost is per check, not per record, and ``drift_interval_seconds``
+        bounds it (charged, checks every second starved the windows of a quiet server)."""
         loaded = self.current_model() if self.current_model is not None else None
         if self._last_step is not None:
             self._budget = min(
@@ -427,11 +429,17 @@ class DriftMonitor:
         self._last_step = now
         started = time.thread_time()
         try:
-            self._step(now, loaded, started)
+            cur = self._take(now, loaded, started)
         finally:
             self._budget -= time.thread_time() - started
+        if cur is not None and self.checker and now >= self._next_check:
+            self._next_check = now + self.settings.drift_interval_seconds
+            self.check(cur, now)
 
-    def _step(self, now: float, loaded: LoadedModel | None, started: float) -> None:
+    def _take(
+        self, now: float, loaded: LoadedModel | None, started: float
+    ) -> VersionMonitor | None:
+        """The per-record part of a step; returns the current version's monitor."""
         while self.queue:
             model, batch = self.queue.popleft()
             self.queued -= len(batch.normality)
@@ -447,7 +455,7 @@ class DriftMonitor:
             self.monitor_for(loaded)
         cur = self.current
         if cur is None:
-            return
+            return None
         closed = cur.roll(now)
         if self._is_checker():
             self._take_reset(cur)
@@ -455,9 +463,7 @@ class DriftMonitor:
         else:
             self._share_scores(cur)
         self._share(cur, closed)
-        if self.checker and now >= self._next_check:
-            self._next_check = now + self.settings.drift_interval_seconds
-            self.check(cur, now)
+        return cur
 
     def _bet(self, cur: VersionMonitor, now: float) -> None:
         """The checker ranks and bets on its own scores and those the other workers

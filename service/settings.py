@@ -131,8 +131,9 @@ class Settings(BaseSettings):
         default=0.03,
         gt=0.0,
         le=1.0,
-        description="share of one core the drift task may spend (its martingale, window "
-        "statistics and checks); beyond it, requests are left out of the windows "
+        description="share of one core the drift task may spend on the work that grows "
+        "with traffic (the martingale's ranks and bets, window statistics; the checks "
+        "are bounded by drift_interval_seconds); beyond it, requests are left out of the windows "
         "(counted; chosen by time, never by their records), while the martingale still "
         "takes every record",
     )

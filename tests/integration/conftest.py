@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -139,6 +140,18 @@ class MlflowServe(_Process):
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"mlflow models serve did not start: {self.log.read_text()[-3000:]}")
+
+
+def post_ready(url: str, json: Any, *, timeout: float = 60, wait: float = 60) -> httpx.Response:
+    """POST, honouring a 503's Retry-After for up to ``wait`` seconds: with several
+    workers, /readyz answered by one says nothing of the other, which on a busy machine
+    can still be loading its model (and says so with 503 and Retry-After)."""
+    deadline = time.monotonic() + wait
+    while True:
+        r = httpx.post(url, json=json, timeout=timeout)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(min(float(r.headers.get("retry-after", 1)), 1.0))
 
 
 def records(frame) -> list[dict]:

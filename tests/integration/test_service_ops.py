@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from anomaly_vae import TabularDetector, registry
-from tests.integration.conftest import MlflowServe, Server, records
+from tests.integration.conftest import MlflowServe, Server, post_ready, records
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +50,16 @@ def test_two_workers_report_metrics_across_processes(store, mixed_test, tmp_path
     mp_dir.mkdir()
     srv = Server(root, "mixed", workers=2, extra_env={"PROMETHEUS_MULTIPROC_DIR": str(mp_dir)})
     try:
-        n_requests = 40
+        scored = 0
+        for _ in range(40):  # new connections spread over both workers
+            r = post_ready(srv.url + "/v1/score", {"records": records(frame.head(2))})
+            assert r.status_code == 200, r.text[:300]
+            scored += 2
         with httpx.Client(timeout=30) as c:
-            for _ in range(n_requests):  # new connections spread over both workers
-                assert (
-                    httpx.post(
-                        srv.url + "/v1/score", json={"records": records(frame.head(2))}
-                    ).status_code
-                    == 200
-                )
             text = c.get(srv.url + "/metrics").text
         pids = {p.name.split("_")[-1] for p in mp_dir.glob("*.db")}
         total = float(re.search(r"^anomaly_vae_records_scored_total (\S+)$", text, re.M).group(1))
-        assert total == 2 * n_requests  # the sum over processes, whichever answered /metrics
+        assert total == scored  # the sum over processes, whichever answered /metrics
         assert len(pids) >= 2, f"only one worker wrote metrics: {sorted(pids)}"
     finally:
         srv.stop()

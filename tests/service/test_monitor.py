@@ -260,3 +260,17 @@ def test_image_models_are_monitored_too(tmp_path):
     assert state["windows"]["time"]["records"] == 200
     assert set(state["windows"]["time"]["signals"]) == {"scores", "outlier_rate", "latent", "kl"}
     assert state["windows"]["time"]["features"] == []
+
+
+def test_frequent_checks_do_not_starve_the_windows_of_a_quiet_server(fitted, tmp_path):
+    """The budget is for the work that grows with traffic: a check after every request
+    (each costs more CPU than the budget accrues between them) leaves every record in
+    the windows (charged to the budget, such checks left a test server's windows empty)."""
+    monitor = DriftMonitor(settings(tmp_path, drift_interval_seconds=0.001))
+    model = loaded(fitted, 43)
+    frame = make_mixed(300, seed=19)
+    for i, start in enumerate(range(0, 300, 10)):  # 30 requests, a check after each
+        feed(monitor, model, frame.iloc[start : start + 10])
+        monitor.step(100.0 + 0.01 * i)  # 10 ms apart: the budget accrues 0.3 ms each
+    assert monitor.state()["windows"]["time"]["records"] == 300
+    assert metrics.DRIFT_UNWINDOWED.labels("mixed", "43")._value.get() == 0
