@@ -44,6 +44,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,12 +261,15 @@ class DriftMonitor:
         settings: Settings,
         worker: str | None = None,
         current_model: Any = None,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         """``worker`` names this process's files in the drift folder (default: its pid);
         ``current_model`` () -> the loaded model or None: a swap starts the new version's
-        monitor at once, and records still queued for the old version are not mixed in."""
+        monitor at once, and records still queued for the old version are not mixed in;
+        ``cpu_clock`` () -> this thread's CPU seconds, what the budget is spent in."""
         self.settings = settings
         self.current_model = current_model
+        self.cpu_clock = cpu_clock
         self.worker = worker or str(os.getpid())
         self.queue: deque[tuple[LoadedModel, _Batch]] = deque()
         self.queued = 0
@@ -427,11 +431,11 @@ class DriftMonitor:
                 self.settings.drift_budget * BUDGET_WINDOW_SECONDS,
             )
         self._last_step = now
-        started = time.thread_time()
+        started = self.cpu_clock()
         try:
             cur = self._take(now, loaded, started)
         finally:
-            self._budget -= time.thread_time() - started
+            self._budget -= self.cpu_clock() - started
         if cur is not None and self.checker and now >= self._next_check:
             self._next_check = now + self.settings.drift_interval_seconds
             self.check(cur, now)
@@ -449,7 +453,7 @@ class DriftMonitor:
                     len(batch.normality)
                 )
                 continue
-            windows = self._budget - (time.thread_time() - started) > 0
+            windows = self._budget - (self.cpu_clock() - started) > 0
             self.monitor_for(model).ingest(batch, windows=windows)
         if loaded is not None:
             self.monitor_for(loaded)

@@ -326,8 +326,8 @@ class WindowStats:
             seen = arrays.num_mask[:, j]
             values = num[seen, j]
             self.feature_missing[name] += int((~seen).sum())
-            joint = cuts["joint"].get(name)
-            if joint is not None and name in self.feature_fine:
+            joint = cuts["joint"].get(name)  # a column with fine bins has them
+            if joint is not None:
                 # the coarse and the fine bins from one search (the same bins, see
                 # _joint_cuts): the searches were most of a request's statistics
                 union, to_coarse, to_fine = joint

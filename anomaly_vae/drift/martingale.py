@@ -24,8 +24,9 @@ Against a *fixed* calibration set that is not enough: given the set, the p-value
 uniform by its sampling noise, which the bets compound (benchmarks/drift.py's streaming
 part measures it: with 200 calibration scores, 29% of 100,000-record no-drift streams
 ever alarmed at level 0.05, against 4.7% with the online ranks below).
-:class:`OnlineConformal` removes the problem the way Vovk's conformal test martingales do: each record is ranked against the calibration scores
-*and every record of the stream before it*. If the calibration set and the stream are
+:class:`OnlineConformal` removes the problem the way Vovk's conformal test martingales
+do: each record is ranked against the calibration scores *and every record of the
+stream before it*. If the calibration set and the stream are
 exchangeable together (drawn from one distribution), these smoothed p-values are
 independent and exactly uniform (Vovk, Nouretdinov and Gammerman 2003), so Ville's
 bound holds over the draw of the calibration set and the stream alike. A drift makes

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.integration
 
 DRIFT_ENV = {
     "ANOMALY_VAE_DRIFT_INTERVAL_SECONDS": "1",
+    # every record in the windows however busy the machine: the counts below are exact
+    # (the budget's arithmetic is tested in process, tests/service/test_monitor.py)
+    "ANOMALY_VAE_DRIFT_BUDGET": "1",
     "ANOMALY_VAE_DRIFT_WINDOW_RECORDS": "300",
     "ANOMALY_VAE_DRIFT_BUCKET_RECORDS": "50",
     "ANOMALY_VAE_DRIFT_BUCKET_SECONDS": "1",

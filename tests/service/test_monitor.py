@@ -181,19 +181,29 @@ def test_the_app_serves_drift_state_and_the_monitoring_page(bundle):
     assert {"martingale", "windows", "reference_missing"} <= set(props)
 
 
+class FakeCPU:
+    """A CPU clock that moves only when read (``tick`` seconds a read) or told to: the
+    budget's arithmetic without the machine's load in it."""
+
+    def __init__(self, tick: float = 1e-3) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def test_over_budget_requests_leave_the_windows_but_not_the_martingale(fitted, tmp_path):
-    # a budget (1e-8 s banked) that the step's first work uses up: at most the first
-    # request of six gets into the windows (whether it does depends on the clock's grain)
-    monitor = DriftMonitor(settings(tmp_path, drift_budget=1e-9))
+    # 1.5 ms banked (1.5e-4 of a core over 10 s): the first request's check has spent
+    # 1 ms of it, the second's 2 ms, so only the first of six gets into the windows
+    monitor = DriftMonitor(settings(tmp_path, drift_budget=1.5e-4), cpu_clock=FakeCPU())
     model = loaded(fitted, 41)
     feed(monitor, model, make_mixed(300, seed=18))
     monitor.step(50.0)
     state = monitor.state()
     assert state["martingale"]["records"] == 300
-    left_out = metrics.DRIFT_UNWINDOWED.labels("mixed", "41")._value.get()
-    assert left_out in (250, 300)
-    windowed = state["windows"].get("time", {}).get("records", 0)
-    assert windowed == 300 - left_out
+    assert state["windows"]["time"]["records"] == 50  # the first request only
+    assert metrics.DRIFT_UNWINDOWED.labels("mixed", "41")._value.get() == 250
     assert monitor._budget < 0  # the martingale's work was spent too, past the balance
 
 
@@ -264,9 +274,18 @@ def test_image_models_are_monitored_too(tmp_path):
 
 def test_frequent_checks_do_not_starve_the_windows_of_a_quiet_server(fitted, tmp_path):
     """The budget is for the work that grows with traffic: a check after every request
-    (each costs more CPU than the budget accrues between them) leaves every record in
-    the windows (charged to the budget, such checks left a test server's windows empty)."""
-    monitor = DriftMonitor(settings(tmp_path, drift_interval_seconds=0.001))
+    that costs a second of CPU (far more than the budget accrues between them) leaves
+    every record in the windows (charged to the budget, such checks left a test server's
+    windows empty)."""
+    cpu = FakeCPU()
+    monitor = DriftMonitor(settings(tmp_path, drift_interval_seconds=0.001), cpu_clock=cpu)
+    check = monitor.check
+
+    def costly_check(cur, now):
+        cpu.now += 1.0
+        check(cur, now)
+
+    monitor.check = costly_check  # type: ignore[method-assign]
     model = loaded(fitted, 43)
     frame = make_mixed(300, seed=19)
     for i, start in enumerate(range(0, 300, 10)):  # 30 requests, a check after each
