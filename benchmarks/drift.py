@@ -803,6 +803,19 @@ def streaming_lines(st: dict[str, Any] | None) -> list[str]:
             else "."
         ),
     ]
+    c = st.get("throughput_confirm")
+    if c:
+        lines += [
+            "",
+            f"Confirmation on a table not used while setting the budget (`--parts "
+            f"streaming-throughput --throughput-set {c['table']}`, {c['columns']} numeric "
+            f"columns): {c['records_per_s_on']:,.0f} against {c['records_per_s_off']:,.0f} "
+            f"records/s, **{100 * c['ratio']:.2f}%** (median slot), paired median "
+            f"{100 * c['paired_ratio_median']:.2f}% (slots "
+            + ", ".join(f"{100 * r:.0f}%" for r in c["paired_ratios"])
+            + f"); {c['unwindowed_records'] / max(c['monitored_records'], 1):.0%} of the "
+            "records left out of the windows at saturation.",
+        ]
     return lines
 
 
@@ -866,6 +879,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot-seconds", type=float, default=15.0)
     p.add_argument("--clients", type=int, default=2, help="closed-loop clients in a slot")
     p.add_argument(
+        "--throughput-set", default=None,
+        help="with --parts streaming-throughput: the ADBench set to fit the served detector "
+        "on instead of WDBC (a confirmation; stored as streaming.throughput_confirm)",
+    )  # fmt: skip
+    p.add_argument(
         "--make-evidently-env",
         action="store_true",
         help=f"create Evidently's environment at {EVIDENTLY_ENV} first if it is missing",
@@ -904,13 +922,24 @@ def main(argv: list[str] | None = None) -> int:
             p.error(
                 "streaming-throughput re-runs one piece of a streaming run: run --parts streaming first"
             )
-        update_json("streaming", {**doc["streaming"], "throughput": st.throughput(args)})
+        key = "throughput" if args.throughput_set is None else "throughput_confirm"
+        update_json(
+            "streaming", {**doc["streaming"], key: st.throughput(args, args.throughput_set)}
+        )
         doc = json.loads(JSON_OUT.read_text())
         update_json(
             "streaming_headline",
             {
                 **doc["streaming_headline"],
                 "throughput_ratio": doc["streaming"]["throughput"]["ratio"],
+                **(
+                    {
+                        "throughput_confirm_ratio": doc["streaming"]["throughput_confirm"]["ratio"],
+                        "throughput_confirm_set": doc["streaming"]["throughput_confirm"]["table"],
+                    }
+                    if "throughput_confirm" in doc["streaming"]
+                    else {}
+                ),
             },
         )
     if "streaming" in parts:

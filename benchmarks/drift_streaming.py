@@ -304,11 +304,14 @@ def _median(values: list[float]) -> float | None:
 
 
 # ---------------------------------------------------------------------- 3. throughput
-def throughput(args: Any) -> dict[str, Any]:
-    """Records/s of two real servers, drift monitoring on and off (module docstring)."""
+def throughput(args: Any, table: str | None = None) -> dict[str, Any]:
+    """Records/s of two real servers, drift monitoring on and off (module docstring), of
+    a detector fitted on WDBC (scikit-learn's copy) or, with ``table``, on that ADBench
+    set's normal rows (its columns as numeric features)."""
     import os
 
     import httpx
+    import pandas as pd
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -318,7 +321,14 @@ def throughput(args: Any) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="drift-throughput-"))
     registry.configure(tmp)
-    data = wdbc().drop(columns=["is_outlier"])
+    if table is None:
+        data = wdbc().drop(columns=["is_outlier"])
+    else:
+        from benchmarks.drift import load_set
+
+        normal, _ = load_set(table, args.seed)
+        data = pd.DataFrame(normal, columns=[f"x{j}" for j in range(normal.shape[1])])
+        data.insert(0, "row_id", [f"r{i}" for i in range(len(data))])
     det = TabularDetector(id_column="row_id", seed=0).fit(data)
     registry.log_detector(det, name="bench", example=data, alias="champion")
     servers = {
@@ -393,4 +403,5 @@ def throughput(args: Any) -> dict[str, Any]:
         "monitored_records": monitored, "posted_records_on": posted["on"],
         "unwindowed_records": unwindowed,
         "windows_checked": sorted(state.get("windows", {})),
+        "table": table or "wdbc", "columns": int(data.shape[1] - 1),
     }  # fmt: skip

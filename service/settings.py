@@ -132,8 +132,9 @@ class Settings(BaseSettings):
         gt=0.0,
         le=1.0,
         description="share of one core the drift task may spend on the work that grows "
-        "with traffic (the martingale's ranks and bets, window statistics; the checks "
-        "are bounded by drift_interval_seconds); beyond it, requests are left out of the "
+        "with traffic (the martingale's ranks and bets, window statistics), and again on "
+        "the checks (spaced at least their cost / budget apart); beyond it, requests are "
+        "left out of the "
         "windows (counted; chosen by time, never by their records), while the martingale "
         "still takes every record",
     )

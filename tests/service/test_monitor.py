@@ -291,5 +291,29 @@ def test_frequent_checks_do_not_starve_the_windows_of_a_quiet_server(fitted, tmp
     for i, start in enumerate(range(0, 300, 10)):  # 30 requests, a check after each
         feed(monitor, model, frame.iloc[start : start + 10])
         monitor.step(100.0 + 0.01 * i)  # 10 ms apart: the budget accrues 0.3 ms each
+    monitor.step(1000.0)  # the next check: a costly check spaces them by cost / budget
     assert monitor.state()["windows"]["time"]["records"] == 300
     assert metrics.DRIFT_UNWINDOWED.labels("mixed", "43")._value.get() == 0
+
+
+def test_costly_checks_are_spaced_to_stay_within_the_budget(fitted, tmp_path):
+    """A check that costs 2 s of CPU at a budget of 0.05 of a core: the next one waits
+    40 s, not the 1 s interval."""
+    cpu = FakeCPU(tick=0.0)
+    monitor = DriftMonitor(
+        settings(tmp_path, drift_interval_seconds=1.0, drift_budget=0.05), cpu_clock=cpu
+    )
+    check = monitor.check
+    times: list[float] = []
+
+    def costly_check(cur, now):
+        times.append(now)
+        cpu.now += 2.0
+        check(cur, now)
+
+    monitor.check = costly_check  # type: ignore[method-assign]
+    model = loaded(fitted, 44)
+    feed(monitor, model, make_mixed(100, seed=20))
+    for t in range(0, 100, 5):
+        monitor.step(1000.0 + t)
+    assert times == [1000.0, 1040.0, 1080.0]
