@@ -441,7 +441,8 @@ class DriftMonitor:
             started = self.cpu_clock()
             self.check(cur, now)
             # a check's cost spaces the next one: on average the checks take at most
-            # drift_budget of a core too (166 columns: 1.7 s a window, every 30 s)
+            # drift_budget of a core too (166 columns: about 0.4 s of CPU per window of
+            # 5,000 records evaluated, 1.4 s for the first)
             spent = self.cpu_clock() - started
             self._next_check = now + max(
                 self.settings.drift_interval_seconds, spent / self.settings.drift_budget

@@ -53,6 +53,8 @@ from anomaly_vae.drift.reference import (
     projections,
     quantile_cuts,
     sample_rows,
+    sorted_bin_counts,
+    sorted_columns,
 )
 from anomaly_vae.exceptions import BundleError
 
@@ -314,31 +316,33 @@ class WindowStats:
         if proj["directions"].size:
             # rounded as the reference sample is: with ties (repeated or discrete rows)
             # a difference in the last digits moved whole groups of rows across a cut
-            values = project(mu.round(REFERENCE_DECIMALS), proj["directions"])
-            for j in range(values.shape[1]):
-                self.latent_counts[j] += bin_counts(values[:, j], proj["cuts"][j])
+            values = sorted_columns(project(mu.round(REFERENCE_DECIMALS), proj["directions"]))
+            for j in range(len(values)):
+                self.latent_counts[j] += sorted_bin_counts(values[j], n, proj["cuts"][j])
         if arrays is None or feature_order is None:
             return
         numeric, categorical, boolean = feature_order
         feats = ref["features"]
-        num = np.asarray(arrays.num, dtype=np.float64)
+        if numeric:
+            mask = np.asarray(arrays.num_mask, dtype=bool)
+            seen_n = mask.sum(0)
+            columns = sorted_columns(arrays.num, mask)  # once for all columns
         for j, name in enumerate(numeric):
-            seen = arrays.num_mask[:, j]
-            values = num[seen, j]
-            self.feature_missing[name] += int((~seen).sum())
+            n_j = int(seen_n[j])
+            self.feature_missing[name] += n - n_j
             joint = cuts["joint"].get(name)  # a column with fine bins has them
             if joint is not None:
-                # the coarse and the fine bins from one search (the same bins, see
-                # _joint_cuts): the searches were most of a request's statistics
+                # the coarse and the fine bins from one count over their union (the same
+                # bins, see _joint_cuts): the counting was most of a request's statistics
                 union, to_coarse, to_fine = joint
-                at = np.searchsorted(union, values, side="left")
+                at = sorted_bin_counts(columns[j], n_j, union)
                 counts, fine = self.feature_counts[name], self.feature_fine[name]
-                counts += np.bincount(to_coarse[at], minlength=counts.size)
-                fine += np.bincount(to_fine[at], minlength=fine.size)
+                counts += np.bincount(to_coarse, at, counts.size).astype(np.int64)
+                fine += np.bincount(to_fine, at, fine.size).astype(np.int64)
                 continue
-            self.feature_counts[name] += bin_counts(values, cuts["cuts"][name])
+            self.feature_counts[name] += sorted_bin_counts(columns[j], n_j, cuts["cuts"][name])
             if name in self.feature_fine:
-                self.feature_fine[name] += bin_counts(values, cuts["fine"][name])
+                self.feature_fine[name] += sorted_bin_counts(columns[j], n_j, cuts["fine"][name])
         for j, name in enumerate(categorical):
             codes = arrays.cat[:, j]
             levels = len(feats[name]["counts"])
@@ -354,9 +358,9 @@ class WindowStats:
             self.contrib_n += len(c)
             self.contrib_sum += c.sum(0)
             self.contrib_sumsq += (c * c).sum(0)
-            c_ref = c.round(REFERENCE_DECIMALS)  # as the reference sample is kept
+            c_ref = sorted_columns(c.round(REFERENCE_DECIMALS))  # rounded as the reference
             for j, c_cuts in enumerate(contribution_cuts(ref)):
-                counts = bin_counts(c_ref[:, j], c_cuts)
+                counts = sorted_bin_counts(c_ref[j], len(c), c_cuts)
                 self.contrib_counts[j, : len(counts)] += counts
 
     def _keep_latent(self, priority: np.ndarray, mu: np.ndarray) -> None:

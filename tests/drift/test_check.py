@@ -11,7 +11,12 @@ import pytest
 from anomaly_vae import ImageDetector, TabularDetector
 from anomaly_vae.drift import check_drift, window_stats
 from anomaly_vae.drift.check import evaluate
-from anomaly_vae.drift.reference import REFERENCE_FORMAT
+from anomaly_vae.drift.reference import (
+    REFERENCE_FORMAT,
+    bin_counts,
+    sorted_bin_counts,
+    sorted_columns,
+)
 from anomaly_vae.exceptions import BundleError, SchemaError
 from tests.conftest import make_mixed
 from tests.test_image_detector import squares
@@ -204,7 +209,7 @@ def test_contributions_of_a_share_of_the_records_are_tested_on_that_share(fitted
 def test_one_search_over_the_joint_cuts_gives_both_bin_counts_exactly():
     """Atoms, values on the cuts and just below them, a cut shared by both sets."""
     from anomaly_vae.drift.check import _joint_cuts
-    from anomaly_vae.drift.reference import atom_cuts, bin_counts, quantile_cuts
+    from anomaly_vae.drift.reference import atom_cuts, quantile_cuts
 
     rng = np.random.default_rng(12)
     ref = np.round(rng.normal(size=3000), 1)  # a discrete column: many ties
@@ -220,3 +225,29 @@ def test_one_search_over_the_joint_cuts_gives_both_bin_counts_exactly():
     assert np.array_equal(
         np.bincount(to_fine[at], minlength=fine.size + 1), bin_counts(values, fine)
     )
+    # and as WindowStats counts them: union bins from the sorted column, then mapped
+    row = sorted_columns(values[:, None])[0]
+    per_union = sorted_bin_counts(row, len(values), union)
+    assert np.array_equal(np.bincount(to_coarse, per_union), bin_counts(values, coarse))
+    assert np.array_equal(np.bincount(to_fine, per_union), bin_counts(values, fine))
+
+
+def test_counting_on_sorted_columns_is_bin_counts_bin_for_bin():
+    """Ties, values on the cuts and just either side, infinities, signed zeros, seen NaNs
+    (the last bin, as bin_counts puts them) and unseen entries (left out)."""
+    rng = np.random.default_rng(3)
+    cuts = np.array([-1.5, -0.0, 0.2, 0.2000000001, 3.0])
+    edge = np.concatenate([cuts, np.nextafter(cuts, -np.inf), np.nextafter(cuts, np.inf)])
+    col = np.concatenate(
+        [np.round(rng.normal(size=500), 1), edge, [np.inf, -np.inf, 0.0, np.nan, np.nan]]
+    )
+    values = np.stack([col, rng.permutation(col), np.zeros_like(col)], axis=1)
+    seen = rng.random(values.shape) < 0.8
+    seen[:, 2] = False  # a column with nothing seen
+    rows = sorted_columns(values, seen)
+    for j in range(values.shape[1]):
+        kept = values[seen[:, j], j]
+        got = sorted_bin_counts(rows[j], int(seen[:, j].sum()), cuts)
+        assert np.array_equal(got, bin_counts(kept, cuts)), j
+    whole = sorted_columns(values)
+    assert np.array_equal(sorted_bin_counts(whole[0], len(col), cuts), bin_counts(col, cuts))
