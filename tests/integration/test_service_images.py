@@ -134,6 +134,9 @@ def test_image_model_from_the_registry_is_served_by_alias(tmp_path, monkeypatch)
         model = r.json()["model"]
         assert (model["name"], model["version"], model["alias"]) == ("squares", 1, "champion")
         want = ImageDetector.load(tmp_path / "b").score(squares(1, 3))["log_likelihood"][0]
-        assert r.json()["results"][0]["log_likelihood"] == pytest.approx(want, abs=1e-9)
+        # the same bits in any batch, but not across thread counts: the server's torch
+        # threads need not be this process's, and convolution kernels round by them
+        # (float32: 8e-6 nats of 166 seen on a 2-core machine)
+        assert r.json()["results"][0]["log_likelihood"] == pytest.approx(want, rel=1e-6)
     finally:
         srv.stop()
