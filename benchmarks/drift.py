@@ -803,20 +803,26 @@ def streaming_lines(st: dict[str, Any] | None) -> list[str]:
             else "."
         ),
     ]
-    c = st.get("throughput_confirm")
-    if c:
+    for c in confirmations(st).values():
+        role = c.get("role", "a table not used while setting the budget")
         lines += [
             "",
-            f"Confirmation on a table not used while setting the budget (`--parts "
-            f"streaming-throughput --throughput-set {c['table']}`, {c['columns']} numeric "
-            f"columns): {c['records_per_s_on']:,.0f} against {c['records_per_s_off']:,.0f} "
-            f"records/s, **{100 * c['ratio']:.2f}%** (median slot), paired median "
-            f"{100 * c['paired_ratio_median']:.2f}% (slots "
+            f"Confirmation on {c['table']} (`--parts streaming-throughput --throughput-set "
+            f"{c['table']}`, {c['columns']} numeric columns; {role}): "
+            f"{c['records_per_s_on']:,.0f} against "
+            f"{c['records_per_s_off']:,.0f} records/s, **{100 * c['ratio']:.2f}%** (median "
+            f"slot), paired median {100 * c['paired_ratio_median']:.2f}% (slots "
             + ", ".join(f"{100 * r:.0f}%" for r in c["paired_ratios"])
             + f"); {c['unwindowed_records'] / max(c['monitored_records'], 1):.0%} of the "
             "records left out of the windows at saturation.",
         ]
     return lines
+
+
+def confirmations(streaming: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The throughput confirmations by table (an older file kept one, unkeyed)."""
+    c = streaming.get("throughput_confirm") or {}
+    return {c["table"]: c} if "table" in c else dict(c)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -881,8 +887,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--throughput-set", default=None,
         help="with --parts streaming-throughput: the ADBench set to fit the served detector "
-        "on instead of WDBC (a confirmation; stored as streaming.throughput_confirm)",
+        "on instead of WDBC (a confirmation; stored under streaming.throughput_confirm by table)",
     )  # fmt: skip
+    p.add_argument(
+        "--throughput-role",
+        default="",
+        help="what the confirmation table was used for, written beside its figures (e.g. "
+        "'not looked at while choosing')",
+    )
     p.add_argument(
         "--make-evidently-env",
         action="store_true",
@@ -922,26 +934,29 @@ def main(argv: list[str] | None = None) -> int:
             p.error(
                 "streaming-throughput re-runs one piece of a streaming run: run --parts streaming first"
             )
-        key = "throughput" if args.throughput_set is None else "throughput_confirm"
-        update_json(
-            "streaming", {**doc["streaming"], key: st.throughput(args, args.throughput_set)}
-        )
-        doc = json.loads(JSON_OUT.read_text())
+        streaming = dict(doc["streaming"])
+        result = st.throughput(args, args.throughput_set)
+        if args.throughput_set is None:
+            streaming["throughput"] = result
+        else:
+            if args.throughput_role:
+                result["role"] = args.throughput_role
+            streaming["throughput_confirm"] = {
+                **confirmations(streaming),
+                args.throughput_set: result,
+            }
+        update_json("streaming", streaming)
         update_json(
             "streaming_headline",
             {
-                **doc["streaming_headline"],
-                "throughput_ratio": doc["streaming"]["throughput"]["ratio"],
-                **(
-                    {
-                        "throughput_confirm_ratio": doc["streaming"]["throughput_confirm"]["ratio"],
-                        "throughput_confirm_set": doc["streaming"]["throughput_confirm"]["table"],
-                    }
-                    if "throughput_confirm" in doc["streaming"]
-                    else {}
-                ),
+                **{k: v for k, v in doc["streaming_headline"].items()
+                   if not k.startswith("throughput_confirm")},
+                "throughput_ratio": streaming["throughput"]["ratio"],
+                "throughput_confirm_ratio": {
+                    t: c["ratio"] for t, c in confirmations(streaming).items()
+                },
             },
-        )
+        )  # fmt: skip
     if "streaming" in parts:
         from benchmarks import drift_streaming as st
 
