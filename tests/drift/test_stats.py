@@ -21,6 +21,22 @@ def test_chi2_two_sample_is_scipys_contingency_test():
     assert dof == 4
 
 
+def test_pearson_chi2_is_scipys_contingency_test_bit_for_bit():
+    # Same operations as chi2_contingency(correction=False), so the same bits: a window
+    # check's verdicts must not depend on which of the two computed them.
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        bins = int(rng.integers(2, 40))
+        scale = 10.0 ** rng.uniform(0, 6)
+        table = rng.poisson(scale * rng.dirichlet(np.ones(bins)), size=(2, bins)) + 1.0
+        if trial % 3 == 0:
+            table = table * rng.uniform(0.1, 3.0, size=table.shape)  # weighted counts
+        stat, p, dof, expected = S.pearson_chi2(table)
+        want = sps.chi2_contingency(table, correction=False)
+        assert stat == want.statistic and p == want.pvalue and dof == want.dof
+        assert np.array_equal(expected, want.expected_freq)
+
+
 def test_sparse_ordered_bins_merge_until_expected_counts_suffice():
     ref = np.array([100, 100, 1, 1, 100])
     win = np.array([10, 10, 0, 0, 10])
