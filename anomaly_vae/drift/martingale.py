@@ -96,9 +96,26 @@ FROZEN_DELTA = 1e-6
 #: larger chunks cost more comparisons per record, smaller ones more searches); against
 #: the reference as it stood before the batch, all at once.
 _CHUNK = 64
+#: A full chunk's "earlier record" mask [chunk, chunk] (row i: the records before i).
+_TRI = np.tri(_CHUNK, k=-1, dtype=bool)
 #: Stream records kept in a small sorted buffer before they are merged into the main
 #: sorted array (an insert into 10^7 floats costs ~10 ms; into the buffer, microseconds).
 _BUFFER = 65_536
+
+
+def _below_and_ties(arr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(#(arr < key), #(arr == key)) for each of ``keys`` in the sorted ``arr``: the
+    second search only for the keys that are in ``arr`` (scores rarely tie, and each
+    search of a large array costs cache misses)."""
+    lo = np.searchsorted(arr, keys, side="left")
+    if not arr.size:
+        return lo, np.zeros_like(lo)
+    at = arr[np.minimum(lo, arr.size - 1)]
+    hit = (lo < arr.size) & (at == keys)
+    tied = np.zeros(lo.shape, lo.dtype)
+    if hit.any():
+        tied[hit] = np.searchsorted(arr, keys[hit], side="right") - lo[hit]
+    return lo, tied
 
 
 class OnlineConformal:
@@ -130,14 +147,21 @@ class OnlineConformal:
 
     def _counts(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(records in the reference below each of ``a``, records equal to it)."""
-        below = np.zeros(a.shape, np.float64)
-        ties = np.zeros(a.shape, np.float64)
+        # searched in sorted order, each search starts where the last ended: in a main
+        # array of millions the searches of unsorted scores were cache misses (2 ms of
+        # every 1000 records at 1.3 million); the counts are the same integers
+        order = np.argsort(a, kind="stable")
+        keys = a[order]
+        below_sorted = np.zeros(a.shape, np.float64)
+        ties_sorted = np.zeros(a.shape, np.float64)
         for arr, w in ((self.calibration, self.weight), (self.main, 1.0), (self.buffer, 1.0)):
             if arr.size:
-                lo = np.searchsorted(arr, a, side="left")
-                hi = np.searchsorted(arr, a, side="right")
-                below += lo * w
-                ties += (hi - lo) * w
+                lo, tied = _below_and_ties(arr, keys)
+                below_sorted += lo * w
+                ties_sorted += tied * w
+        below = np.empty_like(below_sorted)
+        ties = np.empty_like(ties_sorted)
+        below[order], ties[order] = below_sorted, ties_sorted
         return below, ties
 
     def p_values(self, normality: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -157,7 +181,7 @@ class OnlineConformal:
             lo = np.searchsorted(earlier, c, side="left")
             hi = np.searchsorted(earlier, c, side="right")
             # the chunk's own earlier records: a lower-triangular comparison
-            tri = np.tri(c.size, k=-1, dtype=bool)
+            tri = _TRI if c.size == _TRI.shape[0] else np.tri(c.size, k=-1, dtype=bool)
             below[start:stop] += lo + (tri & (c[None, :] < c[:, None])).sum(1)
             ties[start:stop] += hi - lo + (tri & (c[None, :] == c[:, None])).sum(1)
             c = np.sort(c)

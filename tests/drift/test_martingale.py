@@ -157,3 +157,27 @@ def test_a_frozen_reference_stops_growing_and_the_slack_bounds_its_noise():
     assert calibration_slack(10**7, 1e-6) < 1e-3
     with pytest.raises(ValueError, match="at least one"):
         calibration_slack(0, 0.1)
+
+
+def test_counts_below_and_tied_are_the_two_searches_counts():
+    """The one-search count (a second search only for keys present) against both
+    searches: keys below, above and equal to the ends, ties, float32 neighbours."""
+    from anomaly_vae.drift.martingale import _below_and_ties
+
+    rng = np.random.default_rng(11)
+    arr = np.sort(rng.integers(0, 50, 5000).astype(np.float32))
+    keys = np.concatenate([
+        rng.integers(-3, 53, 2000).astype(np.float32),
+        np.nextafter(arr[[0, -1]], np.float32(np.inf)),
+        np.nextafter(arr[[0, -1]], np.float32(-np.inf)),
+        arr[[0, -1]],
+    ])  # fmt: skip
+    lo, tied = _below_and_ties(arr, keys)
+    want_lo = np.searchsorted(arr, keys, side="left")
+    np.testing.assert_array_equal(lo, want_lo)
+    np.testing.assert_array_equal(tied, np.searchsorted(arr, keys, side="right") - want_lo)
+    lo, tied = _below_and_ties(np.array([1.0]), np.array([0.5, 1.0, 2.0]))
+    np.testing.assert_array_equal(lo, [0, 0, 1])
+    np.testing.assert_array_equal(tied, [0, 1, 0])
+    lo, tied = _below_and_ties(np.zeros(0), np.array([0.5]))
+    assert lo.tolist() == [0] and tied.tolist() == [0]
