@@ -801,7 +801,8 @@ def streaming_lines(st: dict[str, Any] | None) -> list[str]:
             "windows (chosen by time, so the windows see a sample); the martingale took all."
             if t.get("monitored_records") and "unwindowed_records" in t
             else "."
-        ),
+        )
+        + cpu_sentence(t),
     ]
     for c in confirmations(st).values():
         role = c.get("role", "a table not used while setting the budget")
@@ -814,9 +815,22 @@ def streaming_lines(st: dict[str, Any] | None) -> list[str]:
             f"slot), paired median {100 * c['paired_ratio_median']:.2f}% (slots "
             + ", ".join(f"{100 * r:.0f}%" for r in c["paired_ratios"])
             + f"); {c['unwindowed_records'] / max(c['monitored_records'], 1):.0%} of the "
-            "records left out of the windows at saturation.",
+            "records left out of the windows at saturation." + cpu_sentence(c),
         ]
     return lines
+
+
+def cpu_sentence(t: dict[str, Any]) -> str:
+    """The server CPU per record, on against off: steadier than records/s where the
+    machine's neighbours move the wall clock (older runs did not measure it)."""
+    if "cpu_ratio" not in t:
+        return ""
+    return (
+        f" Server CPU per 1000 records over the whole run (its drift task and the checks "
+        f"between slots included): {t['cpu_ms_per_1000_on']:.0f} ms on against "
+        f"{t['cpu_ms_per_1000_off']:.0f} ms off, **{100 * t['cpu_ratio']:.1f}%** "
+        f"(paired slots' median {100 * t['paired_cpu_ratio_median']:.1f}%)."
+    )
 
 
 def confirmations(streaming: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -952,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
                 **{k: v for k, v in doc["streaming_headline"].items()
                    if not k.startswith("throughput_confirm")},
                 "throughput_ratio": streaming["throughput"]["ratio"],
+                "throughput_cpu_ratio": streaming["throughput"].get("cpu_ratio"),
                 "throughput_confirm_ratio": {
                     t: c["ratio"] for t, c in confirmations(streaming).items()
                 },
@@ -984,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "level": part["null"]["level"],
                 "throughput_ratio": part["throughput"]["ratio"],
+                "throughput_cpu_ratio": part["throughput"].get("cpu_ratio"),
             },
         )
     if parts & {"tables", "report"}:

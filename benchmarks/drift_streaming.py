@@ -19,7 +19,9 @@
    registered version, one with ``ANOMALY_VAE_DRIFT=false``, loaded in turn by the same
    closed-loop clients posting 1000-record requests, in alternating slots; after each
    slot of the monitored server the next waits until its drift task has taken every
-   record, so that work is not done in the other's slot.
+   record, so that work is not done in the other's slot. Each server's CPU (user and
+   system, every thread, from /proc) per record is measured beside its records/s: the
+   wall clock of this machine's slots moves with its neighbours, CPU per record much less.
 
 Nothing here chooses a default: the jump rate (0.01, Vovk's), the levels and the window
 sizes were set before this part ran; it measures them.
@@ -350,8 +352,17 @@ def throughput(args: Any, table: str | None = None) -> dict[str, Any]:
             if line.startswith(metric + "{")
         )
 
+    def cpu_seconds(name: str) -> float:
+        # the server process's user + system CPU, every thread (its drift task's too);
+        # CPU per record is the steadier figure where neighbours move the wall clock
+        fields = Path(f"/proc/{servers[name].proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    cpu: dict[str, list[float]] = {"on": [], "off": []}  # CPU ms per 1000 records, by slot
+
     def slot(name: str) -> float:
         url = servers[name].url
+        cpu0 = cpu_seconds(name)
         stop = time.monotonic() + args.slot_seconds
         counts = [0] * args.clients
 
@@ -375,16 +386,23 @@ def throughput(args: Any, table: str | None = None) -> dict[str, Any]:
             while drift_records(url) < posted[name] and time.monotonic() < deadline:
                 time.sleep(0.1)
             catch_up.append(time.monotonic() - t1)
+        cpu[name].append(1e6 * (cpu_seconds(name) - cpu0) / max(sum(counts), 1))
         return sum(counts) / elapsed
 
     try:
         for name in servers:  # warm both
             httpx.post(servers[name].url + "/v1/score", content=body, headers=headers, timeout=60)
             posted[name] += 1000
+        cpu_start = {name: cpu_seconds(name) for name in servers}
         for _ in range(args.slots):
             for name in ("on", "off") if _ % 2 == 0 else ("off", "on"):
                 rates[name].append(slot(name))
                 print(f"throughput {name}: {rates[name][-1]:,.0f} records/s", flush=True)
+        # the whole run's CPU, checks between slots included, per record each server took
+        cpu_total = {
+            name: 1e6 * (cpu_seconds(name) - cpu_start[name]) / max(posted[name] - 1000, 1)
+            for name in servers
+        }
         monitored = drift_records(servers["on"].url)
         unwindowed = drift_records(servers["on"].url, "anomaly_vae_drift_unwindowed_records_total")
         state = httpx.get(servers["on"].url + "/v1/drift", timeout=30).json()
@@ -398,6 +416,12 @@ def throughput(args: Any, table: str | None = None) -> dict[str, Any]:
         "records_per_s_on": on, "records_per_s_off": off, "ratio": on / off,
         "paired_ratios": paired, "paired_ratio_median": float(np.median(paired)),
         "catch_up_seconds": catch_up,
+        "cpu_ms_per_1000_on": cpu_total["on"], "cpu_ms_per_1000_off": cpu_total["off"],
+        "cpu_ratio": cpu_total["on"] / cpu_total["off"],
+        "slot_cpu_ms_per_1000_on": cpu["on"], "slot_cpu_ms_per_1000_off": cpu["off"],
+        "paired_cpu_ratio_median": float(
+            np.median([a / b for a, b in zip(cpu["on"], cpu["off"], strict=True)])
+        ),
         "slots": args.slots, "slot_seconds": args.slot_seconds, "clients": args.clients,
         "slot_rates_on": rates["on"], "slot_rates_off": rates["off"],
         "monitored_records": monitored, "posted_records_on": posted["on"],
