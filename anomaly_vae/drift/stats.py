@@ -71,6 +71,9 @@ def pearson_chi2(table: np.ndarray) -> tuple[float, float, int, np.ndarray]:
 
     observed = np.asarray(table, dtype=np.float64)
     expected = observed.sum(1, keepdims=True) * observed.sum(0, keepdims=True) / observed.sum()
+    if not (expected > 0).all():  # scipy refuses these too; a NaN would pass as "no drift"
+        msg = "pearson_chi2 needs a table with no empty row or column (an expected count is 0)"
+        raise ValueError(msg)
     terms = (observed - expected) ** 2 / expected
     stat = float(terms.sum())
     dof = int(observed.shape[1] - 1)

@@ -35,6 +35,8 @@ def test_pearson_chi2_is_scipys_contingency_test_bit_for_bit():
         want = sps.chi2_contingency(table, correction=False)
         assert stat == want.statistic and p == want.pvalue and dof == want.dof
         assert np.array_equal(expected, want.expected_freq)
+    with pytest.raises(ValueError, match="no empty row or column"):
+        S.pearson_chi2(np.array([[3.0, 0.0, 2.0], [4.0, 0.0, 1.0]]))
 
 
 def test_sparse_ordered_bins_merge_until_expected_counts_suffice():
