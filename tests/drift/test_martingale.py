@@ -181,3 +181,25 @@ def test_counts_below_and_tied_are_the_two_searches_counts():
     np.testing.assert_array_equal(tied, [0, 1, 0])
     lo, tied = _below_and_ties(np.zeros(0), np.array([0.5]))
     assert lo.tolist() == [0] and tied.tolist() == [0]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 65, 257, 1000])
+def test_earlier_counts_are_the_batchs_pairwise_counts(n):
+    """Each record against the batch's records before it, level by level, against the
+    definition compared pair by pair: ties (a few values), signed zeros, float32
+    neighbours, sizes on and off a power of two."""
+    from anomaly_vae.drift.martingale import earlier_counts
+
+    rng = np.random.default_rng(n)
+    for values in (
+        rng.normal(size=n).astype(np.float32),
+        rng.integers(-2, 3, n).astype(np.float32),
+        rng.choice(
+            np.array([-0.0, 0.0, 1.0, np.nextafter(np.float32(1), np.float32(2))], np.float32),
+            n,
+        ),
+    ):
+        below, ties = earlier_counts(values)
+        earlier = np.tri(n, k=-1, dtype=bool)
+        np.testing.assert_array_equal(below, (earlier & (values[None, :] < values[:, None])).sum(1))
+        np.testing.assert_array_equal(ties, (earlier & (values[None, :] == values[:, None])).sum(1))
