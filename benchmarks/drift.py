@@ -830,6 +830,13 @@ def cpu_sentence(t: dict[str, Any]) -> str:
         f"between slots included): {t['cpu_ms_per_1000_on']:.0f} ms on against "
         f"{t['cpu_ms_per_1000_off']:.0f} ms off, **{100 * t['cpu_ratio']:.1f}%** "
         f"(paired slots' median {100 * t['paired_cpu_ratio_median']:.1f}%)."
+        + (
+            f" The drift thread's own CPU: {t['drift_thread_cpu_ms_per_1000']:.1f} ms per "
+            f"1000 records; the rest of the difference is the request path's and what the "
+            "thread costs the others."
+            if "drift_thread_cpu_ms_per_1000" in t
+            else ""
+        )
     )
 
 

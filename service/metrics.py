@@ -100,6 +100,11 @@ DRIFT_UNWINDOWED = Counter(
     "drift_budget of a core (a share of the requests, chosen by time)",
     ["name", "version"],
 )
+DRIFT_CPU = Counter(
+    "anomaly_vae_drift_cpu_seconds_total",
+    "CPU seconds the drift task's thread spent (queue, ranks and bets, window statistics, "
+    "checks): what monitoring costs, beside the process's own CPU",
+)
 DRIFT_DROPPED = Counter(
     "anomaly_vae_drift_dropped_records_total",
     "records dropped because the drift task's queue was full (drift_queue_records)",

@@ -183,25 +183,27 @@ class VersionMonitor:
         return self.model.name, str(self.model.version)
 
     # ---------------------------------------------------------------- ingesting
-    def ingest(self, batch: _Batch, windows: bool = True) -> None:
+    def ingest(self, batch: _Batch, windows: bool = True) -> bool:
         """Add one request's records: their scores to those the martingale will bet on,
-        and (with ``windows``) their statistics to the open bucket."""
+        and (with ``windows``) their statistics to the open bucket. Returns whether they
+        went into the windows."""
         ll = np.asarray(batch.normality, dtype=np.float64)
         ok = np.isfinite(ll)
         if not ok.any():
-            return
+            return False
         self.pending.append(ll[ok].astype(np.float32))
         self.records += int(ok.sum())
         metrics.DRIFT_RECORDS.labels(*self.labels).inc(int(ok.sum()))
         if self.reference is None:
-            return
+            return False
         if not windows:
             metrics.DRIFT_UNWINDOWED.labels(*self.labels).inc(int(ok.sum()))
-            return
+            return False
         if self.open is None:
             self.open = Bucket(batch.at, batch.at, WindowStats(self.reference))
         self._update_stats(self.open.stats, batch, ll)
         self.open.end = batch.at
+        return True
 
     def _update_stats(self, stats: WindowStats, batch: _Batch, ll: np.ndarray) -> None:
         det = self.model.detector
@@ -276,8 +278,10 @@ class DriftMonitor:
         self._budget = settings.drift_budget * BUDGET_WINDOW_SECONDS
         self._last_step: float | None = None
         self._reset_asked: float | None = None
-        # the first request is scored with contributions: a window soon has some
-        self._credit = 1.0 - settings.drift_contribution_share
+        # contributions are granted per windowed request (a share of them) and taken by
+        # the request path; the first request has one, so a window soon has some
+        self._credit = 1.0
+        self._credit_lock = threading.Lock()
         self.current: VersionMonitor | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -295,22 +299,29 @@ class DriftMonitor:
 
     # ---------------------------------------------------------------- request path
     def wants_contributions(self) -> bool:
-        """Whether this request is one of the ``drift_contribution_share`` scored with
-        contributions for the windows: every k-th request, chosen by its place in the
-        sequence, never by its records (so the share is an unbiased sample), and only
-        while the drift task's budget has room for window statistics (contributions cost
-        the scorer about a third more, wasted on a request the windows leave out; at
-        saturation that was a fifth of the monitor's cost). The balance is read without
-        a lock: a float another thread writes, and an old value only shifts which
-        requests are chosen, by time."""
+        """Whether this request is scored with contributions for the windows'
+        contribution tests: ``drift_contribution_share`` of the requests the windows take.
+        The drift task grants that share per request it takes into the windows, and the
+        next request to ask takes a whole grant, so the choice depends on the requests'
+        order and the budget's time, never on their records (an unbiased sample). A
+        request scored with contributions always goes into the windows. Tied to the
+        windowed requests, not to all of them, because they cost a quarter more scoring
+        and at saturation the budget takes only a fifth of the requests into the windows."""
         share = self.settings.drift_contribution_share
-        if not self.settings.drift or share <= 0 or self._budget <= 0:
+        if not self.settings.drift or share <= 0:
             return False
-        self._credit += share
-        if self._credit >= 1.0:
-            self._credit -= 1.0
+        if share >= 1:
             return True
+        with self._credit_lock:
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                return True
         return False
+
+    def _grant(self) -> None:
+        """One request went into the windows: grant its share of a contribution."""
+        with self._credit_lock:
+            self._credit = min(self._credit + self.settings.drift_contribution_share, 1.0)
 
     def submit(
         self,
@@ -383,6 +394,11 @@ class DriftMonitor:
             self._lock_file = None
 
     def _loop(self) -> None:
+        # the checks' scipy modules, imported before traffic needs them: imported by the
+        # first check instead, they cost 0.8 s of CPU holding the GIL (py-spy, at
+        # saturation) while requests waited for it
+        import scipy.stats  # noqa: F401
+
         while not self._stop.is_set():
             self._wake.wait(INGEST_SECONDS)
             self._wake.clear()
@@ -436,7 +452,9 @@ class DriftMonitor:
         try:
             cur = self._take(now, loaded, started)
         finally:
-            self._budget -= self.cpu_clock() - started
+            spent = self.cpu_clock() - started
+            self._budget -= spent
+            metrics.DRIFT_CPU.inc(max(spent, 0.0))
         if cur is not None and self.checker and now >= self._next_check:
             started = self.cpu_clock()
             self.check(cur, now)
@@ -444,6 +462,7 @@ class DriftMonitor:
             # drift_budget of a core too (166 columns: about 0.4 s of CPU per window of
             # 5,000 records evaluated, 1.4 s for the first)
             spent = self.cpu_clock() - started
+            metrics.DRIFT_CPU.inc(max(spent, 0.0))
             self._next_check = now + max(
                 self.settings.drift_interval_seconds, spent / self.settings.drift_budget
             )
@@ -461,8 +480,11 @@ class DriftMonitor:
                     len(batch.normality)
                 )
                 continue
-            windows = self._budget - (self.cpu_clock() - started) > 0
-            self.monitor_for(model).ingest(batch, windows=windows)
+            balance = self._budget - (self.cpu_clock() - started)
+            # contributions were computed for the windows: they go in, whatever the balance
+            windows = balance > 0 or batch.contributions is not None
+            if self.monitor_for(model).ingest(batch, windows=windows):
+                self._grant()
         if loaded is not None:
             self.monitor_for(loaded)
         cur = self.current

@@ -122,10 +122,10 @@ class Settings(BaseSettings):
         default=0.1,
         ge=0.0,
         le=1.0,
-        description="share of requests scored with per-feature contributions for the "
-        "windows' contribution tests (every k-th request, whatever its records, while "
-        "the drift budget has room for the windows; they cost about a third more to "
-        "score)",
+        description="share of the requests the windows take that are scored with "
+        "per-feature contributions for the windows' contribution tests (chosen by the "
+        "requests' order, whatever their records; they cost about a quarter more to "
+        "score, so only requests the drift budget takes into the windows get them)",
     )
     drift_budget: float = Field(
         default=0.03,

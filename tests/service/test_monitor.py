@@ -24,15 +24,17 @@ def loaded(det, version: int) -> LoadedModel:
 
 
 def feed(monitor: DriftMonitor, model: LoadedModel, frame, chunk: int = 50) -> None:
-    """Score ``frame`` as the /v1/score route does and hand each request to the monitor."""
+    """Score ``frame`` as the /v1/score route does and hand each request to the monitor,
+    with contributions when the monitor asks for them."""
     det = model.detector
     for start in range(0, len(frame), chunk):
         arrays = det.encode_rows(frame.iloc[start : start + chunk], allow_extra=False)
-        res = det.score_encoded(arrays)
+        sampled = monitor.wants_contributions()
+        res = det.score_encoded(arrays, contributions=sampled)
         flags = det.result_columns(res, arrays)["is_outlier"]
         monitor.submit(
             model, arrays, res.log_likelihood, k=None, kl=res.kl, latent=res.latent_mean,
-            contributions=res.contributions, flags=flags,
+            contributions=res.contributions if sampled else None, flags=flags,
         )  # fmt: skip
 
 
@@ -207,17 +209,53 @@ def test_over_budget_requests_leave_the_windows_but_not_the_martingale(fitted, t
     assert monitor._budget < 0  # the martingale's work was spent too, past the balance
 
 
-def test_contributions_are_asked_for_every_kth_request_from_the_first(tmp_path):
-    monitor = DriftMonitor(settings(tmp_path, drift_contribution_share=0.25))
-    asked = [monitor.wants_contributions() for _ in range(12)]
-    assert asked == [True, False, False, False] * 3
+def test_the_drift_threads_cpu_is_counted_ingest_and_checks_alike(fitted, tmp_path):
+    monitor = DriftMonitor(settings(tmp_path), cpu_clock=FakeCPU())
+    checked: list[float] = []
+    monitor.check = lambda cur, now: checked.append(now)  # type: ignore[method-assign]
+    before = metrics.DRIFT_CPU._value.get()
+    banked = monitor._budget
+    feed(monitor, loaded(fitted, 43), make_mixed(200, seed=21))
+    monitor.step(30.0)
+    assert checked == [30.0]
+    # the ingest's CPU is what left the budget; the check's is one tick of the fake clock
+    rise = metrics.DRIFT_CPU._value.get() - before
+    assert rise == pytest.approx(banked - monitor._budget + 1e-3, rel=1e-9)
+    assert banked - monitor._budget > 4e-3  # a tick per request at least
+
+
+def test_contributions_are_a_share_of_the_windowed_requests_from_the_first(fitted, tmp_path):
+    monitor = DriftMonitor(
+        settings(tmp_path, drift_contribution_share=0.25, drift_bucket_records=10_000),
+        cpu_clock=FakeCPU(tick=0.0),
+    )
+    model = loaded(fitted, 42)
+    frame = make_mixed(400, seed=19)
+    assert monitor.wants_contributions()  # the first request: a window soon has some
+    assert not any(monitor.wants_contributions() for _ in range(5))  # nothing windowed yet
+    feed(monitor, model, frame.iloc[:200])  # four requests, none asking: credit 0 so far
+    monitor.step(10.0)
+    stats = monitor.current.open.stats
+    assert (stats.n, stats.contrib_n) == (200, 0)
+    assert [monitor.wants_contributions() for _ in range(3)] == [True, False, False]
+    # requests the budget leaves out of the windows grant nothing
+    monitor._budget = -1.0
+    monitor._last_step = 20.0
+    feed(monitor, model, frame.iloc[200:400])
+    monitor.step(20.0)
+    assert not any(monitor.wants_contributions() for _ in range(8))
+    assert metrics.DRIFT_UNWINDOWED.labels("mixed", "42")._value.get() == 200
+    # a request scored with contributions goes into the windows whatever the balance
+    monitor._credit = 1.0
+    feed(monitor, model, frame.iloc[:50])
+    monitor.step(20.0)
+    assert (stats.n, stats.contrib_n) == (250, 50)
+    assert metrics.DRIFT_UNWINDOWED.labels("mixed", "42")._value.get() == 200
+    # monitoring off, or no share: never
     off = DriftMonitor(settings(tmp_path, drift=False))
     assert not any(off.wants_contributions() for _ in range(5))
-    # with no budget left the windows would leave the request out: no contributions
-    monitor._budget = -1.0
-    assert not any(monitor.wants_contributions() for _ in range(8))
-    monitor._budget = 1.0
-    assert [monitor.wants_contributions() for _ in range(4)] == [True, False, False, False]
+    none = DriftMonitor(settings(tmp_path, drift_contribution_share=0.0))
+    assert not any(none.wants_contributions() for _ in range(5))
 
 
 @pytest.mark.parametrize("shared", [False, True])
