@@ -310,8 +310,6 @@ class DriftMonitor:
         share = self.settings.drift_contribution_share
         if not self.settings.drift or share <= 0:
             return False
-        if share >= 1:
-            return True
         with self._credit_lock:
             if self._credit >= 1.0:
                 self._credit -= 1.0

@@ -256,6 +256,9 @@ def test_contributions_are_a_share_of_the_windowed_requests_from_the_first(fitte
     assert not any(off.wants_contributions() for _ in range(5))
     none = DriftMonitor(settings(tmp_path, drift_contribution_share=0.0))
     assert not any(none.wants_contributions() for _ in range(5))
+    # a share of 1 is every request the windows take, not every request: the budget holds
+    full = DriftMonitor(settings(tmp_path, drift_contribution_share=1.0))
+    assert [full.wants_contributions() for _ in range(3)] == [True, False, False]
 
 
 @pytest.mark.parametrize("shared", [False, True])
