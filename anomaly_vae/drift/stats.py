@@ -179,6 +179,41 @@ def binned_ks(ref: np.ndarray, win: np.ndarray) -> Test:
     return Test(d, p, d)
 
 
+def binned_rank_sum(ref: np.ndarray, win: np.ndarray) -> Test:
+    """Two-sided Wilcoxon-Mann-Whitney rank-sum test on counts [B] in the same ordered
+    bins: every record of a bin shares the bin's midrank, so U, its tie-corrected
+    variance and the normal p-value with continuity correction are exactly
+    ``scipy.stats.mannwhitneyu(win_values, ref_values, method="asymptotic")`` on samples
+    whose values are the bins' indices, computed from the counts in O(B). The statistic
+    is z (positive: the window sits higher); the effect is the probability of
+    superiority P(window > reference) + P(tie) / 2 minus 1/2, in [-1/2, 1/2].
+
+    The test of a location shift: for one it is far more efficient than KS (asymptotic
+    relative efficiency 3/pi against the t-test on normal data, where KS has about two
+    thirds of it), which matters most on small windows."""
+    ref = np.asarray(ref, dtype=np.float64)
+    win = np.asarray(win, dtype=np.float64)
+    n, m = float(ref.sum()), float(win.sum())
+    big_n = n + m
+    if n == 0 or m == 0 or big_n < 2:
+        return Test(0.0, 1.0, 0.0)
+    from scipy.stats import norm
+
+    t = ref + win
+    below = np.cumsum(t) - t  # records in lower bins
+    midrank = below + (t + 1.0) / 2.0
+    u = float(win @ midrank) - m * (m + 1.0) / 2.0
+    mu = n * m / 2.0
+    tie = float(np.sum(t**3 - t))
+    var = n * m / 12.0 * ((big_n + 1.0) - tie / (big_n * (big_n - 1.0)))
+    if var <= 0:  # every record in one bin: the ranks carry no information
+        return Test(0.0, 1.0, 0.0)
+    sd = math.sqrt(var)
+    z = (u - mu) / sd
+    p = float(min(1.0, 2.0 * norm.sf((abs(u - mu) - 0.5) / sd)))
+    return Test(z, p, u / (n * m) - 0.5)
+
+
 def binned_wasserstein(ref: np.ndarray, win: np.ndarray, cuts: np.ndarray, scale: float) -> float:
     """Wasserstein-1 distance between two binned distributions on the same bins (inner
     edges ``cuts`` [B - 1]; counts [B]), in units of ``scale``: the integral of
@@ -323,14 +358,28 @@ def mmd_test(x: np.ndarray, y: np.ndarray, bandwidth: float, permutations: int, 
 
 
 # ---------------------------------------------------------------------- multiple tests
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error), [M] -> [M]."""
+def holm(p: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), [M] -> [M]; with
+    ``weights`` [M] (positive, any scale) the weighted Holm procedure (Holm 1979): tests
+    in order of p / w, the j-th adjusted to p_(j) times the weight still in the family
+    over its own weight, running maximum, capped at 1. Equal weights give plain Holm;
+    the family-wise error is at most the level for any fixed weights."""
     p = np.asarray(p, dtype=np.float64)
     m = p.size
     if m == 0:
         return p
-    order = np.argsort(p, kind="stable")
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    if weights is None:
+        order = np.argsort(p, kind="stable")
+        factor = (m - np.arange(m)).astype(np.float64)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != p.shape or not np.all(w > 0):
+            msg = f"holm weights must be positive, one per p-value; got {w.tolist()!r}"
+            raise ValueError(msg)
+        order = np.argsort(p / w, kind="stable")
+        ws = w[order]
+        factor = np.cumsum(ws[::-1])[::-1] / ws  # weight still in the family / own
+    adj = np.maximum.accumulate(factor * p[order])
     out = np.empty(m)
     out[order] = np.minimum(adj, 1.0)
     return out

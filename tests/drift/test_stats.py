@@ -150,6 +150,25 @@ def test_holm_and_bh_against_statsmodels_formulas():
     assert S.holm(np.array([])).size == 0
 
 
+def test_weighted_holm_by_hand_and_its_family_wise_error():
+    p = np.array([0.01, 0.04, 0.03])
+    # order by p / w: 0.01, 0.02, 0.03; weight left 4, 3, 1 -> factors 4, 1.5, 1
+    np.testing.assert_allclose(S.holm(p, np.array([1.0, 2.0, 1.0])), [0.04, 0.06, 0.06])
+    q = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
+    np.testing.assert_allclose(S.holm(q, np.full(5, 3.0)), S.holm(q))  # equal = plain
+    w = np.array([1.0, 2.0, 0.5, 4.0, 1.0])
+    np.testing.assert_allclose(S.holm(q, w), S.holm(q, 10 * w))  # any scale
+    with pytest.raises(ValueError, match="positive"):
+        S.holm(q, np.array([1.0, 0.0, 1.0, 1.0, 1.0]))
+    # under the global null the least adjusted p-value is at most alpha with at most
+    # probability alpha, however skewed the weights
+    rng = np.random.default_rng(0)
+    trials, alpha = 20_000, 0.05
+    skew = np.array([8.0, 4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.1])
+    hits = sum(S.holm(rng.random(10), skew).min() <= alpha for _ in range(trials))
+    assert hits / trials <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+
+
 def test_exact_resamples_let_a_refined_test_alarm_after_holm():
     """Holm multiplies the smallest p-value by the number of tests: the Monte Carlo
     p-value's floor times that number must be below the level, for any table width."""
@@ -230,8 +249,9 @@ def test_binned_ks_is_scipys_ks_on_the_bin_indices():
     assert S.binned_ks(rc, np.zeros_like(rc)).p_value == 1.0
 
 
+@pytest.mark.parametrize("test", [S.binned_ks, S.binned_rank_sum])
 @pytest.mark.parametrize("size", [30, 100, 1000])
-def test_binned_ks_keeps_its_level_on_ties_and_small_windows(size):
+def test_binned_tests_keep_their_level_on_ties_and_small_windows(size, test):
     """Discrete values (ties at the cuts) and small windows: the false-alarm rate on
     unchanged data stays within the binomial bound of the level."""
     rng = np.random.default_rng(size)
@@ -241,7 +261,7 @@ def test_binned_ks_keeps_its_level_on_ties_and_small_windows(size):
     rc = bin_counts(ref, cuts)
     trials = 400
     alarms = sum(
-        S.binned_ks(rc, bin_counts(rng.choice(values[5000:], size), cuts)).p_value <= 0.05
+        test(rc, bin_counts(rng.choice(values[5000:], size), cuts)).p_value <= 0.05
         for _ in range(trials)
     )
     assert alarms / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
@@ -262,3 +282,32 @@ def test_atom_cuts_let_ks_see_a_shift_smaller_than_the_gaps_between_values():
         assert S.binned_ks(bin_counts(ref, atoms), bin_counts(win + delta, atoms)).p_value < 1e-6
     # unshifted, the same window is not called different
     assert S.binned_ks(bin_counts(ref, atoms), bin_counts(win, atoms)).p_value > 0.05
+
+
+@pytest.mark.parametrize(
+    ("bins", "n_ref", "n_win", "shift"), [(100, 4000, 300, 0.2), (6, 50, 20, 0.0), (3, 10, 1, 1.0)]
+)
+def test_binned_rank_sum_is_scipys_mann_whitney_on_the_bin_indices(bins, n_ref, n_win, shift):
+    """z, the p-value and the probability of superiority equal mannwhitneyu's
+    (asymptotic, tie-corrected, with continuity correction) on samples whose values are
+    the bins' indices, heavy ties included."""
+    rng = np.random.default_rng(bins + n_win)
+    ref = rng.normal(0, 1, n_ref)
+    win = rng.normal(shift, 1, n_win)
+    cuts = quantile_cuts(ref, bins=bins)
+    rc, wc = bin_counts(ref, cuts), bin_counts(win, cuts)
+    got = S.binned_rank_sum(rc, wc)
+    idx_r, idx_w = np.repeat(np.arange(rc.size), rc), np.repeat(np.arange(wc.size), wc)
+    want = sps.mannwhitneyu(idx_w, idx_r, method="asymptotic")
+    assert got.p_value == pytest.approx(want.pvalue, rel=1e-9)
+    assert got.effect == pytest.approx(want.statistic / (n_ref * n_win) - 0.5, abs=1e-12)
+    assert np.sign(got.statistic) == np.sign(got.effect)
+
+
+def test_binned_rank_sum_sees_the_direction_and_nothing_in_one_bin():
+    ref = np.array([100, 100, 100, 100])
+    assert S.binned_rank_sum(ref, np.array([0, 0, 10, 30])).statistic > 0
+    assert S.binned_rank_sum(ref, np.array([30, 10, 0, 0])).statistic < 0
+    assert S.binned_rank_sum(ref, np.zeros(4)).p_value == 1.0
+    # everything tied: no ranks to compare
+    assert S.binned_rank_sum(np.array([0, 50, 0]), np.array([0, 5, 0])).p_value == 1.0
