@@ -20,15 +20,16 @@ them into a :class:`DriftReport`:
   p-value assumes distinct records, and tables with many identical rows (skin: RGB
   triples) put whole clusters of copies into a window's sample;
 - features (tables): per column, a two-sample chi-square test on the reference's bins
-  (numeric: quantile bins, with a binned KS test on the percentiles and the missing
-  rate's test, Bonferroni over the parts; categorical and boolean: levels incl. unknown
-  and missing),
+  (numeric: quantile bins, with a binned KS test and a rank-sum test on the percentiles
+  and the missing rate's test, Bonferroni over the parts; categorical and boolean:
+  levels incl. unknown and missing),
   with PSI, Jensen-Shannon, total variation and, for numeric columns, the binned
   Wasserstein distance in the column's standard deviations; and per column the shift of
   its mean log-likelihood contribution in nats (what the model finds unusual, which sees
   a change in the dependence between columns that every marginal test misses).
 
-An alarm needs both: the test's Holm-adjusted p-value (over every test of the window) at
+An alarm needs both: the test's weighted Holm-adjusted p-value (over every test of the
+window; each feature's own test weighs :data:`FEATURE_WEIGHT`, every other test 1) at
 or below ``level``, and an effect at least its practical margin (:class:`Margins`), so a
 huge window of unchanged data does not alarm on noise. Drifted features are listed by
 their Benjamini-Hochberg q-value. A window under ``min_rows`` that raises no alarm is
@@ -66,6 +67,10 @@ MMD_SAMPLE = 300
 MMD_PERMUTATIONS = 199
 #: Most Monte Carlo tables (the cost grows with them).
 MAX_RESAMPLES = 9999
+#: Weight of each feature's own test in the alarm's weighted Holm family, where every
+#: other test (the scores, outlier rate, latent, KL and each feature's contribution)
+#: weighs 1. See benchmarks/RESULTS.md (Drift) for how it was chosen and confirmed.
+FEATURE_WEIGHT = 2.0
 
 
 def exact_resamples(n_tests: int, level: float) -> int:
@@ -495,8 +500,10 @@ def evaluate(
     ref = stats.reference
     tests: list[tuple[str, dict[str, Any]]] = []
     feats = ref.get("features", {})
-    n_tests = 4 + len(feats) + len(ref.get("contributions", {}).get("names", []))
-    permutations = exact_resamples(n_tests, level)
+    n_contrib = len(ref.get("contributions", {}).get("names", []))
+    # the Holm family's weights (a feature's own test FEATURE_WEIGHT, every other 1): the
+    # smallest share of the level any test gets is 1 / (total weight)
+    permutations = exact_resamples(math.ceil(4 + FEATURE_WEIGHT * len(feats) + n_contrib), level)
     serial = iter(range(1 << 30))
 
     def chi2(r: np.ndarray, w: np.ndarray, ordered: bool = True) -> tuple[float, float, int]:
@@ -622,13 +629,21 @@ def evaluate(
         if numeric:
             # the column is one test at its level: the least of its parts' p-values,
             # Bonferroni over the parts (the bins' chi-square sees changes of shape, the
-            # percentiles' KS a shift of location, the missing rate's test the missing)
+            # percentiles' KS any change of the distribution function, their rank-sum
+            # test a shift of location, where it is the most efficient of the three; the
+            # missing rate's test the missing)
             parts = [p]
             fine = f.get("fine")
             if fine is not None:
-                ks = S.binned_ks(np.asarray(fine["counts"]), stats.feature_fine[name])
-                parts.append(ks.p_value)
-                extra = {"ks_statistic": ks.statistic, "ks_p_value": ks.p_value}
+                fine_ref = np.asarray(fine["counts"])
+                ks = S.binned_ks(fine_ref, stats.feature_fine[name])
+                rs = S.binned_rank_sum(fine_ref, stats.feature_fine[name])
+                parts += [ks.p_value, rs.p_value]
+                extra = {
+                    "ks_statistic": ks.statistic, "ks_p_value": ks.p_value,
+                    "rank_sum_z": rs.statistic, "rank_sum_p_value": rs.p_value,
+                    "superiority": rs.effect,
+                }  # fmt: skip
             missing_chi = chi2(
                 np.array([r.sum(), f["missing"]]),
                 np.array([w.sum(), stats.feature_missing[name]]),
@@ -661,8 +676,9 @@ def evaluate(
             feature=name,
             kind=f["kind"],
             test=(
-                "two-sample chi-square on the reference's quantile bins and KS on its "
-                "percentiles (and the missing rate's test), Bonferroni over them"
+                "two-sample chi-square on the reference's quantile bins, KS and "
+                "Wilcoxon-Mann-Whitney rank-sum on its percentiles (and the missing "
+                "rate's test), Bonferroni over them"
                 if numeric
                 else "two-sample chi-square on the reference's levels (with unknown and missing)"
             ),
@@ -700,7 +716,8 @@ def evaluate(
         family.append(row)
         if "contribution" in row:
             family.append(row["contribution"])
-    adjusted = S.holm(np.array([t["p_value"] for t in family]))
+    weights = np.array([FEATURE_WEIGHT if "feature" in t else 1.0 for t in family])
+    adjusted = S.holm(np.array([t["p_value"] for t in family]), weights)
     for t, pa in zip(family, adjusted.tolist(), strict=True):
         t["p_holm"] = pa
         t["threshold"] = level
@@ -730,7 +747,8 @@ def evaluate(
     else:
         verdict = "no_drift"
     rule = (
-        f"a test alarms when its Holm-adjusted p-value (over all {len(family)} tests) is at "
+        f"a test alarms when its weighted Holm-adjusted p-value (over all {len(family)} "
+        f"tests, each feature's own test of weight {FEATURE_WEIGHT:g}, every other 1) is at "
         f"most {level} and its effect is at least its margin; features are listed by "
         "Benjamini-Hochberg q-value; a chi-square table with an expected count below "
         f"{S.ASYMPTOTIC_MIN_EXPECTED:g} that could alarm gets an exact p-value (Fisher's "

@@ -27,7 +27,9 @@ def test_reference_is_in_the_bundle_and_round_trips(fitted, tmp_path):
     assert ref["format"] == REFERENCE_FORMAT
     assert set(ref["features"]) == {"a", "b", "c", "color", "flag"}
     a = ref["features"]["a"]
-    assert a["kind"] == "numeric" and sum(a["counts"]) == fitted.training_["n_train"]
+    # the features' statistics take every row given (no model needed); "a" has no NaN
+    assert a["kind"] == "numeric" and sum(a["counts"]) == fitted.training_["n_rows"]
+    assert a["missing"] == 0 and ref["n_train"] == fitted.training_["n_rows"]
     assert len(a["counts"]) == len(a["cuts"]) + 1
     color = ref["features"]["color"]
     assert color["levels"][-1] == "(unknown)" and len(color["counts"]) == len(color["levels"])
@@ -82,6 +84,37 @@ def test_a_shifted_column_is_named(fitted):
     assert "feature:c" in {f["signal"] for f in report.fired}
     row = report.features[0]
     assert row["q_value"] <= 0.05 and row["effect"] >= row["margin"]
+
+
+def test_the_alarm_is_weighted_holm_over_every_test_with_the_rank_sum_part(fitted):
+    """Each row's p_holm is the weighted Holm adjustment of all the window's p-values,
+    each feature's own test at FEATURE_WEIGHT and every other test at 1, recomputed here
+    by hand; a numeric column's p-value is Bonferroni over its parts, rank-sum included."""
+    from anomaly_vae.drift.check import FEATURE_WEIGHT
+
+    frame = make_mixed(400, seed=11)
+    frame["c"] += 0.3
+    report = check_drift(fitted, frame)
+    rows = [*report.signals.values()]
+    for f in report.features:
+        rows.append(f)
+        if "contribution" in f:
+            rows.append(f["contribution"])
+    p = np.array([r["p_value"] for r in rows])
+    w = np.array([FEATURE_WEIGHT if "feature" in r else 1.0 for r in rows])
+    order = sorted(range(len(p)), key=lambda i: p[i] / w[i])
+    want, running = np.empty(len(p)), 0.0
+    for k, i in enumerate(order):
+        left = sum(w[j] for j in order[k:])
+        running = max(running, p[i] * left / w[i])
+        want[i] = min(running, 1.0)
+    np.testing.assert_allclose([r["p_holm"] for r in rows], want, rtol=1e-12)
+    c = next(f for f in report.features if f["feature"] == "c")
+    parts = [c["chi2_p_value"], c["ks_p_value"], c["rank_sum_p_value"]]
+    parts += [c["missing_p_value"]] if "missing_p_value" in c else []
+    assert c["p_value"] == pytest.approx(min(1.0, len(parts) * min(parts)), rel=1e-12)
+    assert c["superiority"] > 0 and c["rank_sum_z"] > 0  # the column moved up
+    assert f"weight {FEATURE_WEIGHT:g}" in report.rule
 
 
 def test_a_dependence_change_with_every_marginal_kept_is_seen(fitted):
