@@ -186,8 +186,9 @@ def model_part(normality: np.ndarray, mu: np.ndarray, kl: np.ndarray, seed: int)
 def tabular_reference(
     detector: Any, train: Any, cal: Any, cal_result: Any, cal_mu: np.ndarray
 ) -> dict[str, Any]:
-    """The reference of a tabular detector: ``train`` and ``cal`` are the encoded
-    training and calibration rows (``TabularArrays``), ``cal_result`` the calibration
+    """The reference of a tabular detector: ``train`` the encoded rows the feature
+    statistics come from (at fit, every row given: they need no model) and ``cal`` the
+    calibration rows (``TabularArrays``), ``cal_result`` the calibration
     rows' ``ScoreResult`` (with contributions) and ``cal_mu`` their latent means."""
     ref = model_part(cal_result.log_likelihood, cal_mu, cal_result.kl, detector.seed)
     schema = detector.schema_
@@ -226,6 +227,6 @@ def tabular_reference(
         "names": list(detector.feature_names_),
         "sample": np.asarray(cal_result.contributions)[pick].round(REFERENCE_DECIMALS).tolist(),
     }
-    ref["n_train"] = len(train)
+    ref["n_train"] = len(train)  # the rows the feature statistics come from
     ref["n_calibration"] = len(cal_mu)
     return ref
