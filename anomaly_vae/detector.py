@@ -508,7 +508,7 @@ class TabularDetector(Detector):
         )
         tensors = TabularTensors.from_arrays(arrays)
         show = self.progress if progress is None else progress
-        if show and len(arrays) > 10 * sampler.row_chunk:
+        if show and len(arrays) > 10 * sampler.rows_per_pass(self.net_):
             from tqdm.auto import tqdm
 
             with tqdm(total=len(arrays), unit="rows", desc="scoring") as bar:

@@ -140,8 +140,8 @@ def test_yield_point_calls_its_hook_per_sample_chunk_and_can_stop_scoring(fitted
     arrays = fitted.encode_rows(frame.iloc[:100])
     with yield_point(hook):
         res = fitted.score_encoded(arrays, k=100)
-    chunks = -(-100 // fitted.sampler_.row_chunk) * -(-100 // fitted.sampler_.sample_chunk)
-    assert calls[0] == chunks  # 2 row chunks x 2 sample chunks
+    passes = -(-100 // fitted.sampler_.rows_per_pass(fitted.net_))
+    assert calls[0] == passes * -(-100 // fitted.sampler_.sample_chunk)  # x 2 sample chunks
     np.testing.assert_array_equal(
         res.log_likelihood, fitted.score_encoded(arrays, k=100).log_likelihood
     )
