@@ -8,7 +8,13 @@ same machine load:
 * single-record latency: sequential 1-record requests on a kept-alive connection, p50/p99;
 * throughput: sequential 1000-record requests, records per second.
 
-Writes the figures and the ratios into benchmarks/RESULTS.md ("## Service").
+The in-process scorer runs in the same alternation, on the same records and torch
+threads: the detector's ``score_samples`` on the records' DataFrame (what a server could
+at best deliver from a parsed table), and its kernel alone on records encoded once. The
+servers' throughput is reported as a fraction of the first.
+
+Writes the figures and the ratios into benchmarks/RESULTS.md ("## Service") and
+benchmarks/results/service.json.
 
     python benchmarks/service.py [--single 300] [--bulk 20]
 """
@@ -71,8 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         many = {"ours": body({"records": bulk}), "mlflow": body({"dataframe_records": bulk})}
         url = {"ours": ours.url + "/v1/score", "mlflow": theirs + "/invocations"}
         headers = {"content-type": "application/json"}
-        lat: dict[str, list[float]] = {"ours": [], "mlflow": []}
-        thr: dict[str, list[float]] = {"ours": [], "mlflow": []}
+        lat: dict[str, list[float]] = {"ours": [], "mlflow": [], "in_process": []}
+        thr: dict[str, list[float]] = {
+            "ours": [], "mlflow": [], "in_process": [], "kernel": [],
+        }  # fmt: skip
+        import pandas as pd
+
+        one_frame = pd.DataFrame(rows[:1])
+        bulk_frame = pd.DataFrame(bulk)
+        encoded = det.encode_rows(bulk_frame)
+
+        def in_process(frame: pd.DataFrame) -> float:
+            t = time.perf_counter()
+            det.score_samples(frame)
+            return time.perf_counter() - t
+
+        def kernel_only() -> float:
+            t = time.perf_counter()
+            det.score_encoded(encoded)
+            return time.perf_counter() - t
 
         def timed(c: httpx.Client, name: str, payload: bytes) -> float:
             t = time.perf_counter()
@@ -87,15 +110,22 @@ def main(argv: list[str] | None = None) -> int:
             # neither is timed while the other's threads are still spinning down (torch's
             # OpenMP workers spin after each request: alternating single requests doubled
             # the latency of whichever server came second)
+            for _ in range(10):
+                in_process(one_frame)
             for start in range(0, args.single, args.block):
                 for name in url:
                     for _ in range(min(args.block, args.single - start)):
                         lat[name].append(timed(c, name, one[name]))
+                for _ in range(min(args.block, args.single - start)):
+                    lat["in_process"].append(in_process(one_frame))
             bulk_block = max(1, args.block // 10)
             for start in range(0, args.bulk, bulk_block):
                 for name in url:
                     for _ in range(min(bulk_block, args.bulk - start)):
                         thr[name].append(1000 / timed(c, name, many[name]))
+                for _ in range(min(bulk_block, args.bulk - start)):
+                    thr["in_process"].append(1000 / in_process(bulk_frame))
+                    thr["kernel"].append(1000 / kernel_only())
     finally:
         theirs_server.stop()
         ours.stop()
@@ -103,16 +133,34 @@ def main(argv: list[str] | None = None) -> int:
     def ms(v: list[float], q: float) -> float:
         return float(np.percentile(v, q) * 1000)
 
-    fig = {
+    fig: dict[str, dict[str, float]] = {
         name: {
-            "p50_ms": ms(lat[name], 50),
-            "p99_ms": ms(lat[name], 99),
+            **({"p50_ms": ms(lat[name], 50), "p99_ms": ms(lat[name], 99)} if lat.get(name) else {}),
             "records_per_s": float(np.median(thr[name])),
         }
-        for name in lat
+        for name in thr
     }
     ratio_thr = fig["ours"]["records_per_s"] / fig["mlflow"]["records_per_s"]
     ratio_p50 = fig["ours"]["p50_ms"] / fig["mlflow"]["p50_ms"]
+    best = fig["in_process"]["records_per_s"]
+    headline = {
+        "k": det.sampler_.k,
+        "service_vs_in_process": fig["ours"]["records_per_s"] / best,
+        "mlflow_vs_in_process": fig["mlflow"]["records_per_s"] / best,
+        "kernel_vs_in_process": fig["kernel"]["records_per_s"] / best,
+        "service_vs_mlflow": ratio_thr,
+        "p50_ms": fig["ours"]["p50_ms"],
+        "p99_ms": fig["ours"]["p99_ms"],
+        "p50_vs_mlflow": ratio_p50,
+        "in_process_p50_ms": fig["in_process"]["p50_ms"],
+    }
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / "service.json").write_text(
+        json.dumps(
+            {"headline": headline, "figures": fig, "single": args.single, "bulk": args.bulk},
+            indent=1,
+        )
+    )
     lines = [
         "## Service: this service against `mlflow models serve`",
         "",
@@ -126,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---:|",
         f"| anomaly-vae `/v1/score` | {fig['ours']['p50_ms']:.2f} | {fig['ours']['p99_ms']:.2f} | {fig['ours']['records_per_s']:,.0f} |",
         f"| `mlflow models serve` `/invocations` | {fig['mlflow']['p50_ms']:.2f} | {fig['mlflow']['p99_ms']:.2f} | {fig['mlflow']['records_per_s']:,.0f} |",
+        f"| in-process `score_samples` on the records' DataFrame | {fig['in_process']['p50_ms']:.2f} | {fig['in_process']['p99_ms']:.2f} | {best:,.0f} |",
+        f"| in-process kernel on records encoded once | | | {fig['kernel']['records_per_s']:,.0f} |",
         "",
-        f"Throughput ratio (ours / mlflow): {ratio_thr:.2f}x. p50 latency ratio (ours / mlflow): {ratio_p50:.2f}.",
+        f"Throughput ratio (ours / mlflow): {ratio_thr:.2f}x. p50 latency ratio (ours / mlflow): {ratio_p50:.2f}. "
+        f"Bulk throughput as a fraction of the in-process `score_samples`: this service **{headline['service_vs_in_process']:.2f}**, "
+        f"`mlflow models serve` {headline['mlflow_vs_in_process']:.2f} (the kernel alone: {headline['kernel_vs_in_process']:.2f}).",
         "",
     ]
     section = "\n".join(lines) + "\n"
