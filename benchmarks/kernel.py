@@ -37,7 +37,6 @@ benchmarks/results/kernel.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -61,9 +60,10 @@ TOLERANCE = 1e-9
 
 
 def halves(names: list[str]) -> tuple[list[str], list[str]]:
-    """(A, B): ``names`` sorted by the SHA-256 of the name; the first 15 are A."""
-    order = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
-    return order[:15], order[15:]
+    """The tabular benchmark's fixed halves (A chooses, B confirms)."""
+    from benchmarks.tabular import halves as split
+
+    return split(names)
 
 
 def set_files(wanted: list[str] | None) -> dict[str, Path]:
@@ -175,7 +175,7 @@ def run_set(name: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     rate = {key: n / s for key, s in best.items()}
     return {
         "set": name,
-        "half": "A" if name in halves(list(set_files(None)))[0] else "B",
+        "half": "A" if name in halves(list(set_files(None)))[0] else "B",  # tabular's halves
         "rows": n,
         "columns": int(x.shape[1]),
         "decoder_outputs": int(net.decoder[-1].out_features),
