@@ -8,10 +8,11 @@ For a record x and K samples z_k = mu(x) + sigma(x) * eps_k from q(z|x),
 (K = 1 is the ELBO). One fixed eps matrix [K, L] drawn from ``seed`` is shared by every
 record (common random numbers), and scores of two records are compared under the same
 noise. Work is chunked over rows and over samples with a running logsumexp, so memory
-is bounded by ``row_chunk * sample_chunk`` decoder evaluations whatever K is.
+is bounded by rows per pass x ``sample_chunk`` decoder evaluations whatever K is.
 
-A record's score is the same bits in any batch: every pass has exactly ``row_chunk``
-rows (the last chunk is padded with copies of its last row), because CPU kernels pick
+A record's score is the same bits in any batch: every pass of a model has exactly the
+same number of rows (``row_chunk``, or :func:`pass_rows` of the model; the last chunk
+is padded with copies of its last row), because CPU kernels pick
 their blocking and summation order from a tensor's shape: a record scored alone, in a
 pass of one row, came out up to 2.5e-7 nats away from the same record in a full pass.
 """
