@@ -997,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
         default="tables,images,memory,timing",
         help="tables, images, memory, timing, streaming (each updates its part of "
         "drift.json; streaming is not in the default: about 25 minutes of its own); "
-        "streaming-throughput: only the streaming part's on/off throughput (5 minutes); "
+        "streaming-throughput: only the streaming part's on/off throughput (about 12 minutes at 20 slots); "
         "report: only rewrite the RESULTS.md section from drift.json",
     )
     p.add_argument("--image-fit", type=int, default=10_000)
@@ -1023,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-max", type=int, default=20_000, help="records after the change")
     p.add_argument("--check-every", type=int, default=500, help="records between window checks")
     p.add_argument("--window-records", type=int, default=5000, help="the count window")
-    p.add_argument("--slots", type=int, default=10, help="throughput slots per server")
+    p.add_argument("--slots", type=int, default=20, help="throughput slots per server")
     p.add_argument("--slot-seconds", type=float, default=15.0)
     p.add_argument("--clients", type=int, default=2, help="closed-loop clients in a slot")
     p.add_argument(
