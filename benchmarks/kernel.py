@@ -49,6 +49,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+from benchmarks.tabular import data_dir, halves  # noqa: E402
+
 OUT = ROOT / "results" / "kernel.json"
 RESULTS = ROOT / "RESULTS.md"
 CACHE = ROOT.parent / ".cache" / "kernel-bench"
@@ -59,16 +61,7 @@ CANDIDATES = (64, 128, 256, 512)
 TOLERANCE = 1e-9
 
 
-def halves(names: list[str]) -> tuple[list[str], list[str]]:
-    """The tabular benchmark's fixed halves (A chooses, B confirms)."""
-    from benchmarks.tabular import halves as split
-
-    return split(names)
-
-
 def set_files(wanted: list[str] | None) -> dict[str, Path]:
-    from benchmarks.tabular import data_dir
-
     files = {f.stem.split("_", 1)[1]: f for f in sorted(data_dir().glob("*.npz"))}
     if wanted:
         low = {w.lower() for w in wanted}
@@ -175,7 +168,7 @@ def run_set(name: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     rate = {key: n / s for key, s in best.items()}
     return {
         "set": name,
-        "half": "A" if name in halves(list(set_files(None)))[0] else "B",  # tabular's halves
+        "half": "A" if name in args.half_a else "B",
         "rows": n,
         "columns": int(x.shape[1]),
         "decoder_outputs": int(net.decoder[-1].out_features),
@@ -330,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if doc.get("max_rows", args.max_rows) != args.max_rows:
         doc = {"sets": {}}  # figures at another size are not pooled with these
     doc["max_rows"] = args.max_rows
+    args.half_a = halves(list(set_files(None)))[0]  # the tabular benchmark's halves
     for name, path in set_files(args.sets).items():
         row = run_set(name, path, args)
         doc["sets"][name] = row

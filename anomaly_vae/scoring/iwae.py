@@ -201,13 +201,16 @@ class ImportanceSampler:
                 model.train()
         return ScoreResult.concat(parts, n_features)
 
-    def _sample_chunks(self, latent_dim: int, dtype: torch.dtype) -> Iterator[Tensor]:
-        eps = self.eps(latent_dim, dtype)
+    def _sample_chunks(
+        self, latent_dim: int, dtype: torch.dtype
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Each sample chunk of eps with its log N(eps; 0, I), [s, L] and [s], after this
+        thread's yield point (see :func:`yield_point`)."""
         pause = getattr(_YIELD, "hook", None)
-        for s in range(0, self.k, self.sample_chunk):
+        for chunk in self._eps_chunks(latent_dim, dtype):
             if pause is not None:
                 pause()
-            yield eps[s : s + self.sample_chunk]
+            yield chunk
 
     def _score_chunk(self, model: VAEProtocol, batch: Any, with_contrib: bool) -> ScoreResult:
         mu, logvar = model.encode(batch)  # [n, L]
@@ -219,7 +222,7 @@ class ImportanceSampler:
         sum_w2 = torch.zeros(n, dtype=f64)
         sum_logw = torch.zeros(n, dtype=f64)
         contrib: Tensor | None = None
-        for e in self._sample_chunks(model.latent_dim, mu.dtype):
+        for e, _ in self._sample_chunks(model.latent_dim, mu.dtype):
             z = mu.unsqueeze(0) + std.unsqueeze(0) * e.unsqueeze(1)  # [s, n, L]
             log_q = standard_normal_log_prob(e).unsqueeze(1) - (0.5 * logvar).sum(-1)  # [s, n]
             feat = model.feature_log_prob(z, batch)  # [s, n, F]
@@ -270,14 +273,10 @@ class ImportanceSampler:
         half_sum = half.sum(-1)  # [n]
         n = mu.shape[0]
         f64 = torch.float64
-        pause = getattr(_YIELD, "hook", None)
-        chunks = self._eps_chunks(model.latent_dim, mu.dtype)
         run_max: Tensor | None = None
         sum_w = sum_w2 = sum_logw = torch.zeros(n, dtype=f64)
         contrib: Tensor | None = None
-        for e, log_pe in chunks:
-            if pause is not None:
-                pause()
+        for e, log_pe in self._sample_chunks(model.latent_dim, mu.dtype):
             z = mu.unsqueeze(0) + std.unsqueeze(0) * e.unsqueeze(1)  # [s, n, L]
             log_q = log_pe.unsqueeze(1) - half_sum  # [s, n]
             feat = model.feature_log_prob(z, batch)  # [s, n, F]
