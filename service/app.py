@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import metrics
 from .batching import Batcher
+from .compute import one_thread
 from .errors import error_response, install_handlers
 from .model_store import ModelStore
 from .monitor import DriftMonitor
@@ -174,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         delay = 0.5
         while store.current is None:
             try:
-                await run_in_threadpool(store.reload)
+                await run_in_threadpool(one_thread(store.reload))
             except Exception:
                 log.warning("no model yet: %s (retrying in %.1f s)", store.last_error, delay)
                 await asyncio.sleep(delay)
@@ -182,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         while settings.poll_seconds > 0:
             await asyncio.sleep(settings.poll_seconds)
             with contextlib.suppress(Exception):
-                await run_in_threadpool(store.reload)
+                await run_in_threadpool(one_thread(store.reload))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # store that is down or slow gets STARTUP_WAIT_S, then the loader keeps trying
         watch_master()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(run_in_threadpool(store.reload), STARTUP_WAIT_S)
+            await asyncio.wait_for(run_in_threadpool(one_thread(store.reload)), STARTUP_WAIT_S)
         batcher.start()
         monitor.start()
         loader = asyncio.get_running_loop().create_task(first_load())

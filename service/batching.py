@@ -8,20 +8,22 @@ traffic pays no window. Each group (same model, K and contribution setting) is s
 a worker thread, off the event loop.
 
 Two lanes keep a costly request from stalling the others. A request whose cost (records
-x K) exceeds ``lane_cost`` goes to the costly lane, scored in a thread of its own with a
-yield point before every sample chunk (:func:`~anomaly_vae.scoring.iwae.yield_point`).
-When cheap requests arrive, the gate closes: the costly scoring parks at its next yield
-point (one 64-row x 64-sample chunk away), the cheap batch is scored, the gate opens and
+x K) exceeds ``lane_cost`` goes to the costly lane, scored with a yield point before
+every sample chunk (:func:`~anomaly_vae.scoring.iwae.yield_point`). Every scoring call
+of both lanes runs on the process's one torch thread (:mod:`.compute`, which says why):
+a cheap request announces itself as it is queued, the costly scoring stops at its next
+yield point (one 64-row x 64-sample chunk away), the cheap batch is scored there, and
 the costly one goes on. A cheap request therefore waits for one sample chunk, not for
-the costly request, and only one thread computes at a time (torch's thread setting is
-process-wide). Parking does not change the arithmetic, so a record's bits are the same.
-A costly request whose client went away stops at its next yield point.
+the costly request. Stopping in between does not change the arithmetic, so a record's
+bits are the same. A costly request whose client went away stops at its next yield
+point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -29,23 +31,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from starlette.concurrency import run_in_threadpool
-
 from anomaly_vae.data.preprocessing import TabularArrays
-from anomaly_vae.scoring.iwae import ScoreResult, yield_point
+from anomaly_vae.scoring.iwae import ScoreResult
 
 from . import metrics
+from .compute import TorchThread
 from .model_store import LoadedModel
 from .settings import Settings
 
 
 class QueueFull(Exception):
     """More requests are waiting than ``max_queue``: answer 503 with Retry-After."""
-
-
-class _Abandoned(Exception):
-    """Raised at a yield point: the costly request's client went away."""
 
 
 @dataclass
@@ -66,17 +62,13 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, torch_thread: TorchThread | None = None) -> None:
         self.settings = settings
+        self.torch = torch_thread or TorchThread(settings.torch_threads)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.costly: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._costly_wake = asyncio.Event()
-        # set: the costly scoring may compute; cleared while cheap work is to be done
-        self._gate = threading.Event()
-        self._gate.set()
-        self._parked = threading.Event()  # the costly scoring waits at the gate
-        self._costly_running = False
         self._task: asyncio.Task[None] | None = None
         self._costly_task: asyncio.Task[None] | None = None
         self.inflight = 0  # requests between entering a scoring route and getting a result
@@ -88,7 +80,7 @@ class Batcher:
         self._costly_task = loop.create_task(self._run_costly())
 
     async def stop(self) -> None:
-        self._gate.set()
+        self.torch.stop()
         for task in (self._task, self._costly_task):
             if task is not None:
                 task.cancel()
@@ -117,28 +109,18 @@ class Batcher:
             metrics.COSTLY.inc()
             self._costly_wake.set()
         else:
+            self.torch.expect(1)  # a costly scoring stops at its next yield point for it
             await self.queue.put(job)
             self._wake.set()
         return await job.future
 
     async def _run(self) -> None:
-        """The cheap lane: batches, scored while the costly lane is parked."""
+        """The cheap lane: batches, scored in between a costly scoring's sample chunks."""
         while True:
             if self.queue.empty():
-                self._gate.set()
-                # until the costly scoring has left the gate: a parked flag still set
-                # would let the next cheap batch start beside it
-                while self._costly_running and self._parked.is_set():
-                    await asyncio.sleep(0.0005)
-                if self.queue.empty():  # (no await between this check and the wait)
-                    self._wake.clear()
-                    await self._wake.wait()
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            self._gate.clear()
-            # wait for the costly scoring to reach its next yield point (one sample
-            # chunk) or to end; it computes nothing while parked
-            while self._costly_running and not self._parked.is_set():
-                await asyncio.sleep(0.0005)
             await self._serve_cheap()
 
     async def _run_costly(self) -> None:
@@ -150,43 +132,23 @@ class Batcher:
                 continue
             job = self.costly[0]
             if not job.future.done():
-                self._costly_running = True
+                metrics.BATCH.observe(len(job.arrays))
                 try:
-                    res = await run_in_threadpool(self._score_costly, job)
-                except Exception as exc:  # _Abandoned included: nobody is waiting then
+                    res = await self.torch.run(
+                        functools.partial(
+                            _score, job.model.detector, job.arrays, job.k, job.contributions
+                        ),
+                        threads=self.bulk_threads,
+                        costly=True,
+                        abandoned=job.abandoned,
+                    )
+                except Exception as exc:  # Abandoned included: nobody is waiting then
                     if not job.future.done():
                         job.future.set_exception(exc)
                 else:
                     if not job.future.done():
                         job.future.set_result(res)
-                finally:
-                    self._costly_running = False
             self.costly.popleft()
-
-    def _score_costly(self, job: _Job) -> ScoreResult:
-        """In a worker thread: score ``job``, parking at every yield point while the
-        gate is closed; stop if its client went away."""
-        threads = self.bulk_threads
-
-        def pause() -> None:
-            if job.abandoned.is_set():
-                raise _Abandoned
-            if self._gate.is_set():
-                return
-            self._parked.set()
-            self._gate.wait()
-            self._parked.clear()
-            if job.abandoned.is_set():
-                raise _Abandoned
-            # the cheap batch may have set torch's (process-wide) thread count
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-
-        metrics.BATCH.observe(len(job.arrays))
-        with yield_point(pause):
-            return _score_with_threads(
-                job.model.detector, job.arrays, job.k, job.contributions, threads
-            )
 
     async def _serve_cheap(self) -> None:
         window = self.settings.batch_window_ms / 1000.0
@@ -221,13 +183,10 @@ class Batcher:
             else self.settings.torch_threads
         )
         try:
-            res = await run_in_threadpool(
-                _score_with_threads,
-                head.model.detector,
-                arrays,
-                head.k,
-                head.contributions,
-                threads,
+            res = await self.torch.run(
+                functools.partial(_score, head.model.detector, arrays, head.k, head.contributions),
+                threads=threads,
+                settles=len(group),
             )
         except Exception as exc:  # hand the failure to every waiting request
             for job in group:
@@ -245,13 +204,7 @@ class Batcher:
                 job.future.set_result(part)
 
 
-def _score_with_threads(
-    detector: Any, arrays: TabularArrays, k: int | None, contributions: bool, threads: int
-) -> ScoreResult:
-    """Score with ``threads`` intra-op threads (0: leave torch's setting). Batches are
-    scored one at a time (the batcher awaits each), so the process-wide setting is safe;
-    measured on 2 cores: 1000 records at K=64 in 31 ms with 2 threads, 49 ms with 1, while
-    a single record is no faster with 2."""
-    if threads and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return detector.score_encoded(arrays, k=k, contributions=contributions)
+def _score(detector: Any, arrays: TabularArrays, k: int | None, contributions: bool) -> ScoreResult:
+    """One scoring pass of encoded rows, on the torch thread."""
+    result: ScoreResult = detector.score_encoded(arrays, k=k, contributions=contributions)
+    return result

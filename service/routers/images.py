@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from anomaly_vae.image_detector import ImageDetector
 
 from .. import metrics
-from ..deps import Model, SettingsDep
+from ..deps import BatcherDep, Model, SettingsDep
 from ..errors import RequestError
 from ..parsing import check_cost, check_limits, decode_images, plain, read_image_request
 from .scoring import model_ref
@@ -23,6 +23,7 @@ async def score_images(
     model: Model,
     request: Request,
     settings: SettingsDep,
+    batcher: BatcherDep,
     k: Annotated[int | None, Query(ge=1, description="importance samples")] = None,
     heatmap: Annotated[bool, Query(description="per-pixel contributions (nats)")] = False,
 ) -> dict[str, Any]:
@@ -44,8 +45,13 @@ async def score_images(
     check_cost(settings, len(blobs), k or det.sampler_.k, k_loc, "images")
     # decoding is CPU work: off the event loop, so /healthz and other requests go on
     images = await run_in_threadpool(decode_images, blobs, det.shape_, field)
-    scored = await run_in_threadpool(det.score, images, k=k)
-    heat = await run_in_threadpool(det.heatmap, images, k=k) if heatmap else None
+    # on the torch thread, as all torch work (service/compute.py says why)
+    scored = await batcher.torch.run(lambda: det.score(images, k=k), threads=batcher.bulk_threads)
+    heat = (
+        await batcher.torch.run(lambda: det.heatmap(images, k=k), threads=batcher.bulk_threads)
+        if heatmap
+        else None
+    )
     metrics.RECORDS.inc(len(scored))
     metrics.OUTLIERS.inc(int(scored["is_outlier"].sum()))
     metrics.observe_scores(scored["score"].to_numpy())

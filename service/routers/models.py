@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from ..compute import one_thread
 from ..deps import SettingsDep, StoreDep
 from ..errors import RequestError
 
@@ -60,7 +61,7 @@ async def reload(
     Bearer <token>``). A failed load keeps the current model and answers 409."""
     check_admin(settings, authorization, "reload")
     try:
-        changed, model = await run_in_threadpool(store.reload)
+        changed, model = await run_in_threadpool(one_thread(store.reload))
     except Exception as exc:
         current = store.current
         raise HTTPException(

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from anomaly_vae.image_detector import ImageDetector
 
 from .. import metrics
-from ..deps import StoreDep
+from ..deps import BatcherDep, StoreDep
 
 router = APIRouter(tags=["ops"])
 
@@ -23,7 +22,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(store: StoreDep) -> JSONResponse:
+async def readyz(store: StoreDep, batcher: BatcherDep) -> JSONResponse:
     """A model is loaded and scores a record (a synthetic one it samples itself): 200,
     else 503 with the reason (still loading, the store unreachable, the load failed).
     Degraded: when the latest load failed while an earlier model still serves, the
@@ -37,13 +36,12 @@ async def readyz(store: StoreDep) -> JSONResponse:
             content={"ready": False, "reason": store.last_error or "loading the model"},
         )
     det = model.detector
+    # on the torch thread, as all torch work (service/compute.py says why)
     if isinstance(det, ImageDetector):
-        image = det.sample(1, seed=0)
-        scored = await run_in_threadpool(det.score, image, k=1)
+        scored = await batcher.torch.run(lambda: det.score(det.sample(1, seed=0), k=1))
         ll = scored["log_likelihood"].to_numpy()
     else:
-        row = det.sample(1, seed=0)
-        ll = await run_in_threadpool(det.score_samples, row, k=1)
+        ll = await batcher.torch.run(lambda: det.score_samples(det.sample(1, seed=0), k=1))
     ok = bool(np.isfinite(ll).all())
     body: dict[str, object] = {"ready": ok, "version": model.version}
     if store.last_error is not None:

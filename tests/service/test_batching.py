@@ -2,7 +2,7 @@
 requests are scored, then goes on.
 
 What happened when is observed directly (no clock): the costly pass is held at its start
-until a cheap request is queued behind it, then released; the log of pass starts and
+until a cheap request is queued on the torch thread behind it, then released; the log of pass starts and
 ends shows the cheap pass inside the costly one.
 """
 
@@ -94,7 +94,7 @@ def test_a_cheap_request_is_scored_inside_a_costly_one(bundle, mixed_test):
             cheap = asyncio.create_task(
                 client.post("/v1/score", json={"records": records(frame.iloc[:1])})
             )
-            await _until(lambda: not batcher.queue.empty())
+            await _until(lambda: batcher.torch.cheap_waiting > 0)
             release.set()
             return await costly, await cheap
 
