@@ -54,6 +54,7 @@ def test_a_cheap_item_runs_at_the_costly_items_next_yield_point(thread, fitted, 
 
     big = thread.submit(costly, threads=2, costly=True)
     started.wait(60)
+
     def cheap() -> int:
         log.append("cheap")
         return torch.get_num_threads()
