@@ -14,6 +14,7 @@ import math
 import numbers
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -525,6 +526,18 @@ class TabularDetector(Detector):
         """Validate and encode rows for :meth:`score_encoded` (the service's batching path:
         requests are validated one by one, then scored together)."""
         return self._encode_frame(X, allow_extra=allow_extra)[1]
+
+    def encode_columns(
+        self, columns: Mapping[str, Sequence[Any]], *, allow_extra: bool = False
+    ) -> TabularArrays | None:
+        """Encode columns of plain Python values (``{name: [N values]}``, a parsed JSON
+        body's lists) for :meth:`score_encoded` without building a DataFrame; the same
+        arrays as :meth:`encode_rows` gives for ``pd.DataFrame(columns)``. None when some
+        value needs the DataFrame path's reading or its error (a string in a numeric
+        column, an infinity, a missing column): pass the table to :meth:`encode_rows`
+        then. See :meth:`TabularPreprocessor.transform_columns`."""
+        self._check_fitted()
+        return self.preprocessor_.transform_columns(columns, allow_extra=allow_extra)
 
     def score_encoded(
         self, arrays: TabularArrays, *, k: int | None = None, contributions: bool = False

@@ -3,7 +3,7 @@ the OpenAPI schema."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +31,12 @@ class ScoreRequest(BaseModel):
     )
     contributions: int = Field(
         0, ge=0, strict=True, description="return this many most unusual features per record"
+    )
+    orient: Literal["records", "columns"] = Field(
+        "records",
+        description="the response's layout: 'records' (a list of result objects, "
+        "``results``) or 'columns' (an object of equal-length lists, ``columns``: "
+        "cheaper to write and read for large requests)",
     )
 
 
@@ -64,10 +70,28 @@ class ModelRef(BaseModel):
     alias: str | None
 
 
+class ScoreColumns(BaseModel):
+    """The results of ``orient: "columns"``: one list per field of :class:`RecordScore`,
+    each with one entry per record, in the records' order."""
+
+    id: list[Any] | None = Field(default=None, description="the id column, when the model has one")
+    log_likelihood: list[float | None] = Field(description="importance-sampled log p(x), nats")
+    stderr: list[float | None] | None = Field(
+        default=None, description="Monte Carlo standard error of log_likelihood (absent at K=1)"
+    )
+    ess: list[float]
+    unreliable: list[bool]
+    score: list[float | None]
+    p_value: list[float]
+    is_outlier: list[bool]
+    contributions: list[list[Contribution]] | None = None
+
+
 class ScoreResponse(BaseModel):
     model: ModelRef
     k: int
-    results: list[RecordScore]
+    results: list[RecordScore] | None = Field(default=None, description="orient 'records'")
+    columns: ScoreColumns | None = Field(default=None, description="orient 'columns'")
 
 
 class ImageScoreRequest(BaseModel):

@@ -6,7 +6,9 @@ schema first. The arrays it returns are plain numpy; the torch side lives in ``n
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,13 @@ def _plain(value: Any) -> Any:
 #: log-likelihood (about -1e21 nats) and is flagged; no real value is anywhere near it.
 MAX_STANDARDIZED = 1e12
 
+#: The Python types a parsed JSON value of each kind may have for
+#: :meth:`TabularPreprocessor.transform_columns` to encode it without pandas, in a column
+#: with missing values (None); one without them only needs numpy to read it as numbers.
+_PLAIN_NUMBER = frozenset({float, int, type(None)})
+_PLAIN_LABEL = frozenset({str, type(None)})
+_PLAIN_FLAG = frozenset({bool, type(None)})
+
 _TRUE = {"true", "1", "1.0", "yes", "t", "y"}
 _FALSE = {"false", "0", "0.0", "no", "f", "n"}
 
@@ -106,6 +115,16 @@ def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
         )
         raise SchemaError(msg, columns=(name,), rows=tuple(np.flatnonzero(inf)[:1]))
     return values
+
+
+def _standardize(
+    v: np.ndarray, center: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """[N, n_numeric] float64 values (NaN: missing) -> (standardized float32, clipped to
+    +-MAX_STANDARDIZED, 0 where missing; the observed mask)."""
+    num_mask = ~np.isnan(v)
+    z = np.clip((v - center) / scale, -MAX_STANDARDIZED, MAX_STANDARDIZED)
+    return np.where(num_mask, z, 0.0).astype(np.float32), num_mask
 
 
 def _positions(bad: Any) -> tuple[int, ...]:
@@ -246,9 +265,7 @@ class TabularPreprocessor:
                 if num_names
                 else np.zeros((n, 0))
             )
-        num_mask = ~np.isnan(v)
-        z = np.clip((v - center) / scale, -MAX_STANDARDIZED, MAX_STANDARDIZED)
-        num = np.where(num_mask, z, 0.0).astype(np.float32)
+        num, num_mask = _standardize(v, center, scale)
 
         cat_specs = self.schema.of_kind("categorical")
         cat = np.full((n, len(cat_specs)), -1, dtype=np.int64)
@@ -270,6 +287,90 @@ class TabularPreprocessor:
         bin_mask = np.zeros((n, len(bin_specs)), dtype=bool)
         for j, spec in enumerate(bin_specs):
             binv[:, j], bin_mask[:, j] = _boolean_column(frame, spec.name)
+        return TabularArrays(num, num_mask, cat, binv, bin_mask)
+
+    def transform_columns(
+        self, columns: Mapping[str, Sequence[Any]], *, allow_extra: bool = False
+    ) -> TabularArrays | None:
+        """Encode columns of plain Python values without a DataFrame: ``columns`` maps each
+        column name to its N values, as a parsed JSON body holds them (numbers, strings,
+        booleans, None for missing).
+
+        The arrays are those :meth:`transform` makes from ``pd.DataFrame(columns)``. Only
+        values both paths read alike are taken: numbers (None: missing) in numeric and
+        discrete columns, strings in categorical ones, booleans in boolean ones, all
+        finite. Anything else (a string in a numeric column, an infinity, a missing or
+        unexpected column, unequal lengths) returns None, and the caller passes the
+        table to :meth:`transform`, whose coercions and errors (naming the column and the
+        row) stay the one definition.
+        """
+        center, scale = self._check_fitted()
+        names = self.schema.names
+        if not all(n in columns for n in names):
+            return None
+        if not allow_extra:
+            known = set(names) | ({self.schema.id_column} if self.schema.id_column else set())
+            if not known.issuperset(columns):
+                return None
+        n = len(columns[names[0]]) if names else 0
+        if any(len(v) != n for v in columns.values()):
+            return None
+
+        def numbers(cols: list[str]) -> np.ndarray | None:
+            """[N, len(cols)] float64 (NaN: missing), or None to take the DataFrame path."""
+            values = [columns[c] for c in cols]
+            if not values:
+                return np.zeros((n, 0))
+            try:
+                inferred = np.array(values)  # one pass: numbers and booleans only -> "biuf"
+            except (ValueError, OverflowError):
+                return None
+            if inferred.dtype.kind in "biuf":  # True is 1.0 here as in pandas' reading
+                v = inferred.astype(np.float64)
+            elif inferred.dtype == object and _PLAIN_NUMBER.issuperset(
+                map(type, chain.from_iterable(values))
+            ):  # numbers with None (missing), or integers beyond int64
+                try:
+                    v = np.array(values, dtype=np.float64)
+                except OverflowError:  # an integer beyond float64: the DataFrame path's error
+                    return None
+            else:
+                return None
+            return None if np.isinf(v).any() else v.T
+
+        num_specs = self.schema.of_kind("numeric")
+        v = numbers([c.name for c in num_specs])
+        if v is None:
+            return None
+        num, num_mask = _standardize(v, center, scale)
+
+        cat_specs = self.schema.of_kind("categorical")
+        cat = np.full((n, len(cat_specs)), -1, dtype=np.int64)
+        for j, spec in enumerate(cat_specs):
+            if spec.discrete:
+                levels = numbers([spec.name])
+                if levels is None:
+                    return None
+                cat[:, j] = _level_codes(levels[:, 0], spec.levels)
+                continue
+            labels = columns[spec.name]
+            if not _PLAIN_LABEL.issuperset(map(type, labels)):
+                return None
+            lookup = {c: i for i, c in enumerate(spec.categories)}
+            unknown = len(spec.categories)
+            cat[:, j] = np.fromiter(
+                (-1 if x is None else lookup.get(x, unknown) for x in labels), np.int64, n
+            )
+
+        bin_specs = self.schema.of_kind("boolean")
+        binv = np.zeros((n, len(bin_specs)), dtype=np.float32)
+        bin_mask = np.zeros((n, len(bin_specs)), dtype=bool)
+        for j, spec in enumerate(bin_specs):
+            flags = columns[spec.name]
+            if not _PLAIN_FLAG.issuperset(map(type, flags)):
+                return None
+            bin_mask[:, j] = np.fromiter((x is not None for x in flags), bool, n)
+            binv[:, j] = np.fromiter((x is True for x in flags), np.float32, n)
         return TabularArrays(num, num_mask, cat, binv, bin_mask)
 
     def transform_matrix(self, matrix: np.ndarray) -> TabularArrays:
@@ -308,9 +409,7 @@ class TabularPreprocessor:
         bin_idx = np.flatnonzero(kinds == "boolean")
         cat_idx = np.flatnonzero(kinds == "categorical")
         xn = x[:, num_idx]
-        num_mask = ~np.isnan(xn)
-        z = np.clip((xn - center) / scale, -MAX_STANDARDIZED, MAX_STANDARDIZED)
-        num = np.where(num_mask, z, 0.0).astype(np.float32)
+        num, num_mask = _standardize(xn, center, scale)
         xb = x[:, bin_idx]
         bin_mask = ~np.isnan(xb)
         bad = bin_mask & (xb != 0.0) & (xb != 1.0)

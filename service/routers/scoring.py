@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +24,7 @@ from ..parsing import (
     check_cost,
     check_limits,
     check_missing,
+    columns_from_request,
     frame_from_request,
     naming,
     parse_invocations,
@@ -33,6 +34,10 @@ from ..parsing import (
 from ..schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["scoring"])
+
+#: Requests of at most this many records build their result objects on the event loop;
+#: larger ones in the thread pool, so the loop keeps accepting requests meanwhile.
+INLINE_ROWS = 64
 
 
 def tabular(model: LoadedModel) -> TabularDetector:
@@ -56,18 +61,18 @@ def model_ref(model: LoadedModel) -> dict[str, Any]:
 
 def score_rows(
     det: TabularDetector,
-    frame: pd.DataFrame,
+    columns: Mapping[str, Sequence[Any]],
     res: ScoreResult,
     top: int,
     arrays: TabularArrays | None = None,
 ) -> list[dict[str, Any]]:
     """``/v1/score``'s result objects from the library's result columns: id (when the
     schema has one), log_likelihood, stderr (absent at K=1), ess, unreliable, score,
-    p_value, is_outlier,
-    and with ``top`` the most unusual features."""
+    p_value, is_outlier, and with ``top`` the most unusual features. Ids and feature
+    values are the request's own (``columns``: {name: [N values]})."""
     cols = det.result_columns(res, arrays)
     sid = det.schema_.id_column
-    ids = [plain(v) for v in frame[sid].tolist()] if sid and sid in frame.columns else None
+    ids = [plain(v) for v in columns[sid]] if sid and sid in columns else None
     # columns to Python lists once (C loops), then one dict per record
     ll, pv, fl = (
         cols["log_likelihood"].tolist(),
@@ -90,19 +95,60 @@ def score_rows(
         item["is_outlier"] = fl[i]
         results.append(item)
     if top:
-        names = det.feature_names_
-        order, excess = det.top_features(res, top, arrays)
-        for i, item in enumerate(results):
-            item["contributions"] = [
-                {
-                    "feature": names[j],
-                    "value": plain(frame.iloc[i][names[j]]),
-                    "contribution": float(res.contributions[i, j]),
-                    "excess": float(excess[i, j]),
-                }
-                for j in order[i]
-            ]
+        for item, named in zip(
+            results, top_contributions(det, columns, res, top, arrays), strict=True
+        ):
+            item["contributions"] = named
     return results
+
+
+def score_columns(
+    det: TabularDetector,
+    columns: Mapping[str, Sequence[Any]],
+    res: ScoreResult,
+    top: int,
+    arrays: TabularArrays | None = None,
+) -> dict[str, Any]:
+    """``orient: "columns"``: the fields of :func:`score_rows` as one list each
+    (:class:`~..schemas.ScoreColumns`), the arrays written by orjson as they are."""
+    cols = det.result_columns(res, arrays)
+    out: dict[str, Any] = {}
+    sid = det.schema_.id_column
+    if sid and sid in columns:
+        out["id"] = [plain(v) for v in columns[sid]]
+    out["log_likelihood"] = cols["log_likelihood"]
+    if not np.isnan(cols["stderr"]).all():  # absent at K=1, as in the records' layout
+        out["stderr"] = cols["stderr"]
+    for name in ("ess", "unreliable", "score", "p_value", "is_outlier"):
+        out[name] = cols[name]
+    if top:
+        out["contributions"] = top_contributions(det, columns, res, top, arrays)
+    return out
+
+
+def top_contributions(
+    det: TabularDetector,
+    columns: Mapping[str, Sequence[Any]],
+    res: ScoreResult,
+    top: int,
+    arrays: TabularArrays | None,
+) -> list[list[dict[str, Any]]]:
+    """Per record, its ``top`` most unusual features: name, the request's value,
+    contribution and excess (nats)."""
+    names = det.feature_names_
+    order, excess = det.top_features(res, top, arrays)
+    return [
+        [
+            {
+                "feature": names[j],
+                "value": plain(columns[names[j]][i]),
+                "contribution": float(res.contributions[i, j]),
+                "excess": float(excess[i, j]),
+            }
+            for j in row
+        ]
+        for i, row in enumerate(order)
+    ]
 
 
 async def calibrate_patterns(
@@ -165,38 +211,54 @@ async def score(
     """
     with batcher.request():
         req = parse_score_request(await request.body(), request.headers.get("content-type"))
-        frame = frame_from_request(req, settings)
+        columns, n = columns_from_request(req, settings)
         check_limits(settings, k=req.k, top=req.contributions)
         det = tabular(model)
-        check_cost(settings, len(frame), req.k or det.sampler_.k)
+        check_cost(settings, n, req.k or det.sampler_.k)
         container = ("body", "records" if req.records else "columns")
         with naming(container, columnar=not req.records):
-            arrays = det.encode_rows(frame, allow_extra=False)
+            # plain JSON values straight to arrays; anything else (numeric strings, bad
+            # values, missing columns) is read, or named, by the DataFrame path
+            arrays = det.encode_columns(columns)
+            if arrays is None:
+                arrays = det.encode_rows(frame_from_request(req), allow_extra=False)
         check_missing(settings, det, arrays, container)
         k_eff = req.k or det.sampler_.k
-        await calibrate_patterns(
-            settings, batcher, model, det, arrays, len(frame) * k_eff, container
-        )
+        await calibrate_patterns(settings, batcher, model, det, arrays, n * k_eff, container)
         # a share of the requests is scored with contributions for drift monitoring
         monitor = request.app.state.monitor
         sampled = monitor.wants_contributions()
         res = await batcher.score(model, arrays, req.k, req.contributions > 0 or sampled)
-        results = await run_in_threadpool(score_rows, det, frame, res, req.contributions, arrays)
+        doc: dict[str, Any] = {"model": model_ref(model), "k": k_eff}
+        if req.orient == "columns":
+            # a few array operations: on the event loop, no thread hop
+            out = score_columns(det, columns, res, req.contributions, arrays)
+            doc["columns"] = out
+            flags, scores, p = out["is_outlier"], out["score"], out["p_value"]
+        else:
+            results = (
+                score_rows(det, columns, res, req.contributions, arrays)
+                if n <= INLINE_ROWS  # a thread hop would cost more than the work
+                else await run_in_threadpool(
+                    score_rows, det, columns, res, req.contributions, arrays
+                )
+            )
+            doc["results"] = results
+            flags = np.fromiter((r["is_outlier"] for r in results), bool, len(results))
+            scores = np.fromiter((r["score"] for r in results), float, len(results))
+            p = np.fromiter((r["p_value"] for r in results), float, len(results))
         metrics.RECORDS.inc(len(res))
-        metrics.OUTLIERS.inc(sum(r["is_outlier"] for r in results))
+        metrics.OUTLIERS.inc(int(flags.sum()))
         metrics.observe_scores(-res.log_likelihood)
-        flags = np.fromiter((r["is_outlier"] for r in results), bool, len(results))
-        metrics.observe_model(
-            model, [r["score"] for r in results], [r["p_value"] for r in results], flags
-        )
+        metrics.observe_model(model, scores, p, flags)
         monitor.submit(
             model, arrays, res.log_likelihood, k=req.k, kl=res.kl, latent=res.latent_mean,
             contributions=res.contributions if sampled else None, flags=flags,
         )  # fmt: skip
-        doc = {"model": model_ref(model), "k": req.k or det.sampler_.k, "results": results}
     # serialized directly (the declared response_model documents the shape): pydantic
     # validation of 1000 result objects cost more than the JSON encoding itself
-    return Response(content=orjson.dumps(doc), media_type="application/json")
+    body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content=body, media_type="application/json")
 
 
 @router.post(

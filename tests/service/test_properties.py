@@ -86,3 +86,52 @@ def test_routes_answer_any_value_with_a_score_or_a_4xx_naming_it(client, value, 
             assert item["log_likelihood"] is not None and math.isfinite(item["log_likelihood"])
             assert item["p_value"] is not None and 0.0 < item["p_value"] <= 1.0
             assert isinstance(item["is_outlier"], bool)
+
+
+def _score_both_ways(client, body: dict) -> tuple[object, object]:
+    """(status, JSON) of ``/v1/score`` with the DataFrame-free path (orjson parse, plain
+    column encoding), then with both turned off (pydantic, pandas): what they must equal."""
+    from anomaly_vae.service import parsing
+
+    det = client.app.state.store.current.detector
+    fast = client.post("/v1/score", json=body)
+    real_plain = parsing.plain_score_request
+    try:
+        parsing.plain_score_request = lambda doc: None
+        det.encode_columns = lambda columns, **kw: None
+        slow = client.post("/v1/score", json=body)
+    finally:
+        parsing.plain_score_request = real_plain
+        del det.encode_columns
+    return (fast.status_code, fast.json()), (slow.status_code, slow.json())
+
+
+@PROPERTY
+@given(
+    value=json_values,
+    column=st.sampled_from(["a", "b", "c", "color", "flag", "id"]),
+    form=st.sampled_from(["records", "columns"]),
+    orient=st.sampled_from(["records", "columns"]),
+)
+def test_the_dataframe_free_path_answers_as_the_dataframe_path(client, value, column, form, orient):
+    rows = [_record(), {**_record(), column: value}, {**_record(), column: None}]
+    data = rows if form == "records" else {k: [r[k] for r in rows] for k in rows[0]}
+    fast, slow = _score_both_ways(client, {form: data, "orient": orient, "contributions": 2})
+    assert fast == slow
+
+
+def test_columns_orient_holds_the_records_results_column_by_column(client, mixed_test):
+    frame, _ = mixed_test
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in frame.head(40).to_dict(orient="records")]  # fmt: skip
+    by_rows = client.post("/v1/score", json={"records": rows, "contributions": 2}).json()
+    by_cols = client.post(
+        "/v1/score", json={"records": rows, "contributions": 2, "orient": "columns"}
+    ).json()
+    assert "columns" not in by_rows and "results" not in by_cols
+    cols = by_cols["columns"]
+    assert cols["id"] == [r["id"] for r in rows]
+    for name in ("log_likelihood", "stderr", "ess", "unreliable", "score", "p_value",
+                 "is_outlier", "contributions"):  # fmt: skip
+        assert cols[name] == [item[name] for item in by_rows["results"]], name
+    assert any(cols["is_outlier"]) and not all(cols["is_outlier"])

@@ -1,0 +1,78 @@
+"""The orjson reading of ``/v1/score`` bodies against pydantic's, which it must equal or
+hand the body to, and the records-to-columns transposition."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from anomaly_vae.service.errors import RequestError
+from anomaly_vae.service.parsing import (
+    columns_from_request,
+    parse_score_request,
+    plain_score_request,
+    validate_json,
+)
+from anomaly_vae.service.schemas import ScoreRequest
+from anomaly_vae.service.settings import Settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+PROPERTY = settings(max_examples=300, deadline=None, derandomize=True)
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False,
+    allow_infinity=False), st.text(max_size=5),
+)  # fmt: skip
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=4)
+field_values = st.one_of(
+    values,
+    st.lists(st.dictionaries(st.text(max_size=3), scalars, max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.one_of(st.lists(scalars, max_size=3), scalars)),
+    st.sampled_from(["records", "columns", "rows"]),
+)
+documents = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["records", "columns", "k", "contributions", "orient", "extra"]),
+        field_values,
+        max_size=4,
+    ),
+    values,
+)
+
+
+@PROPERTY
+@given(doc=documents)
+def test_plain_reading_equals_pydantic_or_hands_the_body_over(doc):
+    body = json.dumps(doc).encode()
+    try:
+        expected = validate_json(ScoreRequest, body)
+    except RequestError:
+        assert plain_score_request(doc) is None
+        with pytest.raises(RequestError):
+            parse_score_request(body)
+        return
+    plain = plain_score_request(doc)
+    if plain is not None:
+        assert plain.model_dump() == expected.model_dump()
+    assert parse_score_request(body).model_dump() == expected.model_dump()
+
+
+def test_plain_reading_takes_the_usual_bodies():
+    for doc in (
+        {"records": [{"a": 1.5, "b": None}], "k": 8, "contributions": 2, "orient": "columns"},
+        {"columns": {"a": [1, 2], "b": ["x", None]}},
+    ):
+        assert plain_score_request(doc) is not None
+    for doc in ({"records": [], "k": True}, {"records": [], "k": 2.0}, {"records": [[1]]}):
+        assert plain_score_request(doc) is None
+
+
+def test_records_are_transposed_in_the_first_records_order(tmp_path):
+    s = Settings(bundle_path=tmp_path)
+    req = ScoreRequest(records=[{"a": 1, "b": "x"}, {"b": "y", "a": None}])
+    assert columns_from_request(req, s) == ({"a": (1, None), "b": ("x", "y")}, 2)
+    one = ScoreRequest(records=[{"a": 1}, {"a": 2}])
+    assert columns_from_request(one, s) == ({"a": [1, 2]}, 2)
+    with pytest.raises(RequestError, match=r"record 1 has different fields from record 0"):
+        columns_from_request(ScoreRequest(records=[{"a": 1}, {"b": 2}]), s)
