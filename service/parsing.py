@@ -11,7 +11,7 @@ import json
 import math
 import operator
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -200,22 +200,17 @@ def columns_from_request(
         records = req.records
         check_limits(settings, n=len(records), field="records")
         keys = list(records[0])
-        first = records[0].keys()
-        if not all(r.keys() == first for r in records):  # set equality: order may differ
-            for i, rec in enumerate(records):
-                if rec.keys() != first:
-                    missing = sorted(set(keys) - set(rec))
-                    extra = sorted(set(rec) - set(keys))
-                    raise RequestError(
-                        422,
-                        ["body", "records", i],
-                        f"record {i} has different fields from record 0 (missing {missing}, extra {extra}); use null for a missing value",
-                    )
-        n = len(records)
-        if len(keys) <= 1:
-            return {key: [r[key] for r in records] for key in keys}, n
-        # C loops: one tuple per record, then one per column
-        rows = map(operator.itemgetter(*keys), records)
+        n, width = len(records), len(keys)
+        # equal sizes, and every key of record 0 found in each record below: the same fields
+        if not all(len(r) == width for r in records):
+            _name_the_different_record(records)
+        try:
+            if width <= 1:
+                return {key: [r[key] for r in records] for key in keys}, n
+            # C loops: one tuple per record, then one per column
+            rows = list(map(operator.itemgetter(*keys), records))
+        except KeyError:
+            _name_the_different_record(records)
         return dict(zip(keys, zip(*rows, strict=True), strict=True)), n
     assert req.columns is not None
     lengths = {name: len(v) for name, v in req.columns.items()}
@@ -224,6 +219,22 @@ def columns_from_request(
     n = next(iter(lengths.values()), 0)
     check_limits(settings, n=n, field="columns")
     return dict(req.columns), n
+
+
+def _name_the_different_record(records: list[dict[str, Any]]) -> NoReturn:
+    """422 naming the first record whose fields differ from record 0's."""
+    keys = list(records[0])
+    for i, rec in enumerate(records):
+        if rec.keys() != records[0].keys():
+            missing = sorted(set(keys) - set(rec))
+            extra = sorted(set(rec) - set(keys))
+            raise RequestError(
+                422,
+                ["body", "records", i],
+                f"record {i} has different fields from record 0 (missing {missing}, extra {extra}); use null for a missing value",
+            )
+    msg = "no record differs from record 0"  # the caller found one
+    raise AssertionError(msg)
 
 
 def frame_from_request(req: ScoreRequest) -> pd.DataFrame:
