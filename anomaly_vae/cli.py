@@ -256,6 +256,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-columns", action="store_true", help="copy the input columns into the output"
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="score on this device: cpu (default), cuda, cuda:<index> or mps",
+    )
 
     p = sub.add_parser(
         "evaluate",
@@ -369,6 +374,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="importance samples (default: the detector's own)")
     p.add_argument(
         "--keep-columns", action="store_true", help="copy every input column into the output"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="score on this device (local engine): cpu (default), cuda, cuda:<index> or mps",
     )
     p.add_argument(
         "--batch-rows",
@@ -498,6 +508,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output table (.csv or .parquet)")
     q.add_argument("--k", type=int, help="importance samples (default: the detector's)")
     q.add_argument("--heatmaps", help="also write per-pixel contribution heat maps (PNG) of the 16 most anomalous images here")  # fmt: skip
+    q.add_argument("--device", default="cpu", help="score on this device: cpu (default), cuda, cuda:<index> or mps")  # fmt: skip
     q = isub.add_parser("evaluate", help="AUROC/AUPRC against labels (1 = outlier)")
     q.add_argument("bundle")
     q.add_argument("data")
@@ -591,7 +602,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from anomaly_vae.data.io import read_table, write_table
     from anomaly_vae.detector import TabularDetector
 
-    det = TabularDetector.load(args.bundle)
+    det = TabularDetector.load(args.bundle).to(args.device)
     frame = read_table(args.data)
     out = det.score(frame, k=args.k, allow_extra=args.allow_extra, progress=not args.quiet)
     if args.explain:
@@ -814,9 +825,15 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
     from anomaly_vae.pipelines.models import is_model_uri, load_detector, resolve_model
     from anomaly_vae.pipelines.partitions import expand_dates
 
+    if args.engine == "spark" and args.device != "cpu":
+        msg = (
+            f"--device {args.device} applies to the local engine: with --engine spark the "
+            "executors load the model themselves and score on their CPUs"
+        )
+        raise ValueError(msg)
     store = args.store or "mlruns"
     ref = resolve_model(args.model, store)
-    det = load_detector(ref)
+    det = load_detector(ref).to(args.device)
     report = score_batch(
         det,
         ref,
@@ -963,7 +980,7 @@ def _cmd_images(args: argparse.Namespace) -> int:
         return 0
     images = load_images(args.data)
     if action == "score":
-        out = det.score(images, k=args.k)
+        out = det.to(args.device).score(images, k=args.k)
         write_table(out, args.out)
         print(f"scored {len(out)} images, {int(out['is_outlier'].sum())} flagged -> {args.out}")
         if args.heatmaps:

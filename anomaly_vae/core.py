@@ -152,6 +152,38 @@ class Detector:
             msg = f"this {name} is not fitted yet; call fit (or {name}.load) before using it"
             raise not_fitted(msg)
 
+    # ================================================================== the device
+    def _networks(self) -> list[Any]:
+        """The fitted torch modules that score (the model, and any it is compared with)."""
+        return [self.net_]
+
+    def to(self, device: Any) -> Self:
+        """Score on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
+        ``torch.device``): the networks move there, each scoring pass's rows are moved
+        there as it starts and the results come back as numpy; encoding and
+        reconstructions follow. The importance samples are drawn on the CPU either way,
+        so every device scores under the same noise (a GPU's arithmetic is its own:
+        scores agree to float32 rounding, not to the bit). Training chooses its device by
+        ``accelerator`` (Lightning's); a loaded detector starts on the CPU.
+
+        Raises:
+            ValueError: a device torch does not know, or one this machine does not have
+                (no CUDA GPU visible, a GPU index beyond the count).
+        """
+        self._check_fitted()
+        dev = resolve_device(device)
+        for net in self._networks():
+            net.to(dev)
+        return self
+
+    @property
+    def device_(self) -> Any:
+        """The ``torch.device`` this detector scores on (see :meth:`to`)."""
+        from anomaly_vae.scoring.iwae import model_device
+
+        self._check_fitted()
+        return model_device(self.net_)
+
     # ================================================================== the outlier API
     def _normality(self, X: Any, k: int | None) -> np.ndarray:
         """Higher-is-more-normal values of ``X``, [N] float64: what the threshold is set on."""
@@ -255,7 +287,9 @@ class Detector:
         }
         if getattr(self, "reference_", None):
             docs["reference.json"] = self.reference_
-        return write_bundle(path, self._kind, docs, self._weights(), signing_key)
+        # safetensors writes host memory: a detector moved to a GPU saves the same file
+        weights = {k: v.detach().cpu() for k, v in self._weights().items()}
+        return write_bundle(path, self._kind, docs, weights, signing_key)
 
     @classmethod
     def load(cls, path: str | Path, *, signing_key: str | bytes | None = None) -> Self:
@@ -325,3 +359,31 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b) and type(a) is type(b)
     except (TypeError, ValueError):
         return False
+
+
+def resolve_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` this machine has; ValueError naming it otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        msg = f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+        raise ValueError(msg) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            msg = (
+                f"device {device!r}: no CUDA GPU is visible to torch on this machine "
+                "(torch.cuda.is_available() is False; a CPU-only torch build, or no driver)"
+            )
+            raise ValueError(msg)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            msg = f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            raise ValueError(msg)
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        msg = f"device {device!r}: Apple's MPS backend is not available on this machine"
+        raise ValueError(msg)
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        msg = f"device {device!r}: scoring runs on 'cpu', 'cuda' or 'mps', not {dev.type!r}"
+        raise ValueError(msg)
+    return dev

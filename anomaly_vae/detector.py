@@ -10,6 +10,7 @@ and explanations, generation and the drift reference.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import time
@@ -46,7 +47,13 @@ from anomaly_vae.nn.tabular import (
     scott_min_sigma,
 )
 from anomaly_vae.scoring.calibration import Calibration
-from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
+from anomaly_vae.scoring.iwae import (
+    ImportanceSampler,
+    ScoreResult,
+    model_device,
+    to_device,
+    to_numpy,
+)
 
 #: Calibration rows kept in the bundle (encoded) for records with missing cells: each
 #: missingness pattern is calibrated on them with the same cells removed.
@@ -522,6 +529,10 @@ class TabularDetector(Detector):
                 )
         return sampler.score(self.net_, tensors, len(arrays), contributions=contributions)
 
+    def _tensors(self, arrays: TabularArrays) -> TabularTensors:
+        """Encoded rows as tensors on the scoring device (see :meth:`to`)."""
+        return to_device(TabularTensors.from_arrays(arrays), model_device(self.net_))
+
     def encode_rows(self, X: Any, *, allow_extra: bool = False) -> TabularArrays:
         """Validate and encode rows for :meth:`score_encoded` (the service's batching path:
         requests are validated one by one, then scored together)."""
@@ -806,9 +817,9 @@ class TabularDetector(Detector):
         from anomaly_vae.nn.base import gaussian_kl
 
         with torch.inference_mode():
-            mu, logvar = self.net_.encode(TabularTensors.from_arrays(arrays))
+            mu, logvar = self.net_.encode(self._tensors(arrays))
             kl = gaussian_kl(mu, logvar).to(torch.float64)
-        return mu.numpy(), kl.numpy()
+        return to_numpy(mu), to_numpy(kl)
 
     def contributions(self, X: Any, *, k: int | None = None) -> pd.DataFrame:
         """Per-feature log-likelihood terms (nats), rows x schema columns; each row sums to
@@ -859,17 +870,17 @@ class TabularDetector(Detector):
         """Posterior means of the latent code, [N, latent_dim] float32."""
         _, arrays = self._encode_frame(X, allow_extra=True)
         with torch.inference_mode():
-            mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
-        return mu.numpy()
+            mu, _ = self.net_.encode(self._tensors(arrays))
+        return to_numpy(mu)
 
     def reconstruct(self, X: Any) -> pd.DataFrame:
         """Each row passed through the posterior mean and the decoder's most likely
         values, in the original columns and units (index preserved)."""
         frame, arrays = self._encode_frame(X, allow_extra=True)
         with torch.inference_mode():
-            mu, _ = self.net_.encode(TabularTensors.from_arrays(arrays))
+            mu, _ = self.net_.encode(self._tensors(arrays))
             num, cat, binv = self.net_.decode_mean(mu)
-        out = self.preprocessor_.decode(num.numpy(), cat.numpy(), binv.numpy())
+        out = self.preprocessor_.decode(to_numpy(num), to_numpy(cat), to_numpy(binv))
         out.index = frame.index
         return out
 
@@ -880,9 +891,11 @@ class TabularDetector(Detector):
             msg = f"n must be a non-negative integer, got {n!r}"
             raise ValueError(msg)
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        # drawn on the CPU whatever the scoring device: the same seed, the same rows
+        net = self.net_ if model_device(self.net_).type == "cpu" else copy.deepcopy(self.net_).cpu()
         with torch.inference_mode():
-            z = torch.randn(n, self.net_.latent_dim, generator=g)
-            num, cat, binv = self.net_.sample_x(z, generator=g)
+            z = torch.randn(n, net.latent_dim, generator=g)
+            num, cat, binv = net.sample_x(z, generator=g)
         return self.preprocessor_.decode(num.numpy(), cat.numpy(), binv.numpy())
 
     # ================================================================== drift reference

@@ -30,6 +30,7 @@ the bundle and the Lightning fit come from :class:`anomaly_vae.core.Detector`.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
@@ -45,7 +46,7 @@ from anomaly_vae.defaults import BINARIZE, FIT, IMAGE, IMAGE_LIKELIHOODS, MIN_IM
 from anomaly_vae.defaults import IMAGE_SCORES as SCORES
 from anomaly_vae.exceptions import ImageError, not_fitted
 from anomaly_vae.nn.conv import ConvVAE
-from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult
+from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult, model_device, to_numpy
 
 __all__ = ["BINARIZE", "FIT", "SCORES", "ImageDetector", "latent_traversal", "png_bits"]
 
@@ -206,6 +207,13 @@ class ImageDetector(Detector):
         self.progress = progress
 
     # ------------------------------------------------------------------ fitting
+    def _networks(self) -> list[Any]:
+        return [self.net_] + ([self.background_] if self.background_ is not None else [])
+
+    def _tensor(self, images: np.ndarray) -> torch.Tensor:
+        """Checked images as the network's input tensor, on the scoring device."""
+        return torch.from_numpy(self._prepare(images)).to(model_device(self.net_))
+
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """Pixels as the model scores them: binarized at 128 for ``bernoulli``."""
         if self.likelihood == "bernoulli":
@@ -472,16 +480,18 @@ class ImageDetector(Detector):
         """``n`` new images x ~ p(x), uint8 [n, C, H, W]."""
         self._check_fitted()
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        # drawn on the CPU whatever the scoring device: the same seed, the same images
+        net = self.net_ if model_device(self.net_).type == "cpu" else copy.deepcopy(self.net_).cpu()
         with torch.inference_mode():
-            z = torch.randn(n, self.latent_dim, generator=g)
-            return self.net_.sample_image(z, generator=g).numpy()
+            z = torch.randn(n, net.latent_dim, generator=g)
+            return net.sample_image(z, generator=g).numpy()
 
     def encode(self, X: Any) -> np.ndarray:
         """Posterior means, [N, latent_dim]."""
         images = self._checked(X)
         with torch.inference_mode():
-            mu, _ = self.net_.encode(torch.from_numpy(self._prepare(images)))
-        return mu.numpy()
+            mu, _ = self.net_.encode(self._tensor(images))
+        return to_numpy(mu)
 
     def latent_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means [N, L] and KL(q(z|x) || p(z)) [N] (nats) of checked images
@@ -489,16 +499,16 @@ class ImageDetector(Detector):
         from anomaly_vae.nn.base import gaussian_kl
 
         with torch.inference_mode():
-            mu, logvar = self.net_.encode(torch.from_numpy(self._prepare(images)))
+            mu, logvar = self.net_.encode(self._tensor(images))
             kl = gaussian_kl(mu, logvar).to(torch.float64)
-        return mu.numpy(), kl.numpy()
+        return to_numpy(mu), to_numpy(kl)
 
     def reconstruct(self, X: Any) -> np.ndarray:
         """Decoder means at the posterior means, floats in [0, 1], [N, C, H, W]."""
         images = self._checked(X)
         with torch.inference_mode():
-            mu, _ = self.net_.encode(torch.from_numpy(self._prepare(images)))
-            return self.net_.mean_image(mu).numpy()
+            mu, _ = self.net_.encode(self._tensor(images))
+            return to_numpy(self.net_.mean_image(mu))
 
     # ------------------------------------------------------------------ persistence
     def _documents(self) -> dict[str, Any]:
@@ -567,4 +577,5 @@ def latent_traversal(
         z[:, d] = values
         rows.append(z)
     with torch.inference_mode():
-        return detector.net_.mean_image(torch.cat(rows)).numpy()
+        z = torch.cat(rows).to(model_device(detector.net_))
+        return to_numpy(detector.net_.mean_image(z))

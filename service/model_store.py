@@ -115,8 +115,12 @@ class ModelStore:
     def _load(self) -> LoadedModel:
         s = self.settings
         key = s.signing_key_value()
+
+        def load(path: Path) -> Any:
+            return load_detector(path, signing_key=key).to(s.device)
+
         if s.bundle_path is not None:
-            det = load_detector(s.bundle_path, signing_key=key)
+            det = load(s.bundle_path)
             return LoadedModel(det, s.bundle_path.name, None, None, str(s.bundle_path), self._now())
         from anomaly_vae import registry
 
@@ -131,16 +135,12 @@ class ModelStore:
             return self.current
         if s.cache_dir is not None:
             dest = Path(s.cache_dir) / f"{s.model_name}-v{info.version}"
-            det = load_detector(
-                registry.download_bundle(s.model_name, info.version, dest), signing_key=key
-            )
+            det = load(registry.download_bundle(s.model_name, info.version, dest))
         else:
             # loading reads every file into memory, so the download is not kept: a
             # temporary folder per attempt, removed whether the load worked or not
             with tempfile.TemporaryDirectory(prefix=f"{s.model_name}-v{info.version}-") as tmp:
-                det = load_detector(
-                    registry.download_bundle(s.model_name, info.version, tmp), signing_key=key
-                )
+                det = load(registry.download_bundle(s.model_name, info.version, tmp))
         return LoadedModel(
             det,
             s.model_name,

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         ge=0,
         description="intra-op threads per worker process for small batches (0: torch's default)",
     )
+    device: str = Field(
+        default="cpu",
+        description="where models score: cpu, cuda, cuda:<index> or mps (a GPU needs a "
+        "CUDA build of torch); refused at start-up when this machine has no such device",
+    )
     bulk_records: int = Field(
         default=256, ge=1, description="batches of at least this many records use bulk_threads"
     )
@@ -176,6 +181,14 @@ class Settings(BaseSettings):
                     f"{MIN_TOKEN_LENGTH} characters outside development"
                 )
                 raise ValueError(msg)
+        if self.device != "cpu":
+            from anomaly_vae.core import resolve_device
+
+            try:
+                resolve_device(self.device)
+            except ValueError as exc:
+                msg = f"ANOMALY_VAE_DEVICE: {exc}"
+                raise ValueError(msg) from exc
         if self.signing_key is not None:
             from anomaly_vae.bundle import MIN_KEY_LENGTH
 

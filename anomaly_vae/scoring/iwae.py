@@ -137,7 +137,7 @@ class ImportanceSampler:
         self.row_chunk = None if row_chunk is None else int(row_chunk)
         self.sample_chunk = int(sample_chunk)
         self._eps: dict[tuple[int, torch.dtype], Tensor] = {}
-        self._chunks: dict[tuple[int, torch.dtype], list[tuple[Tensor, Tensor]]] = {}
+        self._chunks: dict[tuple[int, torch.dtype, torch.device], list[tuple[Tensor, Tensor]]] = {}
 
     def rows_per_pass(self, model: object) -> int:
         """Records per decoder pass for ``model``: ``row_chunk``, or :func:`pass_rows`."""
@@ -183,12 +183,13 @@ class ImportanceSampler:
         n_features = 0
         kernel = self._score_chunk if self.kernel == "reference" else self._score_chunk_fused
         per_pass = self.rows_per_pass(model)
+        device = model_device(model)
         try:
             with torch.inference_mode():
                 for start in range(0, n, per_pass):
                     sl = slice(start, min(n, start + per_pass))
                     rows = sl.stop - sl.start
-                    chunk = _pad_rows(take(batch, sl), per_pass - rows)
+                    chunk = to_device(_pad_rows(take(batch, sl), per_pass - rows), device)
                     res = kernel(model, chunk, contributions)
                     if rows < per_pass:
                         res = ScoreResult(*(getattr(res, f)[:rows] for f in _FIELDS))
@@ -202,12 +203,12 @@ class ImportanceSampler:
         return ScoreResult.concat(parts, n_features)
 
     def _sample_chunks(
-        self, latent_dim: int, dtype: torch.dtype
+        self, latent_dim: int, dtype: torch.dtype, device: torch.device
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Each sample chunk of eps with its log N(eps; 0, I), [s, L] and [s], after this
-        thread's yield point (see :func:`yield_point`)."""
+        """Each sample chunk of eps with its log N(eps; 0, I), [s, L] and [s], on
+        ``device``, after this thread's yield point (see :func:`yield_point`)."""
         pause = getattr(_YIELD, "hook", None)
-        for chunk in self._eps_chunks(latent_dim, dtype):
+        for chunk in self._eps_chunks(latent_dim, dtype, device):
             if pause is not None:
                 pause()
             yield chunk
@@ -217,12 +218,12 @@ class ImportanceSampler:
         std = (0.5 * logvar).exp()
         n = mu.shape[0]
         f64 = torch.float64
-        run_max = torch.full((n,), -math.inf, dtype=f64)
-        sum_w = torch.zeros(n, dtype=f64)  # sum exp(log w - run_max)
-        sum_w2 = torch.zeros(n, dtype=f64)
-        sum_logw = torch.zeros(n, dtype=f64)
+        run_max = torch.full((n,), -math.inf, dtype=f64, device=mu.device)
+        sum_w = torch.zeros(n, dtype=f64, device=mu.device)  # sum exp(log w - run_max)
+        sum_w2 = torch.zeros(n, dtype=f64, device=mu.device)
+        sum_logw = torch.zeros(n, dtype=f64, device=mu.device)
         contrib: Tensor | None = None
-        for e, _ in self._sample_chunks(model.latent_dim, mu.dtype):
+        for e, _ in self._sample_chunks(model.latent_dim, mu.dtype, mu.device):
             z = mu.unsqueeze(0) + std.unsqueeze(0) * e.unsqueeze(1)  # [s, n, L]
             log_q = standard_normal_log_prob(e).unsqueeze(1) - (0.5 * logvar).sum(-1)  # [s, n]
             feat = model.feature_log_prob(z, batch)  # [s, n, F]
@@ -241,13 +242,17 @@ class ImportanceSampler:
             run_max = new_max
         return self._finish(mu, logvar, run_max, sum_w, sum_w2, sum_logw, contrib)
 
-    def _eps_chunks(self, latent_dim: int, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
-        """The eps matrix's sample chunks with log N(eps; 0, I) of each, [s, L] and [s]:
-        they depend on no record, so they are computed once per sampler, by the same
-        operations the reference kernel repeats on every pass."""
-        key = (latent_dim, dtype)
+    def _eps_chunks(
+        self, latent_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> list[tuple[Tensor, Tensor]]:
+        """The eps matrix's sample chunks with log N(eps; 0, I) of each, [s, L] and [s],
+        on ``device``: they depend on no record, so they are computed once per sampler
+        and device, by the same operations the reference kernel repeats on every pass.
+        The draws are made on the CPU whatever the device, so every device scores under
+        the same noise."""
+        key = (latent_dim, dtype, device)
         if key not in self._chunks:
-            eps = self.eps(latent_dim, dtype)
+            eps = self.eps(latent_dim, dtype).to(device)
             self._chunks[key] = [
                 (e, standard_normal_log_prob(e))
                 for e in (
@@ -274,9 +279,9 @@ class ImportanceSampler:
         n = mu.shape[0]
         f64 = torch.float64
         run_max: Tensor | None = None
-        sum_w = sum_w2 = sum_logw = torch.zeros(n, dtype=f64)
+        sum_w = sum_w2 = sum_logw = torch.zeros(n, dtype=f64, device=mu.device)
         contrib: Tensor | None = None
-        for e, log_pe in self._sample_chunks(model.latent_dim, mu.dtype):
+        for e, log_pe in self._sample_chunks(model.latent_dim, mu.dtype, mu.device):
             z = mu.unsqueeze(0) + std.unsqueeze(0) * e.unsqueeze(1)  # [s, n, L]
             log_q = log_pe.unsqueeze(1) - half_sum  # [s, n]
             feat = model.feature_log_prob(z, batch)  # [s, n, F]
@@ -322,22 +327,22 @@ class ImportanceSampler:
             var_w = ((sum_w2 - sum_w.pow(2) / k) / (k - 1)).clamp(min=0.0)
             stderr = (var_w / k).sqrt() / mean_w
         else:
-            stderr = torch.full((n,), math.nan, dtype=f64)
-        ess = (sum_w.pow(2) / sum_w2).numpy()
+            stderr = torch.full((n,), math.nan, dtype=f64, device=mu.device)
+        ess = to_numpy(sum_w.pow(2) / sum_w2)
         if contrib is None:
-            contributions = torch.zeros(n, 0, dtype=f64)
+            contributions = torch.zeros(n, 0, dtype=f64, device=mu.device)
         else:
             contributions = contrib / sum_w.unsqueeze(-1)
         return ScoreResult(
-            log_likelihood=log_lik.numpy(),
-            stderr=stderr.numpy(),
-            elbo=(sum_logw / k).numpy(),
-            kl=gaussian_kl(mu, logvar).to(f64).numpy(),
-            contributions=contributions.numpy(),
+            log_likelihood=to_numpy(log_lik),
+            stderr=to_numpy(stderr),
+            elbo=to_numpy(sum_logw / k),
+            kl=to_numpy(gaussian_kl(mu, logvar).to(f64)),
+            contributions=to_numpy(contributions),
             # the ratio is unchanged by the running maximum both sums are scaled by
             ess=ess,
             unreliable=unreliable(ess, k),
-            latent_mean=mu.numpy(),
+            latent_mean=to_numpy(mu),
         )
 
 
@@ -402,6 +407,28 @@ def _pad_rows(chunk: Any, pad: int) -> Any:
     if isinstance(chunk, Tensor):
         return torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
     return type(chunk)(*(_pad_rows(t, pad) for t in chunk))
+
+
+def model_device(model: object) -> torch.device:
+    """The device ``model``'s parameters are on (the CPU for a model without any): the
+    scorer computes there, so scoring on a GPU is ``detector.to("cuda")``."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def to_device(chunk: Any, device: torch.device) -> Any:
+    """``chunk`` (a tensor or a NamedTuple of tensors) on ``device``; as it is when it
+    is there already (no copy on the CPU)."""
+    if isinstance(chunk, Tensor):
+        return chunk if chunk.device == device else chunk.to(device)
+    return type(chunk)(*(to_device(t, device) for t in chunk))
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    """A result tensor as numpy; copied to the host only from another device."""
+    return (t if t.device.type == "cpu" else t.cpu()).numpy()
 
 
 def _default_index(batch: Any, sl: slice) -> Any:
