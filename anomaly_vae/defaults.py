@@ -14,6 +14,26 @@ from typing import Any, Final
 MIN_ROWS: Final = 10
 #: Fewest images ``ImageDetector.fit`` accepts.
 MIN_IMAGES: Final = 20
+#: Epochs of the image schedule when the data is large enough that they make
+#: ``IMAGE_MIN_STEPS`` optimizer steps (all of MNIST: 20 epochs of 400 batches; one
+#: class's 5,000 training images take 25 epochs of 40 batches).
+IMAGE_EPOCHS: Final = 20
+#: Fewest optimizer steps the image schedule aims for: a small set is trained for more
+#: epochs (at 20 epochs of one batch, the 8x8 digits' encoders collapsed).
+IMAGE_MIN_STEPS: Final = 1000
+#: The image schedule's patience is 1 / this of its epochs (at least 5), and its KL
+#: warm-up takes 1 / this of them.
+IMAGE_SCHEDULE_SHARE: Final = 4
+#: Largest and smallest image batch; in between, about an eighth of the training images.
+IMAGE_MAX_BATCH: Final = 128
+IMAGE_MIN_BATCH: Final = 16
+#: Fewest calibration images the image split aims for (at most a quarter of the images):
+#: at alpha = 0.05 a conformal threshold needs at least 19, and with 12 one class of the
+#: digits saw a false-positive rate of 0.20.
+IMAGE_MIN_CALIBRATION: Final = 50
+#: Fewest validation images the split aims for (at most an eighth of the rest): early
+#: stopping and a fitted complexity weight rest on them.
+IMAGE_MIN_VALIDATION: Final = 32
 
 #: Gradient steps the tabular schedule aims for; epochs follow from rows and batch size.
 TARGET_STEPS: Final = 3000
@@ -92,10 +112,11 @@ IMAGE: Final[dict[str, Any]] = {
     "latent_dim": 32,
     "width_mult": 32,
     "beta": 1.0,
-    "max_epochs": 20,
-    "batch_size": 128,
+    "kl_warmup_epochs": None,
+    "max_epochs": None,
+    "batch_size": None,
     "lr": 1e-3,
-    "patience": 5,
+    "patience": None,
     "max_minutes": None,
     "k": 64,
     "alpha": 0.05,

@@ -52,6 +52,10 @@ class CalibrationWarning(UserWarning):
     """The calibration set is too small or degenerate for the asked false-positive rate."""
 
 
+class ImageScaleWarning(UserWarning):
+    """Images whose pixel values look as if they were on another scale than 0..255."""
+
+
 class ModelUnavailableError(AnomalyVAEError, LookupError):
     """A model URI or bundle path could not be resolved or loaded (names the URI)."""
 

@@ -34,6 +34,7 @@ import copy
 import io
 import math
 import time
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,9 +43,22 @@ import torch
 
 from anomaly_vae.core import Detector
 from anomaly_vae.data.images import load_images
-from anomaly_vae.defaults import BINARIZE, FIT, IMAGE, IMAGE_LIKELIHOODS, MIN_IMAGES
+from anomaly_vae.defaults import (
+    BINARIZE,
+    FIT,
+    IMAGE,
+    IMAGE_EPOCHS,
+    IMAGE_LIKELIHOODS,
+    IMAGE_MAX_BATCH,
+    IMAGE_MIN_BATCH,
+    IMAGE_MIN_CALIBRATION,
+    IMAGE_MIN_STEPS,
+    IMAGE_MIN_VALIDATION,
+    IMAGE_SCHEDULE_SHARE,
+    MIN_IMAGES,
+)
 from anomaly_vae.defaults import IMAGE_SCORES as SCORES
-from anomaly_vae.exceptions import ImageError, not_fitted
+from anomaly_vae.exceptions import ImageError, ImageScaleWarning, not_fitted
 from anomaly_vae.nn.conv import ConvVAE
 from anomaly_vae.scoring.iwae import ImportanceSampler, ScoreResult, model_device, to_numpy
 
@@ -69,6 +83,30 @@ def _mutate(images: np.ndarray, rate: float, seed: int) -> np.ndarray:
         else rng.integers(0, 256, images.shape, dtype=np.uint8)
     )
     return np.where(rng.random(images.shape) < rate, noise, images).astype(np.uint8)
+
+
+#: Brightest training pixel below which images look unscaled (8-bit levels are 0..255).
+UNSCALED_PEAK = 64
+
+
+def _warn_if_unscaled(images: np.ndarray, likelihood: str) -> None:
+    """Warn when no training pixel reaches ``UNSCALED_PEAK``: integers are read as 8-bit
+    levels, so images on another scale (scikit-learn's digits are 0..16) look nearly
+    black, and binarized at 128 for ``bernoulli`` they are black."""
+    peak = int(images.max())
+    if peak >= UNSCALED_PEAK:
+        return
+    effect = (
+        "binarized at 128 for the bernoulli likelihood, every pixel is black"
+        if likelihood == "bernoulli"
+        else "the model sees nearly black images"
+    )
+    msg = (
+        f"the brightest training pixel is {peak} of 255: integer pixels are read as 8-bit "
+        f"levels (0..255), so {effect}. If the images are on another scale (0..{peak}), "
+        f"rescale them to 0..255 (e.g. images * 255 // {max(peak, 1)}) or pass floats in [0, 1]"
+    )
+    warnings.warn(msg, ImageScaleWarning, stacklevel=3)
 
 
 def png_bits(images: np.ndarray) -> np.ndarray:
@@ -119,13 +157,17 @@ class ImageDetector(Detector):
             a number >= 0 (1 is Serrà et al.) or ``"fit"`` (see the module docstring;
             the fitted value is ``complexity_weight_`` and travels in the bundle).
         latent_dim, width_mult: model size.
-        beta: KL weight; max_epochs, batch_size, lr, patience: training schedule.
+        beta: KL weight; kl_warmup_epochs, max_epochs, batch_size, lr, patience: training
+            schedule. Left unset they are sized from the number of training images (see
+            :meth:`_schedule`).
         max_minutes: a wall-clock budget for training (Lightning's ``max_time``).
         k: importance samples per image when scoring.
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
             that quantile of the calibration images' normality. Overrides ``alpha``.
-        calibration_fraction, validation_fraction: held-out shares of the images.
+        calibration_fraction, validation_fraction: held-out shares of the images; on
+            small sets the split holds out at least ``IMAGE_MIN_CALIBRATION`` images (at
+            most a quarter) and ``IMAGE_MIN_VALIDATION`` (at most an eighth of the rest).
         seed: seeds splits, weights, shuffling, binarization and the scorer.
         accelerator, devices, strategy: passed to the Lightning Trainer.
         progress: progress bars.
@@ -146,10 +188,11 @@ class ImageDetector(Detector):
         latent_dim: int = IMAGE["latent_dim"],
         width_mult: int = IMAGE["width_mult"],
         beta: float = IMAGE["beta"],
-        max_epochs: int = IMAGE["max_epochs"],
-        batch_size: int = IMAGE["batch_size"],
+        kl_warmup_epochs: int | None = IMAGE["kl_warmup_epochs"],
+        max_epochs: int | None = IMAGE["max_epochs"],
+        batch_size: int | None = IMAGE["batch_size"],
         lr: float = IMAGE["lr"],
-        patience: int = IMAGE["patience"],
+        patience: int | None = IMAGE["patience"],
         max_minutes: float | None = IMAGE["max_minutes"],
         k: int = IMAGE["k"],
         alpha: float = IMAGE["alpha"],
@@ -190,6 +233,7 @@ class ImageDetector(Detector):
         self.mutation_rate = mutation_rate
         self.complexity_weight = complexity_weight
         self.latent_dim, self.width_mult, self.beta = latent_dim, width_mult, beta
+        self.kl_warmup_epochs = kl_warmup_epochs
         self.max_epochs, self.batch_size, self.lr, self.patience = (
             max_epochs,
             batch_size,
@@ -230,10 +274,10 @@ class ImageDetector(Detector):
             msg = f"fit needs at least {MIN_IMAGES} images, got {n}"
             raise ImageError(msg)
         _, c, h, w = images.shape
+        _warn_if_unscaled(images, self.likelihood)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(n)
-        n_cal = max(1, round(self.calibration_fraction * n))
-        n_val = max(1, round(self.validation_fraction * (n - n_cal)))
+        n_cal, n_val = self._split_sizes(n)
         cal_idx, val_idx, train_idx = (
             order[:n_cal],
             order[n_cal : n_cal + n_val],
@@ -248,10 +292,12 @@ class ImageDetector(Detector):
             raise ImageError(msg)
         dynamic = self.likelihood == "bernoulli" and self.binarize == "dynamic"
         train_src = images[train_idx] if dynamic else self._prepare(images[train_idx])
+        schedule = self._schedule(len(train_idx))
         net, history, best_epoch, rank = self._train(
             _ImageData(torch.from_numpy(train_src), dynamic, self.seed),
             self._prepare(images[val_idx]),
             (c, h, w),
+            schedule,
         )
         self.background_: ConvVAE | None = None
         if self.score_kind == "ratio":
@@ -260,7 +306,10 @@ class ImageDetector(Detector):
             mutated = _mutate(self._prepare(images[train_idx]), self.mutation_rate, self.seed)
             val_mutated = _mutate(self._prepare(images[val_idx]), self.mutation_rate, self.seed + 1)
             self.background_, *_ = self._train(
-                _ImageData(torch.from_numpy(mutated), False, self.seed), val_mutated, (c, h, w)
+                _ImageData(torch.from_numpy(mutated), False, self.seed),
+                val_mutated,
+                (c, h, w),
+                schedule,
             )
         self.net_ = net
         self.shape_ = (c, h, w)
@@ -275,6 +324,7 @@ class ImageDetector(Detector):
             "n_calibration": len(cal_idx),
             "epochs_run": len(history),
             "best_epoch": best_epoch,
+            "schedule": schedule,
         }
         cal_res = self._score_images(images[cal_idx])
         normality = self._image_normality(images[cal_idx], cal_res)
@@ -297,8 +347,54 @@ class ImageDetector(Detector):
         slope = float(np.mean((bits - bits.mean()) * (code - code.mean())) / spread)
         return max(0.0, slope)
 
+    def _split_sizes(self, n: int) -> tuple[int, int]:
+        """(calibration, validation) image counts of ``n`` images: the fractions, raised
+        on small sets to ``IMAGE_MIN_CALIBRATION`` (at most a quarter of the images) and
+        ``IMAGE_MIN_VALIDATION`` (at most an eighth of the rest)."""
+        n_cal = max(1, round(self.calibration_fraction * n), min(IMAGE_MIN_CALIBRATION, n // 4))
+        rest = n - n_cal
+        n_val = max(1, round(self.validation_fraction * rest), min(IMAGE_MIN_VALIDATION, rest // 8))
+        return n_cal, n_val
+
+    def _schedule(self, n_train: int) -> dict[str, int]:
+        """Training schedule sized from the number of training images.
+
+        Batches are about an eighth of the images (``IMAGE_MIN_BATCH``..``IMAGE_MAX_BATCH``,
+        a power of two); epochs are ``IMAGE_EPOCHS``, or more where that many epochs make
+        fewer than ``IMAGE_MIN_STEPS`` optimizer steps; patience is a quarter of the epochs
+        (at least 5) and the KL weight rises to ``beta`` over the first quarter
+        (``IMAGE_SCHEDULE_SHARE``). Any of them given at construction is taken as given.
+
+        On scikit-learn's 8x8 digits (about 126 training images per class) the previous
+        fixed schedule, 20 epochs of one 128-image batch, left the encoders collapsed (0
+        active latent dimensions) with the decoder drawing each class's mean. With the
+        step budget but patience a tenth of the epochs and no warm-up, 3 of the 10
+        classes still collapsed in the first epochs and early stopping kept that state;
+        with patience a quarter and no warm-up, one class left it in its last epoch of
+        patience. The warm-up keeps the encoder in use from the start.
+        """
+        bs = self.batch_size or int(
+            min(IMAGE_MAX_BATCH, max(IMAGE_MIN_BATCH, 2 ** round(math.log2(max(1, n_train / 8)))))
+        )
+        steps_per_epoch = max(1, math.ceil(n_train / bs))
+        epochs = self.max_epochs or max(IMAGE_EPOCHS, math.ceil(IMAGE_MIN_STEPS / steps_per_epoch))
+        return {
+            "batch_size": bs,
+            "max_epochs": epochs,
+            "patience": self.patience or max(5, epochs // IMAGE_SCHEDULE_SHARE),
+            "kl_warmup_epochs": (
+                self.kl_warmup_epochs
+                if self.kl_warmup_epochs is not None
+                else epochs // IMAGE_SCHEDULE_SHARE
+            ),
+        }
+
     def _train(
-        self, train: _ImageData, val_images: np.ndarray, shape: tuple[int, int, int]
+        self,
+        train: _ImageData,
+        val_images: np.ndarray,
+        shape: tuple[int, int, int],
+        schedule: dict[str, int],
     ) -> tuple[ConvVAE, list[dict[str, float]], int, int]:
         """Fit one ConvVAE with Lightning on ``train``, early-stopping on the prepared
         ``val_images``; returns (net in eval mode, history, best epoch, global rank).
@@ -319,15 +415,19 @@ class ImageDetector(Detector):
                 if shuffle
                 else torch.utils.data.SequentialSampler(ds)
             )
-            sampler = torch.utils.data.BatchSampler(base, self.batch_size, drop_last=False)
+            sampler = torch.utils.data.BatchSampler(base, schedule["batch_size"], drop_last=False)
             return torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler)
 
         module = VAEModule(
-            net, beta=self.beta, kl_warmup_epochs=0, lr=self.lr, patience=self.patience
+            net,
+            beta=self.beta,
+            kl_warmup_epochs=schedule["kl_warmup_epochs"],
+            lr=self.lr,
+            patience=schedule["patience"],
         )
         rank, _ = self._fit_lightning(
             module,
-            max_epochs=self.max_epochs,
+            max_epochs=schedule["max_epochs"],
             loaders=(loader(train, True), loader(val, False)),
             max_time=dt.timedelta(minutes=self.max_minutes) if self.max_minutes else None,
             num_sanity_val_steps=0,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from anomaly_vae.exceptions import ImageError, NotFittedError
+from anomaly_vae.exceptions import ImageError, ImageScaleWarning, NotFittedError
 from anomaly_vae.image_detector import ImageDetector, png_bits
 
 
@@ -109,8 +110,9 @@ def test_complexity_weight_fitted_on_validation_images(tmp_path) -> None:
     det = ImageDetector(score="complexity", complexity_weight="fit", **small).fit(x)
     # the validation images, as fit splits them: calibration first, then validation
     order = np.random.default_rng(3).permutation(240)
-    n_cal = round(0.1 * 240)
-    val = x[order[n_cal : n_cal + round(0.05 * (240 - n_cal))]]
+    n_cal, n_val = det._split_sizes(240)
+    assert (n_cal, n_val) == (50, 23)
+    val = x[order[n_cal : n_cal + n_val]]
     code = -det._score_images(val).log_likelihood / math.log(2)
     slope = np.polyfit(png_bits(val), code, 1)[0]
     assert det.complexity_weight_ == pytest.approx(max(0.0, slope), rel=1e-9, abs=1e-12)
@@ -124,7 +126,7 @@ def test_complexity_weight_fitted_on_validation_images(tmp_path) -> None:
     np.testing.assert_array_equal(again.score(squares(10, 1)).to_numpy(), out.to_numpy())
     fixed = ImageDetector(score="complexity", complexity_weight=0.25, **small).fit(x)
     assert fixed.complexity_weight_ == 0.25
-    with pytest.raises(ImageError, match="needs at least 3 validation images, got 1"):
+    with pytest.raises(ImageError, match="needs at least 3 validation images, got 2"):
         ImageDetector(score="complexity", complexity_weight="fit", **small).fit(x[:30])
     for bad in (-1.0, "fitted", float("nan"), True):
         with pytest.raises(ValueError, match="complexity_weight must be a number >= 0 or 'fit'"):
@@ -170,3 +172,98 @@ def test_mutation_replaces_the_asked_share_of_pixels() -> None:
     assert 0.08 < (m != x).mean() < 0.12
     grey = np.full((50, 1, 16, 16), 100, np.uint8)
     assert 0.18 < (_mutate(grey, 0.2, seed=0) != grey).mean() < 0.21
+
+
+@pytest.mark.parametrize(
+    ("n_train", "expected"),
+    [
+        # scikit-learn's digits, one class: ~120 images, 8 batches of 16 an epoch
+        (119, {"batch_size": 16, "max_epochs": 125, "patience": 31, "kl_warmup_epochs": 31}),
+        # one MNIST class: 40 batches of 128, 25 epochs make the 1000 steps
+        (5064, {"batch_size": 128, "max_epochs": 25, "patience": 6, "kl_warmup_epochs": 6}),
+        # all of MNIST: 20 epochs are far more than 1000 steps
+        (51300, {"batch_size": 128, "max_epochs": 20, "patience": 5, "kl_warmup_epochs": 5}),
+    ],
+)
+def test_schedule_is_sized_from_the_training_images(n_train, expected) -> None:
+    assert ImageDetector()._schedule(n_train) == expected
+
+
+def test_schedule_takes_what_is_given() -> None:
+    det = ImageDetector(max_epochs=3, batch_size=8, patience=2, kl_warmup_epochs=0)
+    assert det._schedule(119) == {
+        "batch_size": 8,
+        "max_epochs": 3,
+        "patience": 2,
+        "kl_warmup_epochs": 0,
+    }
+    # an explicit epoch count still sizes patience and warm-up from it
+    assert ImageDetector(max_epochs=12)._schedule(5064) == {
+        "batch_size": 128,
+        "max_epochs": 12,
+        "patience": 5,
+        "kl_warmup_epochs": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (20, (5, 1)),  # the fewest images fit takes: a quarter calibrates
+        (180, (45, 16)),  # a digits class: floors, not 18 and 8
+        (400, (50, 32)),  # the floors themselves
+        (6000, (600, 270)),  # the fractions once they are larger
+    ],
+)
+def test_split_holds_out_enough_images_on_small_sets(n, expected) -> None:
+    assert ImageDetector()._split_sizes(n) == expected
+
+
+def test_fit_records_its_schedule_and_split() -> None:
+    det = ImageDetector(max_epochs=2, k=4, latent_dim=4, width_mult=4).fit(squares(180, 0))
+    t = det.training_
+    assert (t["n_calibration"], t["n_validation"], t["n_train"]) == (45, 16, 119)
+    assert t["schedule"] == {
+        "batch_size": 16,
+        "max_epochs": 2,
+        "patience": 5,
+        "kl_warmup_epochs": 0,
+    }
+    assert det.calibration_.n == 45
+
+
+def test_unscaled_images_warn_with_the_peak_and_the_fix() -> None:
+    dim = (squares(60, 0) // 255 * 16).astype(np.int64)  # 0..16, as scikit-learn's digits
+    with pytest.warns(ImageScaleWarning) as caught:
+        ImageDetector(max_epochs=1, k=4, latent_dim=4, width_mult=4).fit(dim)
+    (message,) = [str(w.message) for w in caught if w.category is ImageScaleWarning]
+    assert message == (
+        "the brightest training pixel is 16 of 255: integer pixels are read as 8-bit levels "
+        "(0..255), so binarized at 128 for the bernoulli likelihood, every pixel is black. "
+        "If the images are on another scale (0..16), rescale them to 0..255 (e.g. images * "
+        "255 // 16) or pass floats in [0, 1]"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageScaleWarning)
+        # 64 of 255 is dim but plausible (and floats in [0, 1] are scaled by 255)
+        ImageDetector(max_epochs=1, k=4, latent_dim=4, width_mult=4).fit(dim * 4)
+        ImageDetector(max_epochs=1, k=4, latent_dim=4, width_mult=4).fit(squares(60, 0) / 255.0)
+
+
+@pytest.mark.slow
+def test_no_collapsed_encoder_on_a_small_real_set() -> None:
+    """One class of scikit-learn's 8x8 digits (126 training images), as benchmarks/
+    images.py --parts small runs it: the previous fixed schedule left 0 active latent
+    dimensions; the sized schedule keeps the encoder in use and finds the other digits."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    xtr, xte, ytr, yte = train_test_split(
+        images, d.target, test_size=0.3, stratify=d.target, random_state=0
+    )
+    det = ImageDetector(k=16).fit(xtr[ytr == 0])
+    active = int((det.encode(xtr[ytr == 0]).var(0) > 0.01).sum())
+    assert active >= 4, f"{active} active latent dimensions"
+    assert roc_auc_score(yte != 0, -det.score_samples(xte)) > 0.95

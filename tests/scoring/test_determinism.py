@@ -58,9 +58,10 @@ def _in_batches(score, rows, sizes: list[int]) -> np.ndarray:  # type: ignore[no
     return np.concatenate(parts)
 
 
-def _cal_rows(n: int, seed: int, fraction: float) -> np.ndarray:
-    """The rows a fit held out for calibration (its seeded split, first part)."""
-    n_cal = max(1, round(fraction * n))
+def _cal_rows(n: int, seed: int, fraction: float, n_cal: int | None = None) -> np.ndarray:
+    """The rows a fit held out for calibration (its seeded split, first part): ``n_cal``
+    of them, or the fraction's share."""
+    n_cal = max(1, round(fraction * n)) if n_cal is None else n_cal
     return np.random.default_rng(seed).permutation(n)[:n_cal]
 
 
@@ -140,7 +141,8 @@ def test_image_scores_are_the_same_bits_in_any_batch_and_calibration_is_reproduc
         want,
         "a fresh process",
     )
-    cal = train[_cal_rows(len(train), det.seed, det.calibration_fraction)]
+    n_cal = det._split_sizes(len(train))[0]  # images hold out at least a floor
+    cal = train[_cal_rows(len(train), det.seed, det.calibration_fraction, n_cal)]
     assert len(cal) == det.calibration_.n and math.isfinite(float(det.calibration_.threshold))
     np.save(tmp_path / "cal.npy", cal)
     fresh = _fresh_process("ImageDetector", bundle, tmp_path / "cal.npy", load)
