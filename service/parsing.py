@@ -386,9 +386,19 @@ def decode_images(
 
 
 def plain(v: Any) -> Any:
-    """A value as JSON takes it: numpy scalars as Python ones, NaN as null."""
+    """A value as JSON takes it: numpy scalars as Python ones, NaN as null, and an integer
+    beyond 64 bits as the float the model read (orjson writes no wider integer: echoed
+    back in an explanation, 2**70 in a numeric column was a 500)."""
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and math.isnan(v):
         return None
+    if type(v) is int and not _INT_MIN <= v <= _UINT_MAX:
+        try:
+            return float(v)
+        except OverflowError:  # past float range too: such a value is refused before
+            return str(v)
     return v
+
+
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1

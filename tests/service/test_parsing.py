@@ -76,3 +76,15 @@ def test_records_are_transposed_in_the_first_records_order(tmp_path):
     assert columns_from_request(one, s) == ({"a": [1, 2]}, 2)
     with pytest.raises(RequestError, match=r"record 1 has different fields from record 0"):
         columns_from_request(ScoreRequest(records=[{"a": 1}, {"b": 2}]), s)
+
+
+def test_plain_writes_any_integer_as_json_can_hold_it():
+    import orjson
+    from anomaly_vae.service.parsing import plain
+
+    assert plain(2**64 - 1) == 2**64 - 1 and plain(-(2**63)) == -(2**63)
+    assert plain(2**70) == float(2**70) and type(plain(2**70)) is float
+    assert plain(-(2**70)) == -float(2**70)
+    assert plain(10**400) == str(10**400)
+    assert plain(True) is True  # a bool is not an integer here
+    orjson.dumps([plain(v) for v in (2**70, -(2**64), 10**400)])
