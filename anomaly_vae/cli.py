@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_vae.defaults import (
+    AUTO_LR,
     BINARIZE,
     DISCRETE_LIKELIHOODS,
     FIT,
@@ -111,6 +112,7 @@ def _word_or_number(*words: str) -> Callable[[str], float | str]:
 
 _min_sigma = _word_or_number(*MIN_SIGMA_RULES)
 _complexity_weight = _word_or_number(FIT)
+_lr = _word_or_number(AUTO_LR)
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -129,7 +131,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--batch-size", type=int, help="rows per gradient step")
     g.add_argument(
-        "--lr", type=float, default=d["lr"], help="AdamW learning rate, default %(default)s"
+        "--lr",
+        type=_lr,
+        default=d["lr"],
+        help="AdamW learning rate, default %(default)s; 'auto': 2e-3 at 3000 steps, larger "
+        "for shorter schedules (small tables), at most 1e-2",
     )
     g.add_argument(
         "--trim-fraction",

@@ -37,6 +37,15 @@ IMAGE_MIN_VALIDATION: Final = 32
 
 #: Gradient steps the tabular schedule aims for; epochs follow from rows and batch size.
 TARGET_STEPS: Final = 3000
+#: ``lr="auto"``: the tabular learning rate at ``TARGET_STEPS`` steps; a shorter schedule
+#: takes larger steps, ``BASE_LR * sqrt(TARGET_STEPS / steps)``, up to ``MAX_LR``. Not the
+#: default: it found contextual anomalies better on mixed tables, but lost AUPRC on
+#: ADBench and its posteriors were worse importance-sampling proposals on some tables
+#: (benchmarks/RESULTS.md, mixed types).
+BASE_LR: Final = 2e-3
+MAX_LR: Final = 1e-2
+#: The word ``lr`` takes for the rate sized from the planned steps.
+AUTO_LR: Final = "auto"
 #: Floor of the step budget; it binds below 40 training rows, where Lightning's per-step
 #: overhead is most of the fit time.
 MIN_STEPS: Final = 20

@@ -28,8 +28,11 @@ from anomaly_vae.data.io import read_table
 from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor, check_winsorize
 from anomaly_vae.data.schema import KINDS, Schema, infer_schema
 from anomaly_vae.defaults import (
+    AUTO_LR,
+    BASE_LR,
     DISCRETE_LIKELIHOODS,
     MAX_CALIBRATION,
+    MAX_LR,
     MIN_ROWS,
     MIN_SIGMA_RULES,
     MIN_STEPS,
@@ -120,7 +123,9 @@ class TabularDetector(Detector):
         beta: KL weight (beta-VAE); 1 trains on the plain ELBO.
         kl_warmup_epochs: epochs over which the KL weight rises from 0 to ``beta``.
         max_epochs, batch_size, lr, patience: training schedule; early stopping watches
-            the validation ELBO with ``patience`` epochs.
+            the validation ELBO with ``patience`` epochs. Left unset they are sized from
+            the rows (see :meth:`_schedule`). ``lr="auto"`` sizes the learning rate from
+            the steps planned: larger steps for short schedules (small tables).
         trim_fraction: robust training; leave out this fraction of each batch's
             highest-loss rows from the gradient (0 disables). Training data with
             outliers in it is the normal case (ADBench fits on contaminated rows), and
@@ -193,7 +198,7 @@ class TabularDetector(Detector):
         kl_warmup_epochs: int | None = TABULAR["kl_warmup_epochs"],
         max_epochs: int | None = TABULAR["max_epochs"],
         batch_size: int | None = TABULAR["batch_size"],
-        lr: float = TABULAR["lr"],
+        lr: float | str = TABULAR["lr"],
         patience: int | None = TABULAR["patience"],
         trim_fraction: float = TABULAR["trim_fraction"],
         robust_validation: bool = TABULAR["robust_validation"],
@@ -247,6 +252,11 @@ class TabularDetector(Detector):
 
     # ================================================================== fitting
     def _check_params(self) -> None:
+        if self.lr != AUTO_LR and not (
+            isinstance(self.lr, int | float) and not isinstance(self.lr, bool) and self.lr > 0
+        ):
+            msg = f"lr must be a number > 0 or {AUTO_LR!r}, got {self.lr!r}"
+            raise ValueError(msg)
         if not 0.0 < self.calibration_fraction < 1.0:
             msg = f"calibration_fraction must be in (0, 1), got {self.calibration_fraction!r}"
             raise ValueError(msg)
@@ -289,7 +299,7 @@ class TabularDetector(Detector):
             msg = f"contamination must be in (0, 0.5), got {self.contamination!r}"
             raise ValueError(msg)
 
-    def _schedule(self, n_train: int) -> dict[str, int]:
+    def _schedule(self, n_train: int) -> dict[str, Any]:
         """Training schedule sized from the row count.
 
         Batches are about n/16 rows (32..512). The step budget grows with the data,
@@ -297,6 +307,10 @@ class TabularDetector(Detector):
         ``MIN_STEPS`` and ``TARGET_STEPS``; an epoch
         is at least 8 steps (small tables are cycled within an epoch, so per-epoch
         overhead does not dominate); patience is a tenth of the epochs (at least 5).
+        With ``lr="auto"`` the learning rate is ``BASE_LR`` at ``TARGET_STEPS`` planned
+        steps and larger for shorter ones, ``BASE_LR * sqrt(TARGET_STEPS / steps)`` up to
+        ``MAX_LR``: a small table's step budget is kept small for fit time, and at 2e-3 its
+        few dozen steps left a categorical column's dependence on the others unlearned.
         """
         bs = self.batch_size or int(min(512, max(32, 2 ** round(math.log2(max(1, n_train / 16))))))
         rows_per_epoch = max(n_train, 8 * bs)
@@ -304,7 +318,13 @@ class TabularDetector(Detector):
         per_row = 0.5 if n_train < SMALL_TABLE_ROWS else 1.0
         steps = min(TARGET_STEPS, max(MIN_STEPS, round(per_row * n_train)))
         epochs = self.max_epochs or int(min(200, max(2, math.ceil(steps / steps_per_epoch))))
+        planned = epochs * steps_per_epoch
         return {
+            "lr": (
+                min(MAX_LR, BASE_LR * math.sqrt(max(1.0, TARGET_STEPS / planned)))
+                if self.lr == AUTO_LR
+                else self.lr
+            ),
             "batch_size": bs,
             "rows_per_epoch": rows_per_epoch,
             "max_epochs": epochs,
@@ -438,7 +458,7 @@ class TabularDetector(Detector):
         net: TabularVAE,
         train: TabularTensors,
         val: TabularTensors | None,
-        schedule: dict[str, int],
+        schedule: dict[str, Any],
     ) -> tuple[list[dict[str, float]], int, int, int]:
         """Fit ``net`` with Lightning; returns (history, best epoch, global rank, world size)."""
         from anomaly_vae.data.datamodule import TabularDataModule, held_out_batches
@@ -448,7 +468,7 @@ class TabularDetector(Detector):
             net,
             beta=self.beta,
             kl_warmup_epochs=schedule["kl_warmup_epochs"],
-            lr=self.lr,
+            lr=schedule["lr"],
             trim_fraction=self.trim_fraction,
             robust_validation=self.robust_validation,
             held_out=held_out_batches(val, schedule["batch_size"]) if val is not None else None,

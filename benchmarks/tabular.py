@@ -63,6 +63,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "robust-validation": {"robust_validation": True},
     "beta-2": {"beta": 2.0},
     "beta-4": {"beta": 4.0},
+    "sized-lr": {"lr": "auto"},
     "issue-2": {
         "student_df": None,
         "trim_fraction": 0.0,
@@ -92,6 +93,10 @@ ABLATION_TEXT = {
     ),
     "beta-2": "a beta-VAE, the KL term weighted 2 in training instead of 1 (beta=2)",
     "beta-4": "a beta-VAE, the KL term weighted 4 in training instead of 1 (beta=4)",
+    "sized-lr": (
+        "the learning rate sized from the planned steps, 2e-3 * sqrt(3000 / steps) up to "
+        "1e-2, instead of 2e-3 (lr='auto'; chosen on half A of benchmarks/mixed.py)"
+    ),
     "issue-2": "the issue-2 detector: continuous, Gaussian, no trimming, plain scaling, floor 1.0",
 }
 

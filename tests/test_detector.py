@@ -322,3 +322,33 @@ def test_progress_bar_shows_each_epochs_own_elbo(mixed_train, capsys):
     final = err.rsplit("\r", 1)[-1]
     assert f"val_elbo={last['val_elbo']:.2f}" in final, final
     assert f"train_elbo={last['train_elbo']:.2f}" in final, final
+
+
+@pytest.mark.parametrize(
+    ("n_train", "lr"),
+    [
+        (65, 1e-2),  # 4 epochs of 8 steps: the larger steps are capped
+        (806, 2e-3 * (3000 / (62 * 13)) ** 0.5),  # 62 epochs of 13 batches of 64
+        (20759, 2e-3),  # 3,000 steps or more: the base rate
+    ],
+)
+def test_auto_learning_rate_is_sized_from_the_planned_steps(n_train, lr):
+    assert TabularDetector(lr="auto")._schedule(n_train)["lr"] == pytest.approx(lr, rel=1e-12)
+    assert TabularDetector()._schedule(n_train)["lr"] == 2e-3  # the default is fixed
+
+
+def test_the_learning_rate_used_is_recorded(fitted):
+    assert fitted.training_["lr"] == 2e-3
+
+
+def test_learning_rate_given_or_auto(mixed_train):
+    assert TabularDetector(lr=5e-4)._schedule(65)["lr"] == 5e-4
+    # a given epoch count plans more steps, so a smaller rate
+    short, longer = (
+        TabularDetector(max_epochs=2, lr="auto"),
+        TabularDetector(max_epochs=50, lr="auto"),
+    )
+    assert short._schedule(806)["lr"] > longer._schedule(806)["lr"] > 2e-3
+    for bad in (0, -1e-3, "fast", True, None):
+        with pytest.raises(ValueError, match=r"^lr must be a number > 0 or 'auto', got "):
+            TabularDetector(lr=bad).fit(mixed_train)

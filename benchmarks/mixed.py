@@ -1,0 +1,286 @@
+"""Mixed-type tables with generated contextual and marginal anomalies (issue 24).
+
+Every table is built from data that ships with scikit-learn (no download): numeric
+columns, the class as a categorical text column, a boolean column and 2% of the
+numeric cells missing at random. Two kinds of anomaly are injected into disjoint rows,
+5% each:
+
+- contextual: the categorical value is changed to another level; every value in the
+  row is still common, but the category does not fit the row's numeric values;
+- marginal: one numeric column (at random) moved by 4 of its standard deviations.
+
+Protocol (as benchmarks/tabular.py): for each table and seed a 70/30 split stratified by
+the kind of row; every method fits on the unlabeled 70% (anomalies included) and scores
+the 30%; AUROC of each kind against the normal rows. anomaly-vae takes the DataFrame as
+it is (text, booleans and NaN included); IsolationForest and ECOD take a one-hot
+encoding with missing cells filled by the training medians. For anomaly-vae the table
+also reports how often ``explain`` names the changed column first.
+
+    python benchmarks/mixed.py                  # 5 tables, seeds 0-4, about 10 minutes
+    python benchmarks/mixed.py --tables wine --seeds 0
+
+The tables fall into two fixed halves by the SHA-256 of their names (first three in A):
+a default chosen on this benchmark is chosen on one half and confirmed on the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+from anomaly_vae import TabularDetector  # noqa: E402
+from benchmarks.results_md import replace_section  # noqa: E402
+
+HEADING = "## Tabular: mixed types, contextual and marginal anomalies"
+TABLES = ("wine", "iris", "breast_cancer", "digits", "diabetes")
+#: Share of rows made anomalous, for each kind.
+ANOMALY_SHARE = 0.05
+#: A marginal anomaly's shift, in standard deviations of its column.
+SHIFT_SD = 4.0
+#: Share of numeric cells removed at random.
+MISSING_SHARE = 0.02
+KINDS = ("contextual", "marginal")
+#: A variant of the detector run beside the default on the same splits: the learning rate
+#: sized from the planned steps (chosen on half A, checked on half B; not the default,
+#: because its posteriors were worse importance-sampling proposals: see RESULTS.md).
+VARIANT = {"lr": "auto"}
+
+
+def halves() -> tuple[list[str], list[str]]:
+    """The tables sorted by the SHA-256 of their name: the first three are half A."""
+    order = sorted(TABLES, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    return order[:3], order[3:]
+
+
+def base_table(name: str) -> tuple[pd.DataFrame, str, str]:
+    """(frame, categorical column, boolean column) of a scikit-learn table: its numeric
+    features, the class as text and one boolean column."""
+    from sklearn import datasets
+
+    if name == "diabetes":
+        d = datasets.load_diabetes(scaled=False)
+        frame = pd.DataFrame(d.data, columns=d.feature_names)
+        # sex is coded 1 / 2: the categorical column; the boolean is an above-median target
+        frame["sex"] = np.where(frame.pop("sex") == 1, "one", "two")
+        frame["progressed"] = d.target > np.median(d.target)
+        return frame, "sex", "progressed"
+    loader = {
+        "wine": datasets.load_wine,
+        "iris": datasets.load_iris,
+        "breast_cancer": datasets.load_breast_cancer,
+        "digits": datasets.load_digits,
+    }[name]
+    d = loader()
+    columns = [str(c).replace(" ", "_") for c in d.feature_names]
+    frame = pd.DataFrame(d.data, columns=columns)
+    names = [str(t) for t in getattr(d, "target_names", np.unique(d.target))]
+    # a column that is nearly all 0 and 1 (digits' edge pixels) can be all 0 and 1 in a
+    # training split, be read as boolean, and refuse a moved value as the wrong type:
+    # keep columns with at least 30 rows of other values
+    frame = frame[[c for c in columns if (~frame[c].isin((0.0, 1.0))).sum() >= 30]]
+    frame["kind"] = [f"k_{names[t]}" for t in d.target]
+    # the boolean: a column's value above its median (a flag a real table might carry)
+    first = columns[0] if name != "digits" else "pixel_4_4"
+    frame["flag"] = frame[first] > frame[first].median()
+    return frame, "kind", "flag"
+
+
+def make_table(name: str, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(frame with anomalies and missing cells, kind per row, changed column per row):
+    kind 0 normal, 1 contextual, 2 marginal; the changed column's name or ''."""
+    frame, cat, _ = base_table(name)
+    rng = np.random.default_rng(seed)
+    n = len(frame)
+    numeric = [c for c in frame.columns if frame[c].dtype.kind == "f"]
+    n_each = max(2, round(ANOMALY_SHARE * n))
+    rows = rng.permutation(n)
+    contextual, marginal = rows[:n_each], rows[n_each : 2 * n_each]
+    kind = np.zeros(n, dtype=int)
+    kind[contextual], kind[marginal] = 1, 2
+    changed = np.full(n, "", dtype=object)
+    levels = sorted(frame[cat].unique())
+    for i in contextual:
+        others = [v for v in levels if v != frame.at[i, cat]]
+        frame.at[i, cat] = others[rng.integers(len(others))]
+        changed[i] = cat
+    sd = frame[numeric].std()
+    for i in marginal:
+        col = numeric[rng.integers(len(numeric))]
+        frame.at[i, col] = frame.at[i, col] + rng.choice([-1.0, 1.0]) * SHIFT_SD * sd[col]
+        changed[i] = col
+    values = frame[numeric].to_numpy(copy=True)
+    drop = rng.random(values.shape) < MISSING_SHARE
+    for i in marginal:  # a moved cell stays: removing it would remove the anomaly
+        drop[i, numeric.index(changed[i])] = False
+    values[drop] = np.nan
+    frame[numeric] = values
+    return frame, kind, changed
+
+
+def one_hot(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Peers' input: numeric columns with NaN filled by the training medians, the rest
+    one-hot (levels from the training rows)."""
+    numeric = [c for c in train.columns if train[c].dtype.kind == "f"]
+    medians = train[numeric].median()
+    other = [c for c in train.columns if c not in numeric]
+    dummies = pd.get_dummies(train[other].astype(str))
+
+    def encode(f: pd.DataFrame) -> np.ndarray:
+        d = pd.get_dummies(f[other].astype(str)).reindex(columns=dummies.columns, fill_value=0)
+        return np.hstack([f[numeric].fillna(medians).to_numpy(), d.to_numpy(dtype=float)])
+
+    return encode(train), encode(test)
+
+
+def run_one(name: str, seed: int) -> dict[str, Any]:
+    from pyod.models.ecod import ECOD
+    from sklearn.ensemble import IsolationForest
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    frame, kind, changed = make_table(name, seed)
+    idx = np.arange(len(frame))
+    tr, te = train_test_split(idx, test_size=0.3, stratify=kind, random_state=seed)
+    train, test = frame.iloc[tr], frame.iloc[te]
+    scores: dict[str, np.ndarray] = {}
+    out_flags: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = TabularDetector(seed=seed).fit(train)
+    fit_s = time.perf_counter() - t0
+    scores["anomaly-vae"] = -det.score_samples(test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        variant = TabularDetector(seed=seed, **VARIANT).fit(train)
+    scores["lr auto"] = -variant.score_samples(test)
+    for label, model in (("anomaly-vae", det), ("lr auto", variant)):
+        # how often the importance-sampling estimate is flagged as dominated (test rows)
+        out_flags[label] = float(np.mean(model.score(test)["unreliable"]))
+    xtr, xte = one_hot(train, test)
+    scores["IForest"] = -IsolationForest(random_state=seed).fit(xtr).score_samples(xte)
+    scores["ECOD"] = ECOD().fit(xtr).decision_function(xte)
+    kt = kind[te]
+    out: dict[str, Any] = {"table": name, "seed": seed, "n": len(frame), "fit_s": fit_s}
+    out.update({f"unreliable:{k}": v for k, v in out_flags.items()})
+    for k, label in enumerate(KINDS, start=1):
+        mask = (kt == 0) | (kt == k)
+        for method, s in scores.items():
+            out[f"{label}:{method}"] = 100 * roc_auc_score(kt[mask] == k, s[mask])
+        rows = np.flatnonzero(kt == k)
+        top = det.explain(test.iloc[rows], top=1)
+        out[f"{label}:explain_first"] = float(
+            np.mean(top["feature"].to_numpy() == changed[te][rows])
+        )
+        out[f"{label}:n_test"] = len(rows)
+    return out
+
+
+def report(results: list[dict[str, Any]], command: str) -> tuple[str, dict[str, Any]]:
+    df = pd.DataFrame(results)
+    methods = ("anomaly-vae", "lr auto", "IForest", "ECOD")
+    a, b = halves()
+    lines = [
+        HEADING,
+        "",
+        command,
+        "",
+        f"Tables from scikit-learn's own data: numeric columns, the class as a categorical text column, one boolean column, {MISSING_SHARE:.0%} of numeric cells missing. In disjoint rows, {ANOMALY_SHARE:.0%} each: contextual anomalies (the category changed to another level, every value still common) and marginal ones (one numeric column moved by {SHIFT_SD:g} standard deviations). Stratified 70/30 split, fit on the unlabeled 70% (anomalies included), AUROC x100 of each kind against the normal test rows, mean over seeds {sorted(df['seed'].unique().tolist())}. IsolationForest and ECOD see a one-hot encoding with medians for missing cells; anomaly-vae the table as it is, at its defaults and (`ours, lr auto`) with `lr='auto'`, the learning rate sized from the planned steps. `unreliable`: the share of test rows whose importance-sampling estimate the detector flags as dominated (low effective sample size). `explain first`: the share of the test anomalies whose first feature from `explain` is the changed column. Halves (SHA-256 of the name): A {', '.join(a)}; B {', '.join(b)}.",
+        "",
+        "| table | n | contextual: ours | ours, lr auto | IForest | ECOD | explain first | marginal: ours | ours, lr auto | IForest | ECOD | explain first | unreliable: ours | ours, lr auto | fit s (ours) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary: dict[str, Any] = {"command": command, "tables": {}, "halves": {"A": a, "B": b}}
+    per = df.groupby("table", sort=False).mean(numeric_only=True)
+
+    def cells_of(row: Any, bold: bool = False) -> list[str]:
+        cells = []
+        for kind in KINDS:
+            cells += [f"{row[f'{kind}:{m}']:.1f}" for m in methods]
+            cells.append(f"{row[f'{kind}:explain_first']:.2f}")
+        cells += [f"{row[f'unreliable:{m}']:.3f}" for m in methods[:2]]
+        return [f"**{c}**" for c in cells] if bold else cells
+
+    for name, row in per.iterrows():
+        lines.append(
+            f"| {name} | {int(row['n'])} | "
+            + " | ".join(cells_of(row))
+            + f" | {row['fit_s']:.1f} |"
+        )
+        summary["tables"][name] = {
+            k: round(float(v), 3) for k, v in row.items() if ":" in str(k) or k == "fit_s"
+        }
+    for label, rows in (("half A", df[df.table.isin(a)]), ("half B", df[df.table.isin(b)])):
+        if rows.empty:
+            continue
+        part = rows.mean(numeric_only=True)
+        lines.append(f"| {label} | | " + " | ".join(cells_of(part)) + " | |")
+        summary[label.replace(" ", "_")] = {
+            k: round(float(v), 3)
+            for k, v in part.items()
+            if ":" in str(k) and "n_test" not in str(k)
+        }
+    mean = df.mean(numeric_only=True)
+    lines.append("| **mean** | | " + " | ".join(cells_of(mean, bold=True)) + " | |")
+    summary["mean"] = {
+        k: round(float(v), 3) for k, v in mean.items() if ":" in str(k) and "n_test" not in str(k)
+    }
+    # pooled over every (table, seed), the head-to-head counts a reader asks for first
+    for kind in KINDS:
+        ours = df[f"{kind}:anomaly-vae"]
+        for peer in methods[2:]:
+            summary["mean"][f"{kind}:wins_vs_{peer}"] = (
+                f"{int((ours > df[f'{kind}:{peer}']).sum())}/{len(df)}"
+            )
+    lines += [
+        "",
+        "`lr=\"auto\"` was chosen on half A and checked on half B. It is not the default: on the 29 ADBench sets it moved mean AUROC by -0.07 and AUPRC by -0.93 (seeds 0-2; the ablation row in the tabular section), and on the test suite's own mixed table it flagged 5% and 14% of normal rows' estimates as unreliable on two of three seeds, against 0% and 1% at 2e-3 (a worse proposal q(z|x)). Wins of anomaly-vae over each (table, seed): "
+        + "; ".join(
+            f"{kind} vs {peer} {summary['mean'][f'{kind}:wins_vs_{peer}']}"
+            for kind in KINDS
+            for peer in methods[2:]
+        )
+        + ".",
+        "",
+    ]
+    return "\n".join(lines) + "\n", summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tables", nargs="*", default=list(TABLES), choices=TABLES)
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--results", default=str(ROOT / "RESULTS.md"))
+    ap.add_argument("--json", default=str(ROOT / "results" / "mixed.json"))
+    args = ap.parse_args()
+    command = f"`python benchmarks/mixed.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+    results = []
+    for name in args.tables:
+        for seed in args.seeds:
+            r = run_one(name, seed)
+            results.append(r)
+            print(
+                name,
+                seed,
+                {k: round(v, 2) for k, v in r.items() if ":" in k and "n_test" not in k},
+                flush=True,
+            )
+    section, summary = report(results, command)
+    replace_section(Path(args.results), HEADING, section)
+    Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
