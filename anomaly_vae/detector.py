@@ -253,7 +253,7 @@ class TabularDetector(Detector):
     # ================================================================== fitting
     def _check_params(self) -> None:
         if self.lr != AUTO_LR and not (
-            isinstance(self.lr, int | float) and not isinstance(self.lr, bool) and self.lr > 0
+            isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool) and self.lr > 0
         ):
             msg = f"lr must be a number > 0 or {AUTO_LR!r}, got {self.lr!r}"
             raise ValueError(msg)
