@@ -40,6 +40,8 @@ _LIGHTNING_NOTICES = (
     ".*number of training batches.*",
     ".*no `val_dataloader`.*",
     ".*overridden `transfer_batch_to_device`.*",
+    # Lightning's own use of torch's pytree API, not the user's to act on
+    ".*isinstance\\(treespec, LeafSpec\\).*",
 )
 
 

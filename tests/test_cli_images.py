@@ -73,3 +73,24 @@ def test_images_train_complexity_weight(tmp_path: Path, capsys) -> None:
               "--score", "complexity", "--complexity-weight", "-2"])  # fmt: skip
     assert exc.value.code == 2
     assert "expected 'fit' or a number >= 0, got '-2'" in capsys.readouterr().err
+
+
+def test_images_train_warns_of_unscaled_pixels_and_nothing_else(tmp_path: Path) -> None:
+    """Integers 0..16 (scikit-learn's digits' scale) get the scale warning with its fix on
+    stderr; Lightning's own deprecation notices are not the user's to read."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "dim.npy", (squares(60, 0) // 255 * 16).astype(np.int64))
+    # a process of its own: pytest's warning filters would hide what a user sees
+    run = subprocess.run(
+        [sys.executable, "-c", "import sys; from anomaly_vae.cli import main; sys.exit(main())",
+         "images", "train", str(tmp_path / "dim.npy"), "--out", str(tmp_path / "b"),
+         "--max-epochs", "1", "--latent-dim", "4", "--k", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert "warning: the brightest training pixel is 16 of 255" in err
+    assert "rescale them to 0..255 (e.g. images * 255 // 16)" in err
+    assert "LeafSpec" not in err
