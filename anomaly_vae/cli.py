@@ -115,6 +115,15 @@ _complexity_weight = _word_or_number(FIT)
 _lr = _word_or_number(AUTO_LR)
 
 
+def _add_device_flag(p: argparse.ArgumentParser, scope: str = "") -> None:
+    """``--device``: where a scoring command scores (see ``Detector.to``)."""
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help=f"score on this device{scope}: cpu (default), cuda, cuda:<index> or mps",
+    )
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     """The training flags of ``train``; every default is the detector's own
     (``anomaly_vae.defaults.TABULAR``)."""
@@ -262,11 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-columns", action="store_true", help="copy the input columns into the output"
     )
-    p.add_argument(
-        "--device",
-        default="cpu",
-        help="score on this device: cpu (default), cuda, cuda:<index> or mps",
-    )
+    _add_device_flag(p)
 
     p = sub.add_parser(
         "evaluate",
@@ -381,11 +386,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-columns", action="store_true", help="copy every input column into the output"
     )
-    p.add_argument(
-        "--device",
-        default="cpu",
-        help="score on this device (local engine): cpu (default), cuda, cuda:<index> or mps",
-    )
+    _add_device_flag(p, " (local engine)")
     p.add_argument(
         "--batch-rows",
         type=int,
@@ -514,7 +515,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output table (.csv or .parquet)")
     q.add_argument("--k", type=int, help="importance samples (default: the detector's)")
     q.add_argument("--heatmaps", help="also write per-pixel contribution heat maps (PNG) of the 16 most anomalous images here")  # fmt: skip
-    q.add_argument("--device", default="cpu", help="score on this device: cpu (default), cuda, cuda:<index> or mps")  # fmt: skip
+    _add_device_flag(q)
     q = isub.add_parser("evaluate", help="AUROC/AUPRC against labels (1 = outlier)")
     q.add_argument("bundle")
     q.add_argument("data")

@@ -178,6 +178,17 @@ class Detector:
             net.to(dev)
         return self
 
+    def _sampling_net(self) -> Any:
+        """The model to draw new records from: itself on the CPU, a CPU copy otherwise, so
+        a seed gives the same draws whatever the scoring device."""
+        import copy
+
+        from anomaly_vae.scoring.iwae import model_device
+
+        if model_device(self.net_).type == "cpu":
+            return self.net_
+        return copy.deepcopy(self.net_).cpu()
+
     @property
     def device_(self) -> Any:
         """The ``torch.device`` this detector scores on (see :meth:`to`)."""

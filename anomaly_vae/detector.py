@@ -10,7 +10,6 @@ and explanations, generation and the drift reference.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import time
@@ -911,8 +910,7 @@ class TabularDetector(Detector):
             msg = f"n must be a non-negative integer, got {n!r}"
             raise ValueError(msg)
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        # drawn on the CPU whatever the scoring device: the same seed, the same rows
-        net = self.net_ if model_device(self.net_).type == "cpu" else copy.deepcopy(self.net_).cpu()
+        net = self._sampling_net()
         with torch.inference_mode():
             z = torch.randn(n, net.latent_dim, generator=g)
             num, cat, binv = net.sample_x(z, generator=g)

@@ -30,7 +30,6 @@ the bundle and the Lightning fit come from :class:`anomaly_vae.core.Detector`.
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import time
@@ -580,8 +579,7 @@ class ImageDetector(Detector):
         """``n`` new images x ~ p(x), uint8 [n, C, H, W]."""
         self._check_fitted()
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        # drawn on the CPU whatever the scoring device: the same seed, the same images
-        net = self.net_ if model_device(self.net_).type == "cpu" else copy.deepcopy(self.net_).cpu()
+        net = self._sampling_net()
         with torch.inference_mode():
             z = torch.randn(n, net.latent_dim, generator=g)
             return net.sample_image(z, generator=g).numpy()
