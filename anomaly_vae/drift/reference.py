@@ -106,8 +106,12 @@ def sorted_bin_counts(row: np.ndarray, n: int, cuts: np.ndarray) -> np.ndarray:
     count is #(v <= cuts[k]) - #(v <= cuts[k-1]), one search per cut instead of one per
     value (a batch's columns are sorted once; searching each value was most of a wide
     table's window statistics). A seen NaN lands in the last bin, as it does there."""
-    le = np.searchsorted(row, cuts, side="right")
-    return np.diff(le, prepend=0, append=n)
+    le = row.searchsorted(cuts, side="right")
+    # np.diff(le, prepend=0, append=n) in two array operations: its concatenation and
+    # broadcasting cost 12 of this function's 15 us, and a request calls it once per column
+    edges = np.empty(le.size + 2, np.int64)
+    edges[0], edges[1:-1], edges[-1] = 0, le, n
+    return edges[1:] - edges[:-1]
 
 
 def sample_rows(n: int, cap: int, seed: int) -> np.ndarray:
