@@ -30,6 +30,7 @@ from ..parsing import (
     parse_invocations,
     parse_score_request,
     plain,
+    plain_ids,
 )
 from ..schemas import ScoreRequest, ScoreResponse
 
@@ -65,14 +66,17 @@ def score_rows(
     res: ScoreResult,
     top: int,
     arrays: TabularArrays | None = None,
+    cols: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """``/v1/score``'s result objects from the library's result columns: id (when the
-    schema has one), log_likelihood, stderr (absent at K=1), ess, unreliable, score,
-    p_value, is_outlier, and with ``top`` the most unusual features. Ids and feature
-    values are the request's own (``columns``: {name: [N values]})."""
-    cols = det.result_columns(res, arrays)
+    """``/v1/score``'s result objects from the library's result columns (``cols``, when
+    the caller has them already): id (when the schema has one), log_likelihood, stderr
+    (absent at K=1), ess, unreliable, score, p_value, is_outlier, and with ``top`` the
+    most unusual features. Ids and feature values are the request's own (``columns``:
+    {name: [N values]})."""
+    if cols is None:
+        cols = det.result_columns(res, arrays)
     sid = det.schema_.id_column
-    ids = [plain(v) for v in columns[sid]] if sid and sid in columns else None
+    ids = plain_ids(columns[sid]) if sid and sid in columns else None
     # columns to Python lists once (C loops), then one dict per record
     ll, pv, fl = (
         cols["log_likelihood"].tolist(),
@@ -108,14 +112,16 @@ def score_columns(
     res: ScoreResult,
     top: int,
     arrays: TabularArrays | None = None,
+    cols: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """``orient: "columns"``: the fields of :func:`score_rows` as one list each
     (:class:`~..schemas.ScoreColumns`), the arrays written by orjson as they are."""
-    cols = det.result_columns(res, arrays)
+    if cols is None:
+        cols = det.result_columns(res, arrays)
     out: dict[str, Any] = {}
     sid = det.schema_.id_column
     if sid and sid in columns:
-        out["id"] = [plain(v) for v in columns[sid]]
+        out["id"] = plain_ids(columns[sid])
     out["log_likelihood"] = cols["log_likelihood"]
     if not np.isnan(cols["stderr"]).all():  # absent at K=1, as in the records' layout
         out["stderr"] = cols["stderr"]
@@ -230,23 +236,19 @@ async def score(
         sampled = monitor.wants_contributions()
         res = await batcher.score(model, arrays, req.k, req.contributions > 0 or sampled)
         doc: dict[str, Any] = {"model": model_ref(model), "k": k_eff}
+        cols = det.result_columns(res, arrays)
+        flags, scores, p = cols["is_outlier"], cols["score"], cols["p_value"]
         if req.orient == "columns":
             # a few array operations: on the event loop, no thread hop
-            out = score_columns(det, columns, res, req.contributions, arrays)
-            doc["columns"] = out
-            flags, scores, p = out["is_outlier"], out["score"], out["p_value"]
+            doc["columns"] = score_columns(det, columns, res, req.contributions, arrays, cols)
         else:
-            results = (
-                score_rows(det, columns, res, req.contributions, arrays)
+            doc["results"] = (
+                score_rows(det, columns, res, req.contributions, arrays, cols)
                 if n <= INLINE_ROWS  # a thread hop would cost more than the work
                 else await run_in_threadpool(
-                    score_rows, det, columns, res, req.contributions, arrays
+                    score_rows, det, columns, res, req.contributions, arrays, cols
                 )
             )
-            doc["results"] = results
-            flags = np.fromiter((r["is_outlier"] for r in results), bool, len(results))
-            scores = np.fromiter((r["score"] for r in results), float, len(results))
-            p = np.fromiter((r["p_value"] for r in results), float, len(results))
         metrics.RECORDS.inc(len(res))
         metrics.OUTLIERS.inc(int(flags.sum()))
         metrics.observe_scores(-res.log_likelihood)

@@ -88,3 +88,30 @@ def test_plain_writes_any_integer_as_json_can_hold_it():
     assert plain(10**400) == str(10**400)
     assert plain(True) is True  # a bool is not an integer here
     orjson.dumps([plain(v) for v in (2**70, -(2**64), 10**400)])
+
+
+ids = st.one_of(
+    st.integers(-(2**66), 2**66), st.text(max_size=3), st.none(), st.booleans(),
+    st.floats(allow_infinity=False),
+)  # fmt: skip
+
+
+@PROPERTY
+@given(st.lists(ids, max_size=6))
+def test_plain_ids_is_plain_on_each_id(ids):
+    """The one-check path for a request's id column gives what :func:`plain` gives on
+    each id: NaN as None, integers beyond 64 bits as floats, the rest as they are."""
+    from anomaly_vae.service.parsing import plain, plain_ids
+
+    got, want = plain_ids(ids), [plain(v) for v in ids]
+    assert [type(v) for v in got] == [type(v) for v in want]
+    assert got == want
+
+
+def test_plain_ids_takes_plain_ids_as_they_are():
+    from anomaly_vae.service.parsing import plain_ids
+
+    assert plain_ids(["a", "b"]) == ["a", "b"]
+    assert plain_ids([1, "b", 2**64 - 1]) == [1, "b", 2**64 - 1]
+    assert plain_ids([2**64]) == [float(2**64)]
+    assert plain_ids([True, 1]) == [True, 1] and type(plain_ids([True, 1])[0]) is bool
