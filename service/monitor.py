@@ -16,7 +16,9 @@ them to a bounded queue; a background thread per worker process does the rest:
   ``drift_bucket_seconds``). Every ``drift_interval_seconds`` the window checks of
   :func:`~anomaly_vae.drift.check.evaluate` run on the count window (the latest
   ``drift_window_records`` records, to a bucket) and the time window (the buckets of the
-  last ``drift_window_seconds``), at ``drift_window_level``.
+  last ``drift_window_seconds``), at ``drift_window_level``. The requests a step takes
+  into the windows are added in one update (the statistics merge exactly), so a stream
+  of one-record requests costs the windows about what one request of them all does.
 
 The state belongs to a model version: a hot swap starts a new :class:`VersionMonitor`
 from the new version's own reference, and the old one's figures are not carried over.
@@ -45,12 +47,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from anomaly_vae.data.preprocessing import TabularArrays
 from anomaly_vae.drift.check import DriftReport, WindowStats, evaluate, record_keys
 from anomaly_vae.drift.martingale import (
     FROZEN_DELTA,
@@ -187,6 +190,15 @@ class VersionMonitor:
         """Add one request's records: their scores to those the martingale will bet on,
         and (with ``windows``) their statistics to the open bucket. Returns whether they
         went into the windows."""
+        if not self.take(batch, windows):
+            return False
+        self.add_windows([batch])
+        return True
+
+    def take(self, batch: _Batch, windows: bool = True) -> bool:
+        """One request's scores to those the martingale will bet on; returns whether its
+        records are for the windows (``windows``, a reference to compare with and a
+        finite score), which :meth:`add_windows` then takes."""
         ll = np.asarray(batch.normality, dtype=np.float64)
         ok = np.isfinite(ll)
         if not ok.any():
@@ -199,19 +211,65 @@ class VersionMonitor:
         if not windows:
             metrics.DRIFT_UNWINDOWED.labels(*self.labels).inc(int(ok.sum()))
             return False
-        if self.open is None:
-            self.open = Bucket(batch.at, batch.at, WindowStats(self.reference))
-        self._update_stats(self.open.stats, batch, ll)
-        self.open.end = batch.at
         return True
 
-    def _update_stats(self, stats: WindowStats, batch: _Batch, ll: np.ndarray) -> None:
+    def add_windows(self, batches: list[_Batch]) -> None:
+        """The window statistics of ``batches`` (in arrival order, taken by :meth:`take`)
+        into the open bucket, in one update for those scored with contributions and one
+        for the rest. The statistics merge exactly (counts, and a latent sample chosen
+        by record keys), so this is one request at a time in fewer passes: per request,
+        the update's fixed cost was about 0.45 ms of CPU, most of a one-record request's
+        monitoring."""
+        if not batches or self.reference is None:  # take() windows nothing without one
+            return
+        if self.open is None:
+            self.open = Bucket(batches[0].at, batches[0].at, WindowStats(self.reference))
+        for part in (
+            [b for b in batches if b.contributions is not None],
+            [b for b in batches if b.contributions is None],
+        ):
+            if part:
+                self._update_stats(self.open.stats, self._merged(part))
+        self.open.end = batches[-1].at
+
+    def _merged(self, batches: list[_Batch]) -> _Batch:
+        """One batch of the records of ``batches`` (flags, latent means and KL terms
+        filled in for any batch the scorer gave none)."""
         det = self.model.detector
-        if batch.latent is not None and batch.latent.size and batch.kl is not None:
-            mu, kl = batch.latent, batch.kl  # the scoring pass's own: no second encoder pass
-        else:
-            mu, kl = det.latent_outputs(batch.arrays)
-        flags = batch.flags if batch.flags is not None else det.calibration_.is_outlier(ll)
+        filled = []
+        for b in batches:
+            ll = np.asarray(b.normality, dtype=np.float64)
+            if b.latent is None or not b.latent.size or b.kl is None:
+                mu, kl = det.latent_outputs(b.arrays)
+                b = replace(b, latent=mu, kl=kl)
+            if b.flags is None:
+                b = replace(b, flags=det.calibration_.is_outlier(ll))
+            filled.append(replace(b, normality=ll))
+        if len(filled) == 1:
+            return filled[0]
+
+        def cat(name: str) -> Any:
+            return np.concatenate([getattr(b, name) for b in filled])
+
+        first = filled[0]
+        arrays = (
+            np.concatenate([b.arrays for b in filled])
+            if self.model.is_image
+            else TabularArrays.concat([b.arrays for b in filled])
+        )
+        return _Batch(
+            arrays, cat("normality"), cat("kl"), cat("latent"),
+            cat("contributions") if first.contributions is not None else None,
+            cat("flags"), first.at,
+        )  # fmt: skip
+
+    def _update_stats(self, stats: WindowStats, batch: _Batch) -> None:
+        det = self.model.detector
+        ll = np.asarray(batch.normality, dtype=np.float64)
+        mu, kl, flags = batch.latent, batch.kl, batch.flags  # filled in by _merged
+        assert mu is not None
+        assert kl is not None
+        assert flags is not None
         if self.model.is_image:
             stats.update(ll, flags, mu, kl, keys=record_keys(batch.arrays))
             return
@@ -276,6 +334,8 @@ class DriftMonitor:
         self.queue: deque[tuple[LoadedModel, _Batch]] = deque()
         self.queued = 0
         self._budget = settings.drift_budget * BUDGET_WINDOW_SECONDS
+        #: CPU seconds per record of the latest window update (see ``_take``)
+        self._window_cost = 0.0
         self._last_step: float | None = None
         self._reset_asked: float | None = None
         # contributions are granted per windowed request (a share of them) and taken by
@@ -469,6 +529,9 @@ class DriftMonitor:
         self, now: float, loaded: LoadedModel | None, started: float
     ) -> VersionMonitor | None:
         """The per-record part of a step; returns the current version's monitor."""
+        holder: VersionMonitor | None = None  # the monitor the windowed batches are for
+        windowed: list[_Batch] = []
+        owed = 0  # records in ``windowed``
         while self.queue:
             model, batch = self.queue.popleft()
             self.queued -= len(batch.normality)
@@ -478,11 +541,20 @@ class DriftMonitor:
                     len(batch.normality)
                 )
                 continue
-            balance = self._budget - (self.cpu_clock() - started)
+            target = self.monitor_for(model)
+            if target is not holder:
+                self._add_windows(holder, windowed)
+                holder, windowed, owed = target, [], 0
+            # the windows' work is done after the loop, for all of a step's requests at
+            # once: the balance counts it in at the last update's cost per record
+            balance = self._budget - (self.cpu_clock() - started) - self._window_cost * owed
             # contributions were computed for the windows: they go in, whatever the balance
             windows = balance > 0 or batch.contributions is not None
-            if self.monitor_for(model).ingest(batch, windows=windows):
+            if target.take(batch, windows=windows):
+                windowed.append(batch)
+                owed += len(batch.normality)
                 self._grant()
+        self._add_windows(holder, windowed)
         if loaded is not None:
             self.monitor_for(loaded)
         cur = self.current
@@ -496,6 +568,16 @@ class DriftMonitor:
             self._share_scores(cur)
         self._share(cur, closed)
         return cur
+
+    def _add_windows(self, cur: VersionMonitor | None, batches: list[_Batch]) -> None:
+        """``cur.add_windows(batches)``, its CPU cost per record kept for the next
+        step's balance."""
+        if cur is None or not batches:
+            return
+        started = self.cpu_clock()
+        cur.add_windows(batches)
+        records = sum(len(b.normality) for b in batches)
+        self._window_cost = max(self.cpu_clock() - started, 0.0) / records
 
     def _bet(self, cur: VersionMonitor, now: float) -> None:
         """The checker ranks and bets on its own scores and those the other workers

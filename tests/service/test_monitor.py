@@ -358,3 +358,48 @@ def test_costly_checks_are_spaced_to_stay_within_the_budget(fitted, tmp_path):
     for t in range(0, 100, 5):
         monitor.step(1000.0 + t)
     assert times == [1000.0, 1040.0, 1080.0]
+
+
+def test_a_steps_requests_go_into_the_windows_in_one_update_as_if_one_at_a_time(fitted, tmp_path):
+    """The drift task merges a step's windowed requests into one update (two: with and
+    without contributions); the window statistics are those of one update per request,
+    including requests whose flags or latent means the route did not hand over."""
+    model = loaded(fitted, 61)
+    det = model.detector
+    frame = make_mixed(240, seed=23)
+    requests = []
+    for i, start in enumerate(range(0, 240, 40)):
+        arrays = det.encode_rows(frame.iloc[start : start + 40], allow_extra=False)
+        with_contributions = i % 3 == 1
+        res = det.score_encoded(arrays, contributions=with_contributions)
+        given = i != 4  # one request as a route without the scoring pass's outputs
+        requests.append({
+            "arrays": arrays, "normality": res.log_likelihood, "k": None,
+            "kl": res.kl if given else None, "latent": res.latent_mean if given else None,
+            "contributions": res.contributions if with_contributions else None,
+            "flags": det.result_columns(res, arrays)["is_outlier"] if given else None,
+        })  # fmt: skip
+    s = settings(tmp_path, drift_bucket_records=10_000)
+    one_by_one = DriftMonitor(s, cpu_clock=FakeCPU(tick=0.0))
+    merged = DriftMonitor(s, cpu_clock=FakeCPU(tick=0.0))
+    for req in requests:
+        one_by_one.submit(model, **req)
+        one_by_one.step(10.0)
+        merged.submit(model, **req)
+    merged.step(10.0)
+    a, b = one_by_one.current.open.stats, merged.current.open.stats
+    assert (a.n, a.flagged, a.contrib_n) == (b.n, b.flagged, b.contrib_n) == (240, a.flagged, 80)
+    for name in ("score_counts", "kl_counts", "latent_counts", "contrib_counts", "latent_sample"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name in a.feature_counts:
+        assert np.array_equal(a.feature_counts[name], b.feature_counts[name]), name
+        assert a.feature_missing[name] == b.feature_missing[name], name
+    for name in a.feature_fine:
+        assert np.array_equal(a.feature_fine[name], b.feature_fine[name]), name
+    # sums in another order: equal to rounding
+    assert b.score_sum == pytest.approx(a.score_sum, rel=1e-12)
+    assert np.allclose(a.contrib_sum, b.contrib_sum, rtol=1e-12)
+    # the martingale still bets request by request: the same bits
+    ma, mb = one_by_one.current.martingale, merged.current.martingale
+    assert (ma.n, ma.log_value, ma.log_max) == (mb.n, mb.log_value, mb.log_max)
+    assert ma.n == 240
