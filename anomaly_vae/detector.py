@@ -35,6 +35,7 @@ from anomaly_vae.defaults import (
     MIN_ROWS,
     MIN_SIGMA_RULES,
     MIN_STEPS,
+    NOMINAL_MIN_STEPS,
     SMALL_TABLE_ROWS,
     STEPS_PER_ITEM,
     TABULAR,
@@ -123,7 +124,8 @@ class TabularDetector(Detector):
         kl_warmup_epochs: epochs over which the KL weight rises from 0 to ``beta``.
         max_epochs, batch_size, lr, patience: training schedule; early stopping watches
             the validation ELBO with ``patience`` epochs. Left unset they are sized from
-            the rows (see :meth:`_schedule`). ``lr="auto"`` sizes the learning rate from
+            the rows (see :meth:`_schedule`; a table with a categorical column trains at
+            least ``NOMINAL_MIN_STEPS`` steps). ``lr="auto"`` sizes the learning rate from
             the steps planned: larger steps for short schedules (small tables).
         trim_fraction: robust training; leave out this fraction of each batch's
             highest-loss rows from the gradient (0 disables). Training data with
@@ -298,12 +300,14 @@ class TabularDetector(Detector):
             msg = f"contamination must be in (0, 0.5), got {self.contamination!r}"
             raise ValueError(msg)
 
-    def _schedule(self, n_train: int) -> dict[str, Any]:
+    def _schedule(self, n_train: int, nominal: bool = False) -> dict[str, Any]:
         """Training schedule sized from the row count.
 
         Batches are about n/16 rows (32..512). The step budget grows with the data,
         one step per training row (half a step below ``SMALL_TABLE_ROWS``) between
-        ``MIN_STEPS`` and ``TARGET_STEPS``; an epoch
+        ``MIN_STEPS`` and ``TARGET_STEPS``, and is at least ``NOMINAL_MIN_STEPS`` when
+        the table has a ``nominal`` categorical column (a head with a free probability
+        per level); an epoch
         is at least 8 steps (small tables are cycled within an epoch, so per-epoch
         overhead does not dominate); patience is a tenth of the epochs (at least 5).
         With ``lr="auto"`` the learning rate is ``BASE_LR`` at ``TARGET_STEPS`` planned
@@ -316,6 +320,8 @@ class TabularDetector(Detector):
         steps_per_epoch = max(1, math.ceil(rows_per_epoch / bs))
         per_row = 0.5 if n_train < SMALL_TABLE_ROWS else 1.0
         steps = min(TARGET_STEPS, max(MIN_STEPS, round(per_row * n_train)))
+        if nominal:
+            steps = max(steps, NOMINAL_MIN_STEPS)
         epochs = self.max_epochs or int(min(200, max(2, math.ceil(steps / steps_per_epoch))))
         planned = epochs * steps_per_epoch
         return {
@@ -334,6 +340,15 @@ class TabularDetector(Detector):
                 else min(10, epochs // 10)
             ),
         }
+
+    def _has_nominal(self, schema: Schema) -> bool:
+        """Whether ``schema`` has a column the decoder models with a free probability per
+        level: text categories, or integer levels under ``discrete_likelihood="categorical"``
+        (ordinal ones share a logistic)."""
+        return any(
+            not spec.discrete or self.discrete_likelihood == "categorical"
+            for spec in schema.of_kind("categorical")
+        )
 
     def fit(self, X: Any, y: Any = None) -> TabularDetector:
         """Fit on a DataFrame (or CSV/Parquet path) of mostly normal rows; returns self.
@@ -412,7 +427,7 @@ class TabularDetector(Detector):
                 for spec in schema.of_kind("categorical")
             ],
         )
-        schedule = self._schedule(len(train_idx))
+        schedule = self._schedule(len(train_idx), self._has_nominal(schema))
         history, best_epoch, rank, world = self._train(
             net,
             tensors.rows(torch.as_tensor(train_idx)),

@@ -352,3 +352,38 @@ def test_learning_rate_given_or_auto(mixed_train):
     for bad in (0, -1e-3, "fast", True, None):
         with pytest.raises(ValueError, match=r"^lr must be a number > 0 or 'auto', got "):
             TabularDetector(lr=bad).fit(mixed_train)
+
+
+def test_a_table_with_a_categorical_column_trains_at_least_the_floor_of_steps():
+    from anomaly_vae.defaults import NOMINAL_MIN_STEPS
+
+    def steps(schedule):
+        per_epoch = -(-schedule["rows_per_epoch"] // schedule["batch_size"])
+        return schedule["max_epochs"] * per_epoch
+
+    det = TabularDetector()
+    assert steps(det._schedule(89)) == 48  # 6 epochs of 8 batches of 32
+    floored = det._schedule(89, nominal=True)
+    assert steps(floored) >= NOMINAL_MIN_STEPS == 500
+    # patience and warm-up follow the epochs, as for any schedule that long
+    assert (floored["patience"], floored["kl_warmup_epochs"]) == (6, 6)
+    assert det._schedule(20_000, nominal=True) == det._schedule(20_000)  # past it already
+    assert TabularDetector(max_epochs=3)._schedule(89, nominal=True)["max_epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("column", "likelihood", "nominal"),
+    [
+        (["a", "b", "c"] * 40, "ordinal", True),  # text categories
+        ([1, 2, 3] * 40, "ordinal", False),  # integer levels, ordinal
+        ([1, 2, 3] * 40, "categorical", True),  # integer levels, a probability each
+        ([True, False, True] * 40, "ordinal", False),  # boolean
+        ([0.5, 1.5, 2.25] * 40, "categorical", False),  # numeric
+    ],
+)
+def test_which_tables_have_a_nominal_column(column, likelihood, nominal):
+    from anomaly_vae.data.schema import infer_schema
+
+    frame = pd.DataFrame({"x": np.linspace(0, 1, 120), "col": column})
+    det = TabularDetector(discrete_likelihood=likelihood)
+    assert det._has_nominal(infer_schema(frame)) is nominal
