@@ -26,11 +26,13 @@ a default chosen on this benchmark is chosen on one half and confirmed on the ot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 from anomaly_vae import TabularDetector  # noqa: E402
+from anomaly_vae.defaults import NOMINAL_MIN_STEPS  # noqa: E402
 from benchmarks.results_md import replace_section  # noqa: E402
 
 HEADING = "## Tabular: mixed types, contextual and marginal anomalies"
@@ -51,10 +54,27 @@ SHIFT_SD = 4.0
 #: Share of numeric cells removed at random.
 MISSING_SHARE = 0.02
 KINDS = ("contextual", "marginal")
-#: A variant of the detector run beside the default on the same splits: the learning rate
-#: sized from the planned steps (chosen on half A, checked on half B; not the default,
-#: because its posteriors were worse importance-sampling proposals: see RESULTS.md).
-VARIANT = {"lr": "auto"}
+#: Variants of the detector run beside the default on the same splits: the previous
+#: default, without the step floor for tables with a nominal column (``NOMINAL_MIN_STEPS``),
+#: and the learning rate sized from the planned steps (chosen on half A, checked on half
+#: B; not the default, because its posteriors were worse importance-sampling proposals).
+VARIANTS: dict[str, dict[str, Any]] = {"no floor": {}, "lr auto": {"lr": "auto"}}
+#: The detector's columns of the table, the default first.
+OURS = ("anomaly-vae", *VARIANTS)
+
+
+@contextlib.contextmanager
+def step_floor(steps: int) -> Iterator[None]:
+    """The schedule's floor for tables with a nominal column set to ``steps`` for a
+    while (0: the schedule before the floor)."""
+    import anomaly_vae.detector as detector
+
+    saved = detector.NOMINAL_MIN_STEPS
+    detector.NOMINAL_MIN_STEPS = steps  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        detector.NOMINAL_MIN_STEPS = saved  # type: ignore[misc]
 
 
 def halves() -> tuple[list[str], list[str]]:
@@ -161,11 +181,17 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
         det = TabularDetector(seed=seed).fit(train)
     fit_s = time.perf_counter() - t0
     scores["anomaly-vae"] = -det.score_samples(test)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        variant = TabularDetector(seed=seed, **VARIANT).fit(train)
-    scores["lr auto"] = -variant.score_samples(test)
-    for label, model in (("anomaly-vae", det), ("lr auto", variant)):
+    fitted = {"anomaly-vae": det}
+    variant_fit_s: dict[str, float] = {}
+    for label, params in VARIANTS.items():
+        floor = step_floor(0) if label == "no floor" else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(), floor:
+            warnings.simplefilter("ignore")
+            fitted[label] = TabularDetector(seed=seed, **params).fit(train)
+        variant_fit_s[label] = time.perf_counter() - t0
+        scores[label] = -fitted[label].score_samples(test)
+    for label, model in fitted.items():
         # how often the importance-sampling estimate is flagged as dominated (test rows)
         out_flags[label] = float(np.mean(model.score(test)["unreliable"]))
     xtr, xte = one_hot(train, test)
@@ -173,6 +199,7 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
     scores["ECOD"] = ECOD().fit(xtr).decision_function(xte)
     kt = kind[te]
     out: dict[str, Any] = {"table": name, "seed": seed, "n": len(frame), "fit_s": fit_s}
+    out.update({f"fit_s:{k}": v for k, v in variant_fit_s.items()})
     out.update({f"unreliable:{k}": v for k, v in out_flags.items()})
     for k, label in enumerate(KINDS, start=1):
         mask = (kt == 0) | (kt == k)
@@ -189,17 +216,17 @@ def run_one(name: str, seed: int) -> dict[str, Any]:
 
 def report(results: list[dict[str, Any]], command: str) -> tuple[str, dict[str, Any]]:
     df = pd.DataFrame(results)
-    methods = ("anomaly-vae", "lr auto", "IForest", "ECOD")
+    methods = (*OURS, "IForest", "ECOD")
     a, b = halves()
     lines = [
         HEADING,
         "",
         command,
         "",
-        f"Tables from scikit-learn's own data: numeric columns, the class as a categorical text column, one boolean column, {MISSING_SHARE:.0%} of numeric cells missing. In disjoint rows, {ANOMALY_SHARE:.0%} each: contextual anomalies (the category changed to another level, every value still common) and marginal ones (one numeric column moved by {SHIFT_SD:g} standard deviations). Stratified 70/30 split, fit on the unlabeled 70% (anomalies included), AUROC x100 of each kind against the normal test rows, mean over seeds {sorted(df['seed'].unique().tolist())}. IsolationForest and ECOD see a one-hot encoding with medians for missing cells; anomaly-vae the table as it is, at its defaults and (`ours, lr auto`) with `lr='auto'`, the learning rate sized from the planned steps. `unreliable`: the share of test rows whose importance-sampling estimate the detector flags as dominated (low effective sample size). `explain first`: the share of the test anomalies whose first feature from `explain` is the changed column. Halves (SHA-256 of the name): A {', '.join(a)}; B {', '.join(b)}.",
+        f"Tables from scikit-learn's own data: numeric columns, the class as a categorical text column, one boolean column, {MISSING_SHARE:.0%} of numeric cells missing. In disjoint rows, {ANOMALY_SHARE:.0%} each: contextual anomalies (the category changed to another level, every value still common) and marginal ones (one numeric column moved by {SHIFT_SD:g} standard deviations). Stratified 70/30 split, fit on the unlabeled 70% (anomalies included), AUROC x100 of each kind against the normal test rows, mean over seeds {sorted(df['seed'].unique().tolist())}. IsolationForest and ECOD see a one-hot encoding with medians for missing cells; anomaly-vae the table as it is, at its defaults, as before the step floor for tables with a nominal column (`no floor`: the schedule's few dozen steps on the small tables instead of at least {NOMINAL_MIN_STEPS}), and with `lr='auto'` (`lr auto`), the learning rate sized from the planned steps. `unreliable`: the share of test rows whose importance-sampling estimate the detector flags as dominated (low effective sample size). `explain first`: the share of the test anomalies whose first feature from `explain` is the changed column. Halves (SHA-256 of the name): A {', '.join(a)}; B {', '.join(b)}.",
         "",
-        "| table | n | contextual: ours | ours, lr auto | IForest | ECOD | explain first | marginal: ours | ours, lr auto | IForest | ECOD | explain first | unreliable: ours | ours, lr auto | fit s (ours) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| table | n | contextual: ours | no floor | lr auto | IForest | ECOD | explain first | marginal: ours | no floor | lr auto | IForest | ECOD | explain first | unreliable: ours | no floor | lr auto | fit s: ours | no floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary: dict[str, Any] = {"command": command, "tables": {}, "halves": {"A": a, "B": b}}
     per = df.groupby("table", sort=False).mean(numeric_only=True)
@@ -209,47 +236,51 @@ def report(results: list[dict[str, Any]], command: str) -> tuple[str, dict[str, 
         for kind in KINDS:
             cells += [f"{row[f'{kind}:{m}']:.1f}" for m in methods]
             cells.append(f"{row[f'{kind}:explain_first']:.2f}")
-        cells += [f"{row[f'unreliable:{m}']:.3f}" for m in methods[:2]]
+        cells += [f"{row[f'unreliable:{m}']:.3f}" for m in OURS]
         return [f"**{c}**" for c in cells] if bold else cells
 
     for name, row in per.iterrows():
         lines.append(
             f"| {name} | {int(row['n'])} | "
             + " | ".join(cells_of(row))
-            + f" | {row['fit_s']:.1f} |"
+            + f" | {row['fit_s']:.1f} | {row['fit_s:no floor']:.1f} |"
         )
         summary["tables"][name] = {
-            k: round(float(v), 3) for k, v in row.items() if ":" in str(k) or k == "fit_s"
+            k: round(float(v), 3) for k, v in row.items() if ":" in str(k) or k.startswith("fit_s")
         }
     for label, rows in (("half A", df[df.table.isin(a)]), ("half B", df[df.table.isin(b)])):
         if rows.empty:
             continue
         part = rows.mean(numeric_only=True)
-        lines.append(f"| {label} | | " + " | ".join(cells_of(part)) + " | |")
+        lines.append(f"| {label} | | " + " | ".join(cells_of(part)) + " | | |")
         summary[label.replace(" ", "_")] = {
             k: round(float(v), 3)
             for k, v in part.items()
             if ":" in str(k) and "n_test" not in str(k)
         }
     mean = df.mean(numeric_only=True)
-    lines.append("| **mean** | | " + " | ".join(cells_of(mean, bold=True)) + " | |")
+    lines.append("| **mean** | | " + " | ".join(cells_of(mean, bold=True)) + " | | |")
     summary["mean"] = {
         k: round(float(v), 3) for k, v in mean.items() if ":" in str(k) and "n_test" not in str(k)
     }
     # pooled over every (table, seed), the head-to-head counts a reader asks for first
     for kind in KINDS:
         ours = df[f"{kind}:anomaly-vae"]
-        for peer in methods[2:]:
+        for peer in methods[len(OURS) :]:
             summary["mean"][f"{kind}:wins_vs_{peer}"] = (
                 f"{int((ours > df[f'{kind}:{peer}']).sum())}/{len(df)}"
             )
     lines += [
         "",
-        "`lr=\"auto\"` was chosen on half A and checked on half B. It is not the default: on the 29 ADBench sets it moved mean AUROC by -0.07 and AUPRC by -0.93 (seeds 0-2; the ablation row in the tabular section), and on the test suite's own mixed table it flagged 5% and 14% of normal rows' estimates as unreliable on two of three seeds, against 0% and 1% at 2e-3 (a worse proposal q(z|x)). Wins of anomaly-vae over each (table, seed): "
+        f"The step floor for tables with a nominal column (at least {NOMINAL_MIN_STEPS} optimizer steps; `no floor` is the schedule before it) was chosen on half A: in a run before this one, "
+        "where the floor raised the epochs but not the KL warm-up, half A's contextual AUROC was 53.9 without a floor and 71.7, 75.1 and 76.8 at 250, 500 and 1000 steps. "
+        "Half B is the check; there the floor changes diabetes only (digits plans more steps than the floor anyway), where every method is near chance on contextual anomalies. "
+        "ADBench's 29 tables are all numeric, so the default's fits and scores there are as they were (`python benchmarks/tabular.py --verify` on the seven sets under 800 rows, seeds 0-2: identical).\n\n"
+        "`lr=\"auto\"` was chosen on half A and checked on half B, before the floor. It is not the default: on the 29 ADBench sets it moved mean AUROC by -0.07 and AUPRC by -0.93 (seeds 0-2; the ablation row in the tabular section), and on the test suite's own mixed table it flagged 5% and 14% of normal rows' estimates as unreliable on two of three seeds, against 0% and 1% at 2e-3 (a worse proposal q(z|x)). Wins of anomaly-vae over each (table, seed): "
         + "; ".join(
             f"{kind} vs {peer} {summary['mean'][f'{kind}:wins_vs_{peer}']}"
             for kind in KINDS
-            for peer in methods[2:]
+            for peer in methods[len(OURS) :]
         )
         + ".",
         "",
@@ -265,6 +296,11 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "results" / "mixed.json"))
     args = ap.parse_args()
     command = f"`python benchmarks/mixed.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+    # one untimed fit first, so no timed fit pays the process's one-time costs (imports,
+    # first-call kernel set-up: the first iris fit took 2.8 s, the next ones under 1 s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        TabularDetector(seed=0).fit(make_table(args.tables[0], 0)[0])
     results = []
     for name in args.tables:
         for seed in args.seeds:

@@ -76,7 +76,8 @@ ABLATION_TEXT = {
     "continuous": "integer-coded columns modelled as continuous (discrete_levels=0)",
     "categorical-levels": (
         "integer-coded columns as unordered categories, one-hot into the encoder and a free "
-        "probability per level out, instead of ordinal (discrete_likelihood='categorical')"
+        "probability per level out, instead of ordinal (discrete_likelihood='categorical'; "
+        "such columns are nominal, so a small table trains the floor of 500 steps)"
     ),
     "gaussian": "Gaussian numeric likelihood instead of Student-t (student_df=None)",
     "no-trim": "no robust trimming (trim_fraction=0)",
