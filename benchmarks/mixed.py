@@ -298,6 +298,15 @@ def report(results: list[dict[str, Any]], command: str) -> tuple[str, dict[str, 
             summary["mean"][f"{kind}:nominal_channel_wins_vs_{peer}"] = (
                 f"{int((channel > df[f'{kind}:{peer}']).sum())}/{len(df)}"
             )
+
+    def wins(key: str) -> str:
+        """The summary's win counts under ``key`` for each kind and peer, as one phrase."""
+        return "; ".join(
+            f"{kind} vs {peer} {summary['mean'][f'{kind}:{key}_{peer}']}"
+            for kind in KINDS
+            for peer in methods[len(OURS) + 1 :]
+        )
+
     lines += [
         "",
         f"The step floor for tables with a nominal column (at least {NOMINAL_MIN_STEPS} optimizer steps; `no floor` is the schedule before it) was chosen on half A: in a run before this one, "
@@ -305,11 +314,7 @@ def report(results: list[dict[str, Any]], command: str) -> tuple[str, dict[str, 
         "Half B is the check; there the floor changes diabetes only (digits plans more steps than the floor anyway), where every method is near chance on contextual anomalies. "
         "ADBench's 29 tables are all numeric, so the default's fits and scores there are as they were (`python benchmarks/tabular.py --verify` on the seven sets under 800 rows, seeds 0-2: identical).\n\n"
         "`lr=\"auto\"` was chosen on half A and checked on half B, before the floor. It is not the default: on the 29 ADBench sets it moved mean AUROC by -0.07 and AUPRC by -0.93 (seeds 0-2; the ablation row in the tabular section), and on the test suite's own mixed table it flagged 5% and 14% of normal rows' estimates as unreliable on two of three seeds, against 0% and 1% at 2e-3 (a worse proposal q(z|x)). Wins of anomaly-vae over each (table, seed): "
-        + "; ".join(
-            f"{kind} vs {peer} {summary['mean'][f'{kind}:wins_vs_{peer}']}"
-            for kind in KINDS
-            for peer in methods[len(OURS) + 1 :]
-        )
+        + wins("wins_vs")
         + ".",
         "",
         "`nominal channel` is not the detector's output but a score evaluated here as a lead, on the default detector's own fit (`nominal_channel_score`): "
@@ -317,11 +322,7 @@ def report(results: list[dict[str, Any]], command: str) -> tuple[str, dict[str, 
         "and a record's p-value is Bonferroni's over the channels, min(1, C x min p), valid whatever their dependence; no constant was fitted. "
         "The joint likelihood weighs the category's surprise against the noise of every other column; its channel sees it alone. "
         "A table without a nominal column (all of ADBench's) has the joint channel only, so there this is the detector's own ranking. Its wins over each (table, seed): "
-        + "; ".join(
-            f"{kind} vs {peer} {summary['mean'][f'{kind}:nominal_channel_wins_vs_{peer}']}"
-            for kind in KINDS
-            for peer in methods[len(OURS) + 1 :]
-        )
+        + wins("nominal_channel_wins_vs")
         + ".",
         "",
     ]
