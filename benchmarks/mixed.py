@@ -14,9 +14,11 @@ the kind of row; every method fits on the unlabeled 70% (anomalies included) and
 the 30%; AUROC of each kind against the normal rows. anomaly-vae takes the DataFrame as
 it is (text, booleans and NaN included); IsolationForest and ECOD take a one-hot
 encoding with missing cells filled by the training medians. For anomaly-vae the table
-also reports how often ``explain`` names the changed column first.
+also reports how often ``explain`` names the changed column first, the detector before
+the step floor for tables with a nominal column and with ``lr="auto"``, and a score it
+does not give yet (:func:`nominal_channel_score`), evaluated as a lead.
 
-    python benchmarks/mixed.py                  # 5 tables, seeds 0-4, about 10 minutes
+    python benchmarks/mixed.py                  # 5 tables, seeds 0-4, about 4 minutes
     python benchmarks/mixed.py --tables wine --seeds 0
 
 The tables fall into two fixed halves by the SHA-256 of their names (first three in A):
