@@ -200,6 +200,6 @@ def inconsistent_bundle(path: str | Path) -> Iterator[None]:
     ``path``."""
     try:
         yield
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         msg = f"bundle at {str(path)!r} is incomplete or inconsistent: {exc}"
         raise BundleError(msg) from exc

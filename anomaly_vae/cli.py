@@ -192,6 +192,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "levels, the default) or categorical (unordered, a free probability per level)",
     )
     g.add_argument(
+        "--no-category-channels",
+        dest="category_channels",
+        action="store_false",
+        help="judge records by log p(x) alone; by default each text column is also judged "
+        "on its own and a record's p-value is Bonferroni's over both",
+    )
+    g.add_argument(
         "--k",
         type=int,
         default=d["k"],
@@ -583,6 +590,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         winsorize=args.winsorize,
         discrete_levels=args.discrete_levels,
         discrete_likelihood=args.discrete_likelihood,
+        category_channels=args.category_channels,
         k=args.k,
         alpha=args.alpha,
         contamination=args.contamination,

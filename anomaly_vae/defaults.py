@@ -114,6 +114,7 @@ TABULAR: Final[dict[str, Any]] = {
     "categorical": None,
     "discrete_levels": DISCRETE_LEVELS,
     "discrete_likelihood": "ordinal",
+    "category_channels": True,
     "schema": None,
     "seed": 0,
     "accelerator": "cpu",

@@ -49,7 +49,7 @@ from anomaly_vae.nn.tabular import (
     default_min_sigma,
     scott_min_sigma,
 )
-from anomaly_vae.scoring.calibration import Calibration
+from anomaly_vae.scoring.calibration import Calibration, bonferroni
 from anomaly_vae.scoring.iwae import (
     ImportanceSampler,
     ScoreResult,
@@ -182,6 +182,19 @@ class TabularDetector(Detector):
             or ``"categorical"`` (unordered: one-hot in, one free probability per level
             out). Ordinal raised mean AUROC on ADBench (benchmarks/RESULTS.md,
             ablations).
+        category_channels: judge each text categorical column on its own as well as the
+            record as a whole (the default). The joint log p(x) weighs one column's
+            surprise against the noise of every other column, so a category that does
+            not fit the rest of its row (every value common on its own) hides among
+            them. With channels, a record's p-value (and so its flag and
+            ``decision_function``) is Bonferroni's over C tests, ``min(1, C min_c p_c)``:
+            the conformal p-value of log p(x) and, for each text categorical column, of
+            its contribution (log p of the category given the record, nats), each against
+            the calibration rows. Valid whatever the dependence between the tests: the
+            false-positive rate stays at most ``alpha``. ``score_samples`` and
+            ``log_likelihood`` stay the joint log p(x). Tables without a text column
+            (integer-coded categories included) are unaffected. It raised contextual
+            anomalies' AUROC on benchmarks/mixed.py (RESULTS.md).
         schema: a :class:`Schema` (or its dict) to use instead of inferring one.
         seed: seeds the split, the initial weights, shuffling and the scorer's samples.
         accelerator, devices, strategy: passed to the Lightning Trainer.
@@ -215,6 +228,7 @@ class TabularDetector(Detector):
         categorical: list[str] | None = TABULAR["categorical"],
         discrete_levels: int = TABULAR["discrete_levels"],
         discrete_likelihood: str = TABULAR["discrete_likelihood"],
+        category_channels: bool = TABULAR["category_channels"],
         schema: Schema | dict[str, Any] | None = TABULAR["schema"],
         seed: int = TABULAR["seed"],
         accelerator: str = TABULAR["accelerator"],
@@ -244,6 +258,7 @@ class TabularDetector(Detector):
         self.categorical = categorical
         self.discrete_levels = discrete_levels
         self.discrete_likelihood = discrete_likelihood
+        self.category_channels = category_channels
         self.schema = schema
         self.seed = seed
         self.accelerator = accelerator
@@ -288,6 +303,9 @@ class TabularDetector(Detector):
                 f"discrete_likelihood must be one of {', '.join(DISCRETE_LIKELIHOODS)}, "
                 f"got {self.discrete_likelihood!r}"
             )
+            raise ValueError(msg)
+        if not isinstance(self.category_channels, bool | np.bool_):
+            msg = f"category_channels must be True or False, got {self.category_channels!r}"
             raise ValueError(msg)
         if self.beta < 0:
             msg = f"beta must be >= 0, got {self.beta!r}"
@@ -511,10 +529,93 @@ class TabularDetector(Detector):
         self, cal: ScoreResult, *, alpha: float | None, contamination: float | None
     ) -> None:
         self._calibrate(cal.log_likelihood, alpha=alpha, contamination=contamination)
-        self.__dict__.pop("_pattern_cache", None)  # patterns follow the new rate and rows
+        # patterns follow the new rate and rows
+        self.__dict__.pop("_pattern_cache", None)
+        self.__dict__.pop("_pattern_channels", None)
         # typical per-feature terms on normal rows, so explain() can say which column is
         # unusually unlikely rather than which column is always costly (many categories)
         self.feature_baseline_ = np.median(cal.contributions, axis=0)
+        self._calibrate_channels(cal)
+
+    def channel_columns(self) -> list[str]:
+        """The columns judged on their own besides the record (see
+        ``category_channels``): the schema's text categorical columns, or none."""
+        if not self.category_channels:
+            return []
+        return [c.name for c in self.schema_.of_kind("categorical") if not c.discrete]
+
+    def _calibrate_channels(self, cal: ScoreResult) -> None:
+        """Each channel column's conformal reference: its contributions [n] on the
+        calibration rows ``cal`` (scored with contributions); in contamination mode also
+        the cut on the log of the combined p-value (``channel_cut_``)."""
+        names = self.feature_names_
+        base = self.calibration_
+        with warnings.catch_warnings():
+            # the joint calibration has already warned about a small or constant set
+            warnings.simplefilter("ignore", CalibrationWarning)
+            self.channels_: dict[str, Calibration] = {
+                name: Calibration.fit(
+                    cal.contributions[:, names.index(name)],
+                    alpha=base.alpha,
+                    contamination=base.contamination,
+                )
+                for name in self.channel_columns()
+            }
+        self.channel_cut_: float | None = None
+        if not self.channels_:
+            return
+        c = len(self.channels_) + 1
+        if base.method == "contamination":
+            assert base.contamination is not None
+            p = self._combined_p(
+                base.p_values(cal.log_likelihood), cal.contributions, self.channels_
+            )
+            self.channel_cut_ = float(np.quantile(np.log(p), base.contamination, method="lower"))
+        elif base.alpha is not None and c / (base.n + 1) > base.alpha:
+            warnings.warn(
+                f"calibration set has {base.n} rows, too few to test {c} channels (the record "
+                f"and the categorical columns {', '.join(self.channels_)}) at alpha="
+                f"{base.alpha} (needs at least {math.ceil(c / base.alpha) - 1}); flags come "
+                "from log p(x) alone, p-values still combine the channels",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+
+    def _combined_p(
+        self,
+        p_joint: np.ndarray,
+        contributions: np.ndarray,
+        channels: Mapping[str, Calibration],
+    ) -> np.ndarray:
+        """Bonferroni's p-value [N] over the record's joint p-values [N] and each channel
+        column's conformal p-value of its contribution (``contributions`` [N, F], in the
+        order of :attr:`feature_names_`) against ``channels``' references (the complete
+        rows' or a missingness pattern's). Always over all of :attr:`channels_` plus
+        one: a channel without a reference (a pattern calibrated without contributions)
+        gets p = 1. A missing category contributes 0 nats, more than any observed one,
+        so its channel's p-value is 1 as well."""
+        names = self.feature_names_
+        cols = [p_joint]
+        for name in self.channels_:
+            ref = channels.get(name)
+            j = names.index(name)
+            cols.append(np.ones(len(p_joint)) if ref is None else ref.p_values(contributions[:, j]))
+        return bonferroni(np.column_stack(cols))
+
+    def _channels_cut(self) -> float | None:
+        """The log combined p-value a record is flagged at or below (conformal mode) or
+        below (contamination mode; ``channel_cut_``); None when flags come from log p(x)
+        alone (no channels, or a calibration set too small to test them at alpha)."""
+        channels = getattr(self, "channels_", {})
+        if not channels:
+            return None
+        base = self.calibration_
+        if base.method == "contamination":
+            return self.channel_cut_
+        assert base.alpha is not None
+        if (len(channels) + 1) / (base.n + 1) > base.alpha:
+            return None
+        return math.log(base.alpha)
 
     def _calibrate_on(self, X: Any, *, alpha: float | None, contamination: float | None) -> None:
         arrays = self.preprocessor_.transform(_as_frame(X), allow_extra=True)
@@ -548,6 +649,8 @@ class TabularDetector(Detector):
         sampler = (
             self._sampler(k) if hasattr(self, "sampler_") else ImportanceSampler(self.k, self.seed)
         )
+        # a record's p-value and flag need its channel columns' contributions
+        contributions = contributions or bool(getattr(self, "channels_", None))
         tensors = TabularTensors.from_arrays(arrays)
         show = self.progress if progress is None else progress
         if show and len(arrays) > 10 * sampler.rows_per_pass(self.net_):
@@ -601,21 +704,25 @@ class TabularDetector(Detector):
 
     def _calibrated_rows(self, X: Any) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         _, arrays = self._encode_frame(X, allow_extra=False)
-        ll = self._score_arrays(arrays, contributions=False).log_likelihood
-        return ll, self.calibrated(ll, arrays)
+        res = self._score_arrays(arrays, contributions=False)
+        ll = res.log_likelihood
+        return ll, self.calibrated(ll, arrays, res.contributions)
 
     def p_values(self, X: Any) -> np.ndarray:
         """Split-conformal p-values, [N] in (0, 1]; small means unusual. A row with
-        missing cells is compared with calibration rows missing the same cells."""
+        missing cells is compared with calibration rows missing the same cells. With
+        channel columns (``category_channels``), Bonferroni's over log p(x)'s p-value and
+        each text column's (see :meth:`calibrated`)."""
         self._check_fitted()
         return self._calibrated_rows(X)[1][0]
 
     def decision_function(self, X: Any) -> np.ndarray:
         """log p(x) minus the threshold it is judged by, [N]; negative for outliers. For a
         complete row that is ``score_samples(X) - offset_``; a row with missing cells
-        is judged by its missingness pattern's threshold (see :meth:`calibrated`)."""
-        ll, (_, _, thr) = self._calibrated_rows(X)
-        return ll - thr
+        is judged by its missingness pattern's threshold. A table with channel columns
+        (``category_channels``) is judged by its combined p-value: the decision is then
+        the log of that p-value minus the log of the cut (see :meth:`calibrated`)."""
+        return self._calibrated_rows(X)[1][2]
 
     def score(
         self,
@@ -659,7 +766,7 @@ class TabularDetector(Detector):
         batch scoring alike. With the rows' ``arrays``, a row with missing cells gets its
         p-value and flag from its missingness pattern's calibration (:meth:`calibrated`)."""
         ll = res.log_likelihood
-        p, flags, _ = self.calibrated(ll, arrays)
+        p, flags, _ = self.calibrated(ll, arrays, res.contributions)
         empty = self.missing_cells(arrays).all(1) if arrays is not None else np.zeros(len(ll), bool)
         return {
             "log_likelihood": ll,
@@ -709,8 +816,8 @@ class TabularDetector(Detector):
             return cache[pattern]
         rows = self.pattern_rows(pattern)
         assert rows is not None
-        ll = self._score_arrays(rows, progress=False, contributions=False).log_likelihood
-        return self.store_pattern_calibration(pattern, ll)
+        res = self._score_arrays(rows, progress=False, contributions=False)
+        return self.store_pattern_calibration(pattern, res.log_likelihood, res.contributions)
 
     def new_patterns(self, arrays: TabularArrays) -> list[tuple[int, ...]]:
         """The missingness patterns of ``arrays`` whose calibration is not computed yet
@@ -743,12 +850,27 @@ class TabularDetector(Detector):
         return masked
 
     def store_pattern_calibration(
-        self, pattern: tuple[int, ...], log_likelihood: np.ndarray
+        self,
+        pattern: tuple[int, ...],
+        log_likelihood: np.ndarray,
+        contributions: np.ndarray | None = None,
     ) -> Calibration:
         """Calibrate ``pattern`` on the log-likelihoods [R] of its :meth:`pattern_rows`
         (scored at the detector's own K) and keep it (at most ``MAX_PATTERNS``, oldest
-        dropped first)."""
+        dropped first). A detector with channel columns (``category_channels``) also
+        needs their ``contributions`` [R, F]: with a cell missing, a category's
+        probability given the rest of its row is another quantity (a category that
+        followed the missing cell becomes harder to predict), so its channel is
+        calibrated on the same pattern too."""
         cal = self.calibration_
+        names = self.feature_names_
+        channels = getattr(self, "channels_", {})
+        if channels and (contributions is None or contributions.shape[1] != len(names)):
+            msg = (
+                f"the channel columns {', '.join(channels)} need the pattern rows' "
+                f"contributions [R, {len(names)}] to calibrate a missingness pattern"
+            )
+            raise ValueError(msg)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)
             found = Calibration.fit(
@@ -756,30 +878,91 @@ class TabularDetector(Detector):
                 alpha=cal.alpha,
                 contamination=cal.contamination,
             )
+            found_channels = {
+                name: Calibration.fit(
+                    contributions[:, names.index(name)],
+                    alpha=cal.alpha,
+                    contamination=cal.contamination,
+                )
+                for name in channels
+                if contributions is not None
+            }
         cache = self.__dict__.setdefault("_pattern_cache", {})
+        chan_cache = self.__dict__.setdefault("_pattern_channels", {})
         if len(cache) >= MAX_PATTERNS:
-            cache.pop(next(iter(cache)))
+            oldest = next(iter(cache))
+            cache.pop(oldest)
+            chan_cache.pop(oldest, None)
         cache[pattern] = found
+        chan_cache[pattern] = found_channels
         return found
 
     def calibrated(
-        self, log_likelihood: np.ndarray, arrays: TabularArrays | None = None
+        self,
+        log_likelihood: np.ndarray,
+        arrays: TabularArrays | None = None,
+        contributions: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(p-values, outlier flags, thresholds), [N] each, for log-likelihoods [N] of the
+        """(p-values, outlier flags, decisions), [N] each, for log-likelihoods [N] of the
         rows ``arrays``: a complete row against the calibration set, a row with missing
         cells against its missingness pattern's calibration (:meth:`_pattern_calibration`).
-        Without ``arrays`` every row is taken as complete."""
+        Without ``arrays`` every row is taken as complete. A decision is negative exactly
+        for the flagged rows: log p(x) minus the threshold it is judged by, or, with
+        channel columns (``category_channels``), the log of the combined p-value minus
+        the log of the cut it is judged by (:meth:`_channels_cut`). A detector with
+        channel columns needs the rows' ``contributions`` [N, F]."""
         ll = np.asarray(log_likelihood, dtype=np.float64)
         cal = self.calibration_
         p, flags = cal.p_values(ll), cal.is_outlier(ll)
         thr = np.full(len(ll), cal.threshold)
-        for pc, idx in self._pattern_groups(arrays, len(ll)):
+        groups = self._pattern_groups(arrays, len(ll))
+        for pc, idx, _ in groups:
             p[idx], flags[idx], thr[idx] = (
                 pc.p_values(ll[idx]),
                 pc.is_outlier(ll[idx]),
                 pc.threshold,
             )
-        return p, flags, thr
+        decision = ll - thr
+        if not getattr(self, "channels_", None):
+            return p, flags, decision
+        if contributions is None or contributions.shape != (len(ll), len(self.feature_names_)):
+            got = None if contributions is None else contributions.shape
+            msg = (
+                f"this detector judges the columns {', '.join(self.channels_)} on their own: "
+                f"its p-values need the rows' contributions [{len(ll)}, "
+                f"{len(self.feature_names_)}], got {got}"
+            )
+            raise ValueError(msg)
+        combined = self._combined_p(p, contributions, self.channels_)
+        for _, idx, channels in groups:
+            combined[idx] = self._combined_p(p[idx], contributions[idx], channels)
+        p = combined
+        cut = self._channels_cut()
+        if cut is None:
+            return p, flags, decision
+        with np.errstate(divide="ignore", invalid="ignore"):
+            decision = np.log(p) - cut
+        conformal = self.calibration_.method == "conformal"
+        flags = decision <= 0 if conformal else decision < 0
+        # at the cut itself a conformal flag has decision 0: make it negative, as promised
+        decision = np.where(flags & (decision >= 0), -np.finfo(np.float64).tiny, decision)
+        return p, flags, decision
+
+    def drift_flags(
+        self, log_likelihood: np.ndarray, arrays: TabularArrays | None = None
+    ) -> np.ndarray:
+        """[N] bool: the flags log p(x) alone gives the rows ``arrays`` (each against the
+        calibration set or its missingness pattern's), a record that could not be scored
+        or has no observed cell included. What drift monitoring's outlier-rate test
+        counts: its exact Beta-binomial null is that of one conformal threshold, and
+        every other drift signal watches log p(x) too. Without channel columns
+        (``category_channels``) these are the records' own flags."""
+        ll = np.asarray(log_likelihood, dtype=np.float64)
+        flags = self.calibration_.is_outlier(ll)
+        for pc, idx, _ in self._pattern_groups(arrays, len(ll)):
+            flags[idx] = pc.is_outlier(ll[idx])
+        empty = self.missing_cells(arrays).all(1) if arrays is not None else False
+        return np.asarray(flags | ~np.isfinite(ll) | empty, dtype=bool)
 
     def smoothed_p_values(
         self, log_likelihood: np.ndarray, u: np.ndarray, arrays: TabularArrays | None = None
@@ -790,16 +973,16 @@ class TabularDetector(Detector):
         ll = np.asarray(log_likelihood, dtype=np.float64)
         u = np.asarray(u, dtype=np.float64)
         p = self.calibration_.smoothed_p_values(ll, u)
-        for pc, idx in self._pattern_groups(arrays, len(ll)):
+        for pc, idx, _ in self._pattern_groups(arrays, len(ll)):
             p[idx] = pc.smoothed_p_values(ll[idx], u[idx])
         return p
 
     def _pattern_groups(
         self, arrays: TabularArrays | None, n: int
-    ) -> list[tuple[Calibration, list[int]]]:
+    ) -> list[tuple[Calibration, list[int], dict[str, Calibration]]]:
         """The rows with missing cells, grouped by missingness pattern, each with its
-        pattern's calibration (patterns without one are left out: their rows stay on the
-        complete rows' calibration)."""
+        pattern's calibration and its channel columns' (patterns without one are left
+        out: their rows stay on the complete rows' calibration)."""
         if arrays is None or not n:
             return []
         missing = self.missing_cells(arrays)
@@ -811,7 +994,7 @@ class TabularDetector(Detector):
         for pattern, idx in patterns.items():
             pc = self._pattern_calibration(pattern)
             if pc is not None:
-                out.append((pc, idx))
+                out.append((pc, idx, self.__dict__.get("_pattern_channels", {}).get(pattern, {})))
         return out
 
     def top_features(
@@ -960,8 +1143,8 @@ class TabularDetector(Detector):
 
         return {
             "normality": res.log_likelihood,
-            # the flags the records get when scored (missingness patterns included)
-            "flags": self.result_columns(res, arrays)["is_outlier"],
+            # log p(x)'s own flags (missingness patterns included): see drift_flags
+            "flags": self.drift_flags(res.log_likelihood, arrays),
             "mu": mu.numpy(),
             "kl": res.kl,
             "keys": record_keys(
@@ -995,7 +1178,14 @@ class TabularDetector(Detector):
         }
 
     def _calibration_document(self) -> dict[str, Any]:
-        return {"feature_baseline": self.feature_baseline_.tolist()}
+        doc: dict[str, Any] = {"feature_baseline": self.feature_baseline_.tolist()}
+        channels = getattr(self, "channels_", {})
+        if channels:
+            doc["channels"] = {
+                "columns": {name: ref.to_dict() for name, ref in channels.items()},
+                "cut": self.channel_cut_,
+            }
+        return doc
 
     def _weights(self) -> dict[str, Any]:
         out = dict(self.net_.state_dict())
@@ -1025,3 +1215,12 @@ class TabularDetector(Detector):
         self.net_ = net
         baseline = docs["calibration.json"]["feature_baseline"]
         self.feature_baseline_ = np.asarray(baseline, dtype=np.float64)
+        # a bundle from before channels (or without them) judges records by log p(x)
+        channels = docs["calibration.json"].get("channels") or {"columns": {}, "cut": None}
+        names = self.feature_names_
+        for name in channels["columns"]:
+            if name not in names:
+                msg = f"calibration.json has a channel for column {name!r}, not in the schema"
+                raise ValueError(msg)
+        self.channels_ = {name: Calibration.from_dict(d) for name, d in channels["columns"].items()}
+        self.channel_cut_ = None if channels["cut"] is None else float(channels["cut"])

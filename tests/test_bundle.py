@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from anomaly_vae import TabularDetector, load_detector
 from anomaly_vae.bundle import sign_bundle, verify_signature
 from anomaly_vae.cli import main
 from anomaly_vae.exceptions import BundleError
+from tests.helpers import edit_bundle_document
 
 KEY = "k" * 20 + "-a-test-signing-key"
 
@@ -19,14 +18,7 @@ KEY = "k" * 20 + "-a-test-signing-key"
 def _edit_consistently(bundle: Path) -> None:
     """What an attacker with write access does: change the threshold, then recompute
     the file's sha256 in the manifest so the checksums still agree."""
-    cal = json.loads((bundle / "calibration.json").read_text())
-    cal["threshold"] = -1e9  # flag nothing
-    (bundle / "calibration.json").write_text(json.dumps(cal))
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["calibration.json"] = hashlib.sha256(
-        (bundle / "calibration.json").read_bytes()
-    ).hexdigest()
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    edit_bundle_document(bundle, "calibration.json", lambda cal: cal.update(threshold=-1e9))
 
 
 def test_a_signed_bundle_loads_and_a_consistent_edit_is_refused(fitted, tmp_path):

@@ -204,6 +204,14 @@ def test_discrete_likelihood_choices_are_the_detectors():
         assert args.discrete_likelihood == choice
 
 
+def test_category_channels_are_on_unless_turned_off():
+    from anomaly_vae.cli import _parser
+
+    on = _parser().parse_args(["train", "d.csv", "--out", "b"])
+    off = _parser().parse_args(["train", "d.csv", "--out", "b", "--no-category-channels"])
+    assert on.category_channels is True and off.category_channels is False
+
+
 @pytest.mark.parametrize(
     ("command", "detector"),
     [

@@ -10,6 +10,7 @@ from sklearn.base import clone
 from anomaly_vae import ImageDetector, TabularDetector
 from anomaly_vae.defaults import IMAGE, TABULAR
 from anomaly_vae.exceptions import NotFittedError
+from tests.helpers import edit_bundle_document
 from tests.test_image_detector import squares
 
 KINDS = [
@@ -131,7 +132,6 @@ def test_image_contamination_is_checked():
 
 
 def test_image_bundle_has_a_schema(image_fitted, tmp_path):
-    import hashlib
     import json
 
     from anomaly_vae.exceptions import BundleError
@@ -142,13 +142,7 @@ def test_image_bundle_has_a_schema(image_fitted, tmp_path):
     assert schema["shape"] == [1, 16, 16]
     assert schema["dtype"] == "uint8" and schema["value_range"] == [0, 255]
     # a schema that disagrees with the weights, re-signed so it passes the sha256 check
-    schema["shape"] = [3, 16, 16]
-    (path / "schema.json").write_text(json.dumps(schema))
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["schema.json"] = hashlib.sha256(
-        (path / "schema.json").read_bytes()
-    ).hexdigest()
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    edit_bundle_document(path, "schema.json", lambda doc: doc.update(shape=[3, 16, 16]))
     with pytest.raises(BundleError, match=r"schema.json gives image shape \[3, 16, 16\]"):
         ImageDetector.load(path)
 

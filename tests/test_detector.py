@@ -51,13 +51,30 @@ def test_finds_the_known_outliers(fitted, mixed_test):
 
 def test_sklearn_api_is_consistent(fitted, mixed_test):
     frame, _ = mixed_test
-    s = fitted.score_samples(frame)
-    np.testing.assert_allclose(fitted.decision_function(frame), s - fitted.offset_)
+    # the fixture's color column is judged on its own: the decision is on the combined
+    # p-value, and negative exactly where the record is flagged
+    assert list(fitted.channels_) == ["color"]
+    decision = fitted.decision_function(frame)
     pred = fitted.predict(frame)
     assert set(np.unique(pred)) <= {-1, 1}
-    np.testing.assert_array_equal(pred == -1, fitted.score(frame)["is_outlier"].to_numpy())
+    scored = fitted.score(frame)
+    np.testing.assert_array_equal(pred == -1, scored["is_outlier"].to_numpy())
+    np.testing.assert_array_equal(decision < 0, scored["is_outlier"].to_numpy())
     p = fitted.p_values(frame)
+    np.testing.assert_array_equal(p, scored["p_value"].to_numpy())
     assert np.all((p > 0) & (p <= 1))
+    np.testing.assert_array_equal(scored["is_outlier"].to_numpy(), p <= fitted.alpha)
+
+
+def test_without_channels_the_decision_is_log_likelihood_minus_offset(mixed_train, mixed_test):
+    frame, _ = mixed_test
+    det = TabularDetector(id_column="id", seed=0, k=8, max_epochs=3, category_channels=False)
+    det.fit(mixed_train)
+    assert det.channels_ == {}
+    s = det.score_samples(frame)
+    np.testing.assert_allclose(det.decision_function(frame), s - det.offset_)
+    np.testing.assert_array_equal(det.p_values(frame), det.calibration_.p_values(s))
+    np.testing.assert_array_equal(det.predict(frame) == -1, s < det.offset_)
 
 
 def test_score_is_batch_independent_and_deterministic(fitted, mixed_test):

@@ -169,3 +169,16 @@ class Calibration:
             "n": self.n,
             "reference_quantiles": dict(zip(["q01", "q05", "q50", "q95"], q, strict=True)),
         }
+
+
+def bonferroni(p_values: np.ndarray) -> np.ndarray:
+    """One p-value per record from C p-values each, [N, C] -> [N]: ``min(1, C min_c p_c)``.
+
+    Valid whatever the dependence between the C tests: if each p_c is a valid p-value
+    for normal records, P(combined <= a) <= sum_c P(p_c <= a / C) <= a. NaN in a row
+    gives NaN."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 2:
+        msg = f"bonferroni takes p-values of shape [N, C], got shape {p.shape}"
+        raise ValueError(msg)
+    return np.minimum(1.0, p.shape[1] * p.min(axis=1))

@@ -132,6 +132,17 @@ def score_columns(
     return out
 
 
+def drift_flags(
+    det: TabularDetector, res: ScoreResult, arrays: TabularArrays, flags: np.ndarray
+) -> np.ndarray:
+    """The flags drift monitoring counts, [N]: the records' own ``flags`` unless the
+    model has category channels, then log p(x)'s alone (see
+    :meth:`TabularDetector.drift_flags`)."""
+    if not getattr(det, "channels_", None):
+        return flags
+    return det.drift_flags(res.log_likelihood, arrays)
+
+
 def top_contributions(
     det: TabularDetector,
     columns: Mapping[str, Sequence[Any]],
@@ -191,7 +202,7 @@ async def calibrate_patterns(
         masked = det.pattern_rows(pattern)
         assert masked is not None
         res = await batcher.score(model, masked, None, False)
-        det.store_pattern_calibration(pattern, res.log_likelihood)
+        det.store_pattern_calibration(pattern, res.log_likelihood, res.contributions)
 
 
 @router.post(
@@ -255,7 +266,8 @@ async def score(
         metrics.observe_model(model, scores, p, flags)
         monitor.submit(
             model, arrays, res.log_likelihood, k=req.k, kl=res.kl, latent=res.latent_mean,
-            contributions=res.contributions if sampled else None, flags=flags,
+            contributions=res.contributions if sampled else None,
+            flags=drift_flags(det, res, arrays, flags),
         )  # fmt: skip
     # serialized directly (the declared response_model documents the shape): pydantic
     # validation of 1000 result objects cost more than the JSON encoding itself
@@ -321,7 +333,7 @@ async def invocations(
         monitor.submit(
             model, arrays, res.log_likelihood, k=k, kl=res.kl, latent=res.latent_mean,
             contributions=res.contributions if sampled else None,
-            flags=out["is_outlier"].to_numpy(dtype=bool),
+            flags=drift_flags(det, res, arrays, out["is_outlier"].to_numpy(dtype=bool)),
         )  # fmt: skip
         records = [{k2: plain(v) for k2, v in row.items()} for row in out.to_dict(orient="records")]
         return {"predictions": records}

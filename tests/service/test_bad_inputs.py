@@ -135,8 +135,9 @@ def test_an_unscorable_record_is_never_normal(fitted):
     from anomaly_vae.scoring.iwae import ScoreResult
 
     nan = np.array([math.nan, -3.0])
+    width = len(fitted.feature_names_)  # its color column's p-value needs contributions
     res = ScoreResult(
-        nan, nan, nan, nan, np.zeros((2, 0)), nan, np.zeros(2, bool), np.zeros((2, 0))
+        nan, nan, nan, nan, np.zeros((2, width)), nan, np.zeros(2, bool), np.zeros((2, 0))
     )
     cols = fitted.result_columns(res)
     assert cols["is_outlier"].tolist() == [True, False]
