@@ -154,6 +154,20 @@ def post_ready(url: str, json: Any, *, timeout: float = 60, wait: float = 60) ->
         time.sleep(min(float(r.headers.get("retry-after", 1)), 1.0))
 
 
+def loaded_model(url: str, *, wait: float = 60) -> dict[str, Any]:
+    """GET /v1/models until the answering worker has its model (``loaded``): with
+    several workers, /readyz answered by one says nothing of the other, which on a busy
+    machine can still be loading."""
+    deadline = time.monotonic() + wait
+    while True:
+        loaded = httpx.get(url + "/v1/models", timeout=10).json()["loaded"]
+        if loaded is not None:
+            return dict(loaded)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no model loaded at {url} after {wait} s")
+        time.sleep(0.2)
+
+
 def records(frame) -> list[dict]:
     """The rows as JSON-ready dicts, floats exact and missing values None.
 

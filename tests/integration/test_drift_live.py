@@ -14,7 +14,7 @@ import pytest
 
 from anomaly_vae import TabularDetector, registry
 from tests.conftest import make_mixed
-from tests.integration.conftest import Prometheus, Server, post_ready, records
+from tests.integration.conftest import Prometheus, Server, loaded_model, post_ready, records
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_live_drift_through_prometheus_across_a_hot_swap(store, mixed_train, tmp
     prom = Prometheus(tmp_path, [f"127.0.0.1:{srv.port}"], [RULES])
     promoted = False
     try:
-        v1 = str(httpx.get(srv.url + "/v1/models").json()["loaded"]["version"])
+        v1 = str(loaded_model(srv.url)["version"])
         sel = f'name="mixed",version="{v1}"'
         # unchanged traffic: rows from the training data's own generator
         post(srv, make_mixed(600, seed=21))
