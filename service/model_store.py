@@ -85,6 +85,8 @@ class LoadedModel:
             "k": det.sampler_.k,
             "columns": [c.to_dict() for c in det.schema_.columns],
             "id_column": det.schema_.id_column,
+            # text columns judged on their own: p_value and is_outlier combine them
+            "channel_columns": list(getattr(det, "channels_", {})),
             "calibration": det.calibration_.summary(),
         }
 
