@@ -145,3 +145,19 @@ def test_bonferroni_is_c_times_the_smallest_capped_at_one():
     assert np.isnan(bonferroni(p)[2])
     with pytest.raises(ValueError, match=r"shape \[N, C\], got shape \(3,\)"):
         bonferroni(np.ones(3))
+
+
+def test_drift_monitoring_counts_the_flags_of_log_p_alone(fits):
+    """The outlier-rate drift test's exact null is that of one conformal threshold: it
+    counts log p(x)'s flags, not the combined ones (which flag the wrong colors too)."""
+    det = fits[0]
+    frame, wrong = with_wrong_colors(400, 100)
+    out = det.drift_outputs(frame)
+    np.testing.assert_array_equal(out["flags"], out["normality"] < det.offset_)
+    scored = det.score(frame)
+    assert scored.loc[wrong, "is_outlier"].sum() > out["flags"][wrong].sum()
+    holes = frame.assign(c=np.nan)
+    arrays = det.encode_rows(holes)
+    ll = det.score_encoded(arrays).log_likelihood
+    # a row with a missing cell is judged against its pattern, as its p-value is
+    assert not np.array_equal(det.drift_flags(ll, arrays), ll < det.offset_)
