@@ -567,8 +567,8 @@ class TabularDetector(Detector):
         c = len(self.channels_) + 1
         if base.method == "contamination":
             assert base.contamination is not None
-            p = self._combined_p(
-                base.p_values(cal.log_likelihood), cal.contributions, self.channels_
+            p = bonferroni(
+                self._channel_p_values(base.p_values(cal.log_likelihood), cal.contributions, [])
             )
             self.channel_cut_ = float(np.quantile(np.log(p), base.contamination, method="lower"))
         elif base.alpha is not None and c / (base.n + 1) > base.alpha:
@@ -581,26 +581,30 @@ class TabularDetector(Detector):
                 stacklevel=3,
             )
 
-    def _combined_p(
+    def _channel_p_values(
         self,
         p_joint: np.ndarray,
         contributions: np.ndarray,
-        channels: Mapping[str, Calibration],
+        groups: list[tuple[Calibration, list[int], dict[str, Calibration]]],
     ) -> np.ndarray:
-        """Bonferroni's p-value [N] over the record's joint p-values [N] and each channel
-        column's conformal p-value of its contribution (``contributions`` [N, F], in the
-        order of :attr:`feature_names_`) against ``channels``' references (the complete
-        rows' or a missingness pattern's). Always over all of :attr:`channels_` plus
-        one: a channel without a reference (a pattern calibrated without contributions)
-        gets p = 1. A missing category contributes 0 nats, more than any observed one,
-        so its channel's p-value is 1 as well."""
+        """[N, 1 + C]: the rows' joint p-values ``p_joint`` [N] and each channel column's
+        conformal p-value of its contribution (``contributions`` [N, F], in the order of
+        :attr:`feature_names_`), a row with missing cells against its pattern's
+        references (``groups``, from :meth:`_pattern_groups`). A missing category
+        contributes 0 nats, more than any observed one, so its p-value is 1."""
         names = self.feature_names_
-        cols = [p_joint]
-        for name in self.channels_:
-            ref = channels.get(name)
-            j = names.index(name)
-            cols.append(np.ones(len(p_joint)) if ref is None else ref.p_values(contributions[:, j]))
-        return bonferroni(np.column_stack(cols))
+        out = np.ones((len(p_joint), 1 + len(self.channels_)))
+        out[:, 0] = p_joint
+        refs: list[tuple[Any, Mapping[str, Calibration]]] = [(slice(None), self.channels_)]
+        refs += [(idx, channels) for _, idx, channels in groups]
+        for rows, channels in refs:
+            for c, name in enumerate(self.channels_, start=1):
+                ref = channels.get(name)
+                if ref is not None:
+                    out[rows, c] = ref.p_values(contributions[rows, names.index(name)])
+                else:  # a pattern calibrated without contributions: no evidence
+                    out[rows, c] = 1.0
+        return out
 
     def _channels_cut(self) -> float | None:
         """The log combined p-value a record is flagged at or below (conformal mode) or
@@ -933,10 +937,7 @@ class TabularDetector(Detector):
                 f"{len(self.feature_names_)}], got {got}"
             )
             raise ValueError(msg)
-        combined = self._combined_p(p, contributions, self.channels_)
-        for _, idx, channels in groups:
-            combined[idx] = self._combined_p(p[idx], contributions[idx], channels)
-        p = combined
+        p = bonferroni(self._channel_p_values(p, contributions, groups))
         cut = self._channels_cut()
         if cut is None:
             return p, flags, decision
@@ -1006,15 +1007,55 @@ class TabularDetector(Detector):
         to [1, F]. With the records' ``arrays``, a missing cell is never named: it is
         marginalized (its contribution is 0), so its "excess" is only minus the column's
         usual term, and a column whose usual log-density is positive looked unusual
-        wherever it was missing. Needs ``res`` scored with contributions."""
+        wherever it was missing. With channel columns (``category_channels``), a text
+        column whose own test flags the record comes first (:meth:`_channels_first`).
+        Needs ``res`` scored with contributions."""
         names = self.feature_names_
         top = max(1, min(top, len(names)))
         excess = res.contributions - self.feature_baseline_
         ranked = np.argsort(excess, axis=1, kind="stable")
+        if getattr(self, "channels_", None):
+            ranked = self._channels_first(res, arrays, ranked)
         if arrays is None:
             return ranked[:, :top].tolist(), excess
         missing = self.missing_cells(arrays)
         return [[j for j in row if not missing[i, j]][:top] for i, row in enumerate(ranked)], excess
+
+    def _channels_first(
+        self, res: ScoreResult, arrays: TabularArrays | None, ranked: np.ndarray
+    ) -> np.ndarray:
+        """``ranked`` [N, F] (feature indices, most unusual first by excess nats) with,
+        in each row, the channel columns whose own test flags the record (C times their
+        p-value at or below the cut) while log p(x)'s does not (the record is flagged
+        because of them alone) moved to the front, smallest p-value first. Their nats need not show it: the encoder, given a
+        category that does not fit, moves the latent code towards it, and the cost lands
+        on the numeric columns it then reconstructs worse. Rows no channel flags keep
+        ``ranked``; so does every row when flags come from log p(x) alone
+        (:meth:`_channels_cut` is None)."""
+        cut = self._channels_cut()
+        if cut is None:
+            return ranked
+        ll = res.log_likelihood
+        groups = self._pattern_groups(arrays, len(ll))
+        p_joint = self.calibration_.p_values(ll)
+        for pc, idx, _ in groups:
+            p_joint[idx] = pc.p_values(ll[idx])
+        p_all = self._channel_p_values(p_joint, res.contributions, groups)
+        with np.errstate(divide="ignore"):
+            margin = np.log(np.minimum(1.0, p_all.shape[1] * p_all)) - cut
+        flags = margin <= 0 if self.calibration_.method == "conformal" else margin < 0
+        # only where log p(x)'s own test does not flag the record: where it does, the
+        # nats say why, and a category the encoder was pulled away from is a symptom
+        flags = flags[:, 1:] & ~flags[:, :1]
+        p = p_all[:, 1:]
+        names = self.feature_names_
+        columns = np.array([names.index(name) for name in self.channels_])
+        out = ranked.copy()
+        for i in np.flatnonzero(flags.any(1)):
+            ahead = np.flatnonzero(flags[i])
+            first = columns[ahead[np.argsort(p[i, ahead], kind="stable")]]
+            out[i] = np.concatenate([first, [j for j in ranked[i] if j not in set(first)]])
+        return out
 
     @property
     def feature_names_(self) -> list[str]:
