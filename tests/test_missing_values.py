@@ -53,7 +53,7 @@ def test_a_missing_numeric_cell_recalibrates_the_category_channel_too(fitted, no
     out = fitted.score(window)
     assert 0.01 <= out["is_outlier"].mean() <= 0.11
     naive = joint_and_color_p(fitted, window)  # the complete rows' color reference
-    assert (naive <= fitted.alpha).mean() > 0.12
+    assert (naive <= fitted.alpha).mean() > 0.09  # measured 0.14: well above alpha
 
 
 def test_outliers_with_a_missing_cell_are_still_flagged(fitted, mixed_test):
