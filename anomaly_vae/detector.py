@@ -1026,12 +1026,12 @@ class TabularDetector(Detector):
     ) -> np.ndarray:
         """``ranked`` [N, F] (feature indices, most unusual first by excess nats) with,
         in each row, the channel columns whose own test flags the record (C times their
-        p-value at or below the cut) while log p(x)'s does not (the record is flagged
-        because of them alone) moved to the front, smallest p-value first. Their nats need not show it: the encoder, given a
-        category that does not fit, moves the latent code towards it, and the cost lands
-        on the numeric columns it then reconstructs worse. Rows no channel flags keep
-        ``ranked``; so does every row when flags come from log p(x) alone
-        (:meth:`_channels_cut` is None)."""
+        p-value at or below the cut) while log p(x)'s does not moved to the front,
+        smallest p-value first: the record is flagged because of them alone. Their nats
+        need not show it: the encoder, given a category that does not fit, moves the
+        latent code towards it, and the cost lands on the numeric columns it then
+        reconstructs worse. Other rows keep ``ranked``; so does every row when flags
+        come from log p(x) alone (:meth:`_channels_cut` is None)."""
         cut = self._channels_cut()
         if cut is None:
             return ranked
