@@ -916,16 +916,7 @@ class TabularDetector(Detector):
         the log of the cut it is judged by (:meth:`_channels_cut`). A detector with
         channel columns needs the rows' ``contributions`` [N, F]."""
         ll = np.asarray(log_likelihood, dtype=np.float64)
-        cal = self.calibration_
-        p, flags = cal.p_values(ll), cal.is_outlier(ll)
-        thr = np.full(len(ll), cal.threshold)
-        groups = self._pattern_groups(arrays, len(ll))
-        for pc, idx, _ in groups:
-            p[idx], flags[idx], thr[idx] = (
-                pc.p_values(ll[idx]),
-                pc.is_outlier(ll[idx]),
-                pc.threshold,
-            )
+        p, flags, thr, groups = self._joint_calibrated(ll, arrays)
         decision = ll - thr
         if not getattr(self, "channels_", None):
             return p, flags, decision
@@ -949,6 +940,29 @@ class TabularDetector(Detector):
         decision = np.where(flags & (decision >= 0), -np.finfo(np.float64).tiny, decision)
         return p, flags, decision
 
+    def _joint_calibrated(
+        self, ll: np.ndarray, arrays: TabularArrays | None
+    ) -> tuple[
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        list[tuple[Calibration, list[int], dict[str, Calibration]]],
+    ]:
+        """log p(x)'s own (p-values, flags, thresholds), [N] each, for log-likelihoods
+        ``ll`` [N] of the rows ``arrays`` (a row with missing cells against its pattern's
+        calibration), and the pattern groups (:meth:`_pattern_groups`) they came from."""
+        cal = self.calibration_
+        p, flags = cal.p_values(ll), cal.is_outlier(ll)
+        thr = np.full(len(ll), cal.threshold)
+        groups = self._pattern_groups(arrays, len(ll))
+        for pc, idx, _ in groups:
+            p[idx], flags[idx], thr[idx] = (
+                pc.p_values(ll[idx]),
+                pc.is_outlier(ll[idx]),
+                pc.threshold,
+            )
+        return p, flags, thr, groups
+
     def drift_flags(
         self, log_likelihood: np.ndarray, arrays: TabularArrays | None = None
     ) -> np.ndarray:
@@ -959,9 +973,7 @@ class TabularDetector(Detector):
         every other drift signal watches log p(x) too. Without channel columns
         (``category_channels``) these are the records' own flags."""
         ll = np.asarray(log_likelihood, dtype=np.float64)
-        flags = self.calibration_.is_outlier(ll)
-        for pc, idx, _ in self._pattern_groups(arrays, len(ll)):
-            flags[idx] = pc.is_outlier(ll[idx])
+        flags = self._joint_calibrated(ll, arrays)[1]
         empty = self.missing_cells(arrays).all(1) if arrays is not None else False
         return np.asarray(flags | ~np.isfinite(ll) | empty, dtype=bool)
 
@@ -1035,11 +1047,7 @@ class TabularDetector(Detector):
         cut = self._channels_cut()
         if cut is None:
             return ranked
-        ll = res.log_likelihood
-        groups = self._pattern_groups(arrays, len(ll))
-        p_joint = self.calibration_.p_values(ll)
-        for pc, idx, _ in groups:
-            p_joint[idx] = pc.p_values(ll[idx])
+        p_joint, _, _, groups = self._joint_calibrated(res.log_likelihood, arrays)
         p_all = self._channel_p_values(p_joint, res.contributions, groups)
         with np.errstate(divide="ignore"):
             margin = np.log(np.minimum(1.0, p_all.shape[1] * p_all)) - cut
