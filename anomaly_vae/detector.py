@@ -564,14 +564,15 @@ class TabularDetector(Detector):
         self.channel_cut_: float | None = None
         if not self.channels_:
             return
-        c = len(self.channels_) + 1
         if base.method == "contamination":
             assert base.contamination is not None
             p = bonferroni(
                 self._channel_p_values(base.p_values(cal.log_likelihood), cal.contributions, [])
             )
             self.channel_cut_ = float(np.quantile(np.log(p), base.contamination, method="lower"))
-        elif base.alpha is not None and c / (base.n + 1) > base.alpha:
+        elif self._channels_cut() is None:
+            c = len(self.channels_) + 1
+            assert base.alpha is not None
             warnings.warn(
                 f"calibration set has {base.n} rows, too few to test {c} channels (the record "
                 f"and the categorical columns {', '.join(self.channels_)}) at alpha="

@@ -61,6 +61,8 @@ HEADING = "## Tabular: mixed types, contextual and marginal anomalies"
 TABLES = ("wine", "iris", "breast_cancer", "digits", "diabetes")
 #: Half C, the check on data not seen while the category channels were designed.
 CHECK_TABLES = ("fashion", "mnist")
+#: Each check table's folder under ``data_dir() / "images"``.
+CHECK_FOLDERS = {"fashion": "fashion_mnist", "mnist": "mnist"}
 #: Images taken from each check set, and the pooling block (28 / 4 = 7x7 columns).
 CHECK_IMAGES, CHECK_BLOCK = 2000, 4
 #: Share of rows made anomalous, for each kind.
@@ -123,7 +125,7 @@ def image_table(name: str) -> tuple[pd.DataFrame, str, str]:
     median."""
     from anomaly_vae.data.images import read_idx
 
-    folder = data_dir() / "images" / {"fashion": "fashion_mnist", "mnist": "mnist"}[name]
+    folder = data_dir() / "images" / CHECK_FOLDERS[name]
     images = read_idx(folder / "train-images-idx3-ubyte.gz")[:CHECK_IMAGES].astype(np.float64)
     labels = read_idx(folder / "train-labels-idx1-ubyte.gz")[:CHECK_IMAGES]
     n, h, w = images.shape
@@ -143,8 +145,7 @@ def available(name: str) -> bool:
     """Whether a table's data is here (a check table needs ../shared/data)."""
     if name not in CHECK_TABLES:
         return True
-    folder = {"fashion": "fashion_mnist", "mnist": "mnist"}[name]
-    return (data_dir() / "images" / folder / "train-images-idx3-ubyte.gz").exists()
+    return (data_dir() / "images" / CHECK_FOLDERS[name] / "train-images-idx3-ubyte.gz").exists()
 
 
 def base_table(name: str) -> tuple[pd.DataFrame, str, str]:
