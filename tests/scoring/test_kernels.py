@@ -116,3 +116,68 @@ def test_a_model_without_a_readable_decoder_gets_the_base_pass_rows() -> None:
 def test_an_unknown_kernel_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="kernel must be one of fused, reference, got 'fast'"):
         ImportanceSampler(8, kernel="fast")
+
+
+def _spy_passes(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows of every pass ``model`` encodes from now on."""
+    seen: list[int] = []
+    encode = model.encode
+
+    def spy(batch: TabularTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(int(batch[0].shape[0]))
+        return encode(batch)
+
+    monkeypatch.setattr(model, "encode", spy)
+    return seen
+
+
+def test_a_small_request_runs_a_shorter_pass_once_it_gave_the_full_pass_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first small request runs both passes and compares them; later ones run the
+    short pass only, and every result is the full pass's bits."""
+    model, x = _mixed_model(4.0), _rows(300, 3)
+    full = ImportanceSampler(32, seed=0, short_passes=False).score(model, x, 300)
+    sampler = ImportanceSampler(32, seed=0)
+    per_pass = sampler.rows_per_pass(model)
+    seen = _spy_passes(model, monkeypatch)
+    for start, n, passes in [(0, 1, [per_pass, 16]), (7, 1, [16]), (40, 20, [per_pass, 32])]:
+        seen.clear()
+        got = sampler.score(model, x.rows(slice(start, start + n)), n)
+        assert seen == passes
+        for f in FIELDS:
+            want = getattr(full, f)[start : start + n]
+            assert getattr(got, f).tobytes() == np.ascontiguousarray(want).tobytes(), f
+    seen.clear()
+    sampler.score(model, x.rows(slice(0, 20)), 20, contributions=False)
+    assert seen == [per_pass, 32], "without contributions it is another pass: verified anew"
+
+
+class _ShapeDependentVAE(TabularVAE):
+    """A model whose last bits depend on the rows in a pass, as a CPU kernel's can."""
+
+    def feature_log_prob(self, z: torch.Tensor, batch: TabularTensors) -> torch.Tensor:
+        out = super().feature_log_prob(z, batch)
+        return out + 1e-6 if z.shape[1] < 64 else out
+
+
+def test_a_shorter_pass_that_changes_a_bit_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = _ShapeDependentVAE(4, [3, 5, 4], 2, latent_dim=3, hidden=[16, 8]).eval()
+    x = _rows(100, 4)
+    full = ImportanceSampler(16, seed=0, short_passes=False).score(model, x, 100)
+    sampler = ImportanceSampler(16, seed=0)
+    per_pass = sampler.rows_per_pass(model)
+    seen = _spy_passes(model, monkeypatch)
+    for i, passes in [(5, [per_pass, 16]), (6, [per_pass]), (7, [per_pass])]:
+        seen.clear()
+        got = sampler.score(model, x.rows(slice(i, i + 1)), 1)
+        assert seen == passes
+        np.testing.assert_array_equal(got.log_likelihood, full.log_likelihood[i : i + 1])
+
+
+def test_an_explicit_row_chunk_pads_every_pass_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _mixed_model(None), _rows(10, 5)
+    seen = _spy_passes(model, monkeypatch)
+    ImportanceSampler(8, row_chunk=64).score(model, x, 1)
+    assert seen == [64]
