@@ -64,6 +64,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "beta-2": {"beta": 2.0},
     "beta-4": {"beta": 4.0},
     "sized-lr": {"lr": "auto"},
+    "k-16": {"k": 16},
     "issue-2": {
         "student_df": None,
         "trim_fraction": 0.0,
@@ -97,6 +98,10 @@ ABLATION_TEXT = {
     "sized-lr": (
         "the learning rate sized from the planned steps, 2e-3 * sqrt(3000 / steps) up to "
         "1e-2, instead of 2e-3 (lr='auto'; chosen on half A of benchmarks/mixed.py)"
+    ),
+    "k-16": (
+        "16 importance samples (K) to score and calibrate instead of 64, the same fit: how "
+        "much detection rests on K, which sets the scorer's cost (k=16)"
     ),
     "issue-2": "the issue-2 detector: continuous, Gaussian, no trimming, plain scaling, floor 1.0",
 }
