@@ -134,23 +134,42 @@ def _spy_passes(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list
 def test_a_small_request_runs_a_shorter_pass_once_it_gave_the_full_pass_bits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The first small request runs both passes and compares them; later ones run the
-    short pass only, and every result is the full pass's bits."""
+    """The first small request runs both passes and compares them; once they agreed,
+    later ones run the short pass only. Whether they agree is this CPU's kernels' say,
+    so the comparison is made to agree here: the test is of the bookkeeping."""
+    monkeypatch.setattr(iwae, "_same_bits", lambda got, want, rows: True)
     model, x = _mixed_model(4.0), _rows(300, 3)
-    full = ImportanceSampler(32, seed=0, short_passes=False).score(model, x, 300)
     sampler = ImportanceSampler(32, seed=0)
     per_pass = sampler.rows_per_pass(model)
     seen = _spy_passes(model, monkeypatch)
     for start, n, passes in [(0, 1, [per_pass, 16]), (7, 1, [16]), (40, 20, [per_pass, 32])]:
         seen.clear()
-        got = sampler.score(model, x.rows(slice(start, start + n)), n)
+        sampler.score(model, x.rows(slice(start, start + n)), n)
         assert seen == passes
-        for f in FIELDS:
-            want = getattr(full, f)[start : start + n]
-            assert getattr(got, f).tobytes() == np.ascontiguousarray(want).tobytes(), f
     seen.clear()
     sampler.score(model, x.rows(slice(0, 20)), 20, contributions=False)
     assert seen == [per_pass, 32], "without contributions it is another pass: verified anew"
+
+
+def test_a_small_request_is_the_full_pass_bits_whatever_the_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On any CPU: every field of a small request equals the full batch's bits, and the
+    passes after the first follow the verdict recorded for them."""
+    model, x = _mixed_model(4.0), _rows(300, 3)
+    full = ImportanceSampler(32, seed=0, short_passes=False).score(model, x, 300)
+    sampler = ImportanceSampler(32, seed=0)
+    per_pass = sampler.rows_per_pass(model)
+    seen = _spy_passes(model, monkeypatch)
+    for start, n, short, first in [(0, 1, 16, True), (7, 1, 16, False), (40, 20, 32, True),
+                                   (90, 20, 32, False)]:  # fmt: skip
+        seen.clear()
+        got = sampler.score(model, x.rows(slice(start, start + n)), n)
+        verdict = next(ok for key, ok in iwae._SHORT_PASS_OK[model].items() if key[0] == short)
+        assert seen == ([per_pass, short] if first else [short] if verdict else [per_pass])
+        for f in FIELDS:
+            want = getattr(full, f)[start : start + n]
+            assert getattr(got, f).tobytes() == np.ascontiguousarray(want).tobytes(), f
 
 
 class _ShapeDependentVAE(TabularVAE):
