@@ -196,7 +196,7 @@ class ImportanceSampler:
             model.eval()
         parts: list[ScoreResult] = []
         n_features = 0
-        kernel = self._score_chunk if self.kernel == "reference" else self._score_chunk_fused
+        kernel = self._kernel()
         per_pass = self.rows_per_pass(model)
         device = model_device(model)
         try:
@@ -222,6 +222,10 @@ class ImportanceSampler:
                 model.train()
         return ScoreResult.concat(parts, n_features)
 
+    def _kernel(self) -> Callable[[VAEProtocol, Any, bool], ScoreResult]:
+        """The pass function of ``kernel``: the reference or the fused one."""
+        return self._score_chunk if self.kernel == "reference" else self._score_chunk_fused
+
     def _short_pass(self, rows: int, per_pass: int) -> int:
         """Rows of the pass for a chunk of ``rows`` records: ``per_pass``, or for a short
         last chunk the smallest ``MIN_PASS_ROWS`` times a power of two that holds it.
@@ -245,7 +249,7 @@ class ImportanceSampler:
         """Score ``rows`` (fewer than ``short``) in a pass of ``short`` rows where that
         has been seen to give the bits of a ``per_pass``-row pass; otherwise in the full
         pass. The first call for a setting runs both and records the verdict."""
-        kernel = self._score_chunk if self.kernel == "reference" else self._score_chunk_fused
+        kernel = self._kernel()
         n = _n_rows(rows)
         key = (short, per_pass, self.k, self.sample_chunk, self.kernel, with_contrib,
                torch.get_num_threads(), str(device))  # fmt: skip
