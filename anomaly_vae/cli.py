@@ -202,7 +202,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "--k",
         type=int,
         default=d["k"],
-        help="importance samples per record when scoring, default %(default)s (1 = ELBO)",
+        help="importance samples per record when scoring (1 = ELBO); by default the fewest of "
+        "8, 16, 32, 64 whose estimates on the calibration rows are as good as 64's",
     )
     g.add_argument(
         "--alpha",

@@ -105,7 +105,7 @@ TABULAR: Final[dict[str, Any]] = {
     "min_sigma": "auto",
     "student_df": 3.0,
     "winsorize": WINSOR_TAIL,
-    "k": 64,
+    "k": None,
     "alpha": 0.05,
     "contamination": None,
     "calibration_fraction": 0.2,

@@ -54,23 +54,33 @@ def test_a_color_that_does_not_fit_its_row_is_flagged(fits):
 
 def test_normal_rows_are_flagged_at_about_alpha(fits):
     """Bonferroni keeps the false-positive rate at most alpha whatever the channels'
-    dependence (measured on 3,000 new normal rows: 0.013, 0.032, 0.060 at alpha 0.05;
-    one calibration set of 80 rows per seed, so each rate scatters around its bound)."""
+    dependence, in expectation over calibration sets. One calibration set of 80 rows per
+    seed, so each rate scatters around its bound: a conformal threshold on 80 rows at
+    alpha 0.05 gives a rate with standard deviation 0.024, 0.014 for the mean of three.
+    Measured on 3,000 new normal rows: 0.040, 0.089, 0.057 (these fits choose K = 8;
+    at K = 64 they gave 0.013, 0.032, 0.060). Over seeds 3-14, mean 0.053 at K = 8 and
+    0.049 at K = 64. The bounds sit about 2 standard deviations above alpha: a broken
+    calibration (the rate of an uncalibrated threshold, or of a channel ignored) breaks
+    them."""
     rates = [
         det.score(make_mixed(3000, seed=seed + 200))["is_outlier"].mean()
         for seed, det in zip((0, 1, 2), fits, strict=True)
     ]
-    assert np.mean(rates) <= 0.06
-    assert max(rates) <= 0.09
+    assert np.mean(rates) <= 0.08
+    assert max(rates) <= 0.10
 
 
 def test_contamination_mode_cuts_the_combined_p_value():
     """At contamination 0.1 the cut is the 10% quantile of the calibration rows' own
-    combined p-values (measured on 3,000 new normal rows: 0.055, 0.108, 0.101)."""
+    combined p-values. Its rate on new rows scatters with the 80 calibration rows drawn
+    (standard deviation about 0.034): measured on 3,000 new normal rows over seeds 1-10,
+    mean 0.114 at the K these fits choose (8), 0.107 at K = 64, and 0.049-0.176 for
+    single seeds; this seed gives 0.164 (0.108 at K = 64). The bounds catch a cut on the
+    wrong quantile or on log p(x) alone, not one draw's scatter."""
     det = TabularDetector(id_column="id", seed=1, contamination=0.1).fit(make_mixed(400, seed=1))
     assert det.channel_cut_ is not None
     out = det.score(make_mixed(3000, seed=201))
-    assert 0.04 <= out["is_outlier"].mean() <= 0.16
+    assert 0.04 <= out["is_outlier"].mean() <= 0.19
     decision = det.decision_function(make_mixed(3000, seed=201))
     np.testing.assert_array_equal(decision < 0, out["is_outlier"].to_numpy())
     np.testing.assert_array_equal(

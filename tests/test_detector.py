@@ -423,3 +423,34 @@ def test_a_small_table_learns_how_its_category_depends_on_the_rest():
         named.append((det.explain(test.iloc[:20], top=1)["feature"] == "color").mean())
     assert np.mean(aurocs) > 0.7
     assert np.mean(named) > 0.5
+
+
+def test_k_is_sized_on_the_validation_rows_unless_given(mixed_train, tmp_path):
+    """By default K is the fewest of AUTO_K whose estimates on the validation rows are as
+    good as the largest's (anomaly_vae.scoring.iwae.choose_k); the parameter stays None
+    (sklearn's contract), the choice is recorded and survives the bundle. An explicit k
+    is used as given; with no validation rows the largest candidate is kept."""
+    from anomaly_vae.nn.tabular import TabularTensors
+    from anomaly_vae.scoring.iwae import AUTO_K, choose_k
+
+    kw = {"id_column": "id", "seed": 0, "max_epochs": 3}
+    fitted = TabularDetector(**kw).fit(mixed_train)
+    assert fitted.get_params()["k"] is None
+    choice = fitted.training_["k_choice"]
+    assert fitted.sampler_.k == choice["k"] and choice["k"] in AUTO_K
+    # recomputed from the same rows the fit held out for validation
+    order = np.random.default_rng(0).permutation(len(mixed_train))
+    t = fitted.training_
+    val = order[t["n_calibration"] : t["n_calibration"] + t["n_validation"]]
+    rows = TabularTensors.from_arrays(fitted.encode_rows(mixed_train.iloc[val]))
+    again = choose_k(fitted.net_, rows, len(val), seed=fitted.seed)
+    assert again.as_dict() == choice
+    loaded = TabularDetector.load(fitted.save(tmp_path / "det"))
+    assert loaded.sampler_.k == fitted.sampler_.k
+    assert loaded.training_["k_choice"] == choice
+
+    given = TabularDetector(k=16, **kw).fit(mixed_train)
+    assert given.sampler_.k == 16 and given.training_["k_choice"] is None
+    none_held = TabularDetector(validation_fraction=0.0, **kw).fit(mixed_train)
+    assert none_held.training_["n_validation"] == 0
+    assert none_held.sampler_.k == AUTO_K[-1] and none_held.training_["k_choice"] is None

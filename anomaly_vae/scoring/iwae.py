@@ -406,6 +406,102 @@ class ImportanceSampler:
         )
 
 
+#: Importance-sample counts :func:`choose_k` picks from, fewest first; the last is the
+#: count the others are judged against (the scorer's K before it was sized).
+AUTO_K = (8, 16, 32, 64)
+#: :func:`choose_k` takes a K whose estimates fall short of the largest candidate's by at
+#: most this much on average over the held-out rows, in nats (a likelihood ratio of
+#: 1.05): within what the estimate's own Monte Carlo error moves between seeds.
+AUTO_K_MAX_GAP = 0.05
+#: ... and which flags at most this share of those rows ``unreliable`` beyond what the
+#: largest candidate flags (one record in a hundred).
+AUTO_K_MAX_UNRELIABLE = 0.01
+#: Most held-out rows :func:`choose_k` scores: enough to resolve a share of 0.01, and
+#: about the cost of scoring a tenth of the calibration rows at K = 64 once more.
+AUTO_K_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class KChoice:
+    """What :func:`choose_k` measured and chose.
+
+    Attributes:
+        k: the chosen importance-sample count.
+        rows: held-out rows scored.
+        gap: by candidate K, the mean over the rows of log p(x) at the largest candidate
+            minus log p(x) at K, in nats (the bound tightens with K in expectation; with
+            the shared eps of one seed a smaller K can come out above).
+        unreliable: by candidate K, the share of the rows flagged ``unreliable``.
+    """
+
+    k: int
+    rows: int
+    gap: dict[int, float]
+    unreliable: dict[int, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (string keys)."""
+        return {
+            "k": self.k,
+            "rows": self.rows,
+            "gap_nats": {str(k): v for k, v in self.gap.items()},
+            "unreliable_share": {str(k): v for k, v in self.unreliable.items()},
+        }
+
+
+def choose_k(
+    model: VAEProtocol,
+    batch: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    candidates: tuple[int, ...] = AUTO_K,
+    index: Callable[[Any, slice], Any] | None = None,
+) -> KChoice:
+    """The fewest importance samples whose estimates are as good as the most's.
+
+    Scores the first ``min(n, AUTO_K_ROWS)`` records of ``batch`` (held-out rows, never
+    the training rows) at every candidate K with the scorer's shared eps of ``seed``, and
+    returns the smallest K whose mean shortfall against the largest candidate is at most
+    :data:`AUTO_K_MAX_GAP` nats and whose ``unreliable`` share exceeds the largest's by at
+    most :data:`AUTO_K_MAX_UNRELIABLE`; the largest candidate if none does. Deterministic
+    for a model, rows and seed: nothing is timed.
+
+    Why: detection on the ADBench tables does not rest on K between 8 and 64
+    (benchmarks/RESULTS.md, the K ablation), while scoring time is nearly proportional
+    to K. A model whose posterior q(z|x) is a good proposal gets the same estimate from
+    8 samples as from 64; one whose posterior is poor (wide tables of ordinal or binary
+    columns) needs them all, and keeps them.
+    """
+    if not candidates or sorted(set(candidates)) != list(candidates):
+        msg = f"candidates must be distinct and increasing, got {candidates!r}"
+        raise ValueError(msg)
+    m = min(n, AUTO_K_ROWS)
+    if m < 1:
+        msg = "choose_k needs at least one held-out row"
+        raise ValueError(msg)
+    rows = (index or _default_index)(batch, slice(0, m))
+    results = {
+        k: ImportanceSampler(k=k, seed=seed).score(model, rows, m, contributions=False)
+        for k in candidates
+    }
+    top = results[candidates[-1]]
+    gap = {k: float(np.mean(top.log_likelihood - r.log_likelihood)) for k, r in results.items()}
+    flagged = {k: int(np.count_nonzero(r.unreliable)) for k, r in results.items()}
+    chosen = next(
+        k
+        for k in candidates
+        if k == candidates[-1]
+        or (
+            gap[k] <= AUTO_K_MAX_GAP
+            # counted, not as shares: no rounding at the boundary
+            and flagged[k] - flagged[candidates[-1]] <= AUTO_K_MAX_UNRELIABLE * m
+        )
+    )
+    share = {k: c / m for k, c in flagged.items()}
+    return KChoice(k=chosen, rows=m, gap=gap, unreliable=share)
+
+
 #: Rows of every pass of a model whose decoder has ``PASS_OUTPUTS`` or more outputs per
 #: sample (see :func:`pass_rows`).
 BASE_PASS_ROWS = 64
