@@ -164,11 +164,11 @@ class TabularDetector(Detector):
             IsolationForest on ADBench (benchmarks/RESULTS.md, ablations).
         k: importance samples per record when scoring (1 = ELBO). None (the default)
             sizes it at ``fit``: the fewest of 8, 16, 32 and 64 whose estimates on the
-            held-out calibration rows are as good as 64's (on average within 0.05 nats,
-            and at most 1 in 100 more rows flagged ``unreliable``; see
-            ``anomaly_vae.scoring.iwae.choose_k``). Detection on ADBench does not rest on
-            K in that range (benchmarks/RESULTS.md), scoring time is about proportional
-            to it. The chosen K is ``sampler_.k``; what was measured is in
+            validation rows are as good as 64's (on average within 0.05 nats, and at most
+            1 in 100 more rows flagged ``unreliable``; see
+            ``anomaly_vae.scoring.iwae.choose_k``); 64 when no row is held out for
+            validation. Detection on ADBench does not rest on K in that range
+            (benchmarks/RESULTS.md), scoring time is about proportional to it. The chosen K is ``sampler_.k``; what was measured is in
             ``training_["k_choice"]``.
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
@@ -467,7 +467,6 @@ class TabularDetector(Detector):
         self.n_features_in_ = len(schema.columns)
         self.preprocessor_ = pre
         self.net_ = net
-        cal_rows = arrays.take(cal_idx)
         # K sized on the validation rows: held out of training (the training rows'
         # posteriors would flatter it) and not the calibration rows, so the conformal
         # p-values' score function does not depend on the rows that calibrate it
@@ -494,6 +493,7 @@ class TabularDetector(Detector):
         #: this process's rank in a distributed (e.g. DDP) fit; 0 otherwise. Every rank
         #: ends with the same weights; only rank 0 should write files.
         self.global_rank_ = rank
+        cal_rows = arrays.take(cal_idx)
         self.calibration_rows_: TabularArrays | None = cal_rows.take(slice(0, MAX_PATTERN_ROWS))
         cal = self._score_arrays(cal_rows)
         self._calibrate_result(cal, alpha=self.alpha, contamination=self.contamination)
