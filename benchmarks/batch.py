@@ -9,7 +9,7 @@ Each measurement runs in its own process; its peak resident set size is the kern
 set size"), read with ``os.wait4``. Inputs are generated Parquet files (written in
 chunks, so generating 10M rows is flat too) of a table with structure: 8 numeric columns
 driven by 3 latent factors, a categorical and a boolean column, and an id.
-The figures go into benchmarks/RESULTS.md.
+The figures go into benchmarks/RESULTS.md and benchmarks/results/batch.json.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--spark", action="store_true", help="also time the Spark engine (small input)")
     ap.add_argument("--workdir", help="keep inputs here (default: a temporary directory)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "batch.json"))
     args = ap.parse_args()
 
     from anomaly_vae import TabularDetector
@@ -164,7 +165,8 @@ def main() -> None:
     lines = [
         HEADING,
         "",
-        f"`python benchmarks/batch.py` (default sizes; K={det.sampler_.k}, the detector's default;"
+        f"`python benchmarks/batch.py{' --spark' if args.spark else ''}` (default sizes;"
+        f" K={det.sampler_.k}, the K its fit sized;"
         f" --batch-rows {args.batch_rows}). Generated Parquet input: 8 numeric columns from 3"
         " latent factors, a categorical and a boolean column, an id. Peak RSS is the process's"
         " `ru_maxrss` (as `/usr/bin/time -v` reports), whole process: Python, torch, pyarrow."
@@ -196,6 +198,21 @@ def main() -> None:
     lines.append("")
     section = "\n".join(lines) + "\n"
     replace_section(Path(args.results), HEADING, section)
+    # the headline figures for a program to check, beside the section
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "k": det.sampler_.k,
+                "batch_rows": args.batch_rows,
+                "sizes": figures,
+                "rss_growth_large_vs_small": growth,
+                "bare_rows_per_s": bare_rate,
+                "pipeline_vs_bare": ratio,
+                "spark_rows_per_s": spark_rate,
+            },
+            indent=1,
+        )
+    )
     print(section)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
