@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     section = "\n".join(lines) + "\n"
     results = ROOT / "RESULTS.md"
-    replace_section(results, "## Service:", section)
+    replace_section(results, "## Service: this service against", section)
     print(section)
     return 0
 
