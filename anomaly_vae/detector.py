@@ -456,11 +456,9 @@ class TabularDetector(Detector):
             ],
         )
         schedule = self._schedule(len(train_idx), self._has_nominal(schema))
+        val_rows = tensors.rows(torch.as_tensor(val_idx)) if n_val else None
         history, best_epoch, rank, world = self._train(
-            net,
-            tensors.rows(torch.as_tensor(train_idx)),
-            tensors.rows(torch.as_tensor(val_idx)) if n_val else None,
-            schedule,
+            net, tensors.rows(torch.as_tensor(train_idx)), val_rows, schedule
         )
         net.eval()
         self.schema_ = schema
@@ -472,8 +470,8 @@ class TabularDetector(Detector):
         # p-values' score function does not depend on the rows that calibrate it
         choice = (
             None
-            if self.k is not None or not n_val
-            else choose_k(net, tensors.rows(torch.as_tensor(val_idx)), int(n_val), seed=self.seed)
+            if self.k is not None or val_rows is None
+            else choose_k(net, val_rows, int(n_val), seed=self.seed)
         )
         k = self.k or (AUTO_K[-1] if choice is None else choice.k)
         self.sampler_ = ImportanceSampler(k=k, seed=self.seed)
