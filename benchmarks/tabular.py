@@ -60,6 +60,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "scott-floor": {"min_sigma": "scott"},
     "fixed-floor": {"min_sigma": 1.0},
     "trim-0.2": {"trim_fraction": 0.2},
+    "trim-0.3": {"trim_fraction": 0.3},
     "robust-validation": {"robust_validation": True},
     "beta-2": {"beta": 2.0},
     "beta-4": {"beta": 4.0},
@@ -90,6 +91,7 @@ ABLATION_TEXT = {
     ),
     "fixed-floor": "decoder noise floor fixed at 1.0 instead of from the rows (min_sigma=1.0)",
     "trim-0.2": "robust trimming of a fifth of each batch instead of a tenth (trim_fraction=0.2)",
+    "trim-0.3": "robust trimming of 30% of each batch instead of a tenth (trim_fraction=0.3)",
     "robust-validation": (
         "early stopping and the kept epoch on the trimmed validation ELBO, as robust as the "
         "training (robust_validation=True)"
