@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT.parent))
 from benchmarks.tabular import (  # noqa: E402
     ABLATION_TEXT,
     ABLATIONS,
+    _make,
     halves,
     list_sets,
 )
@@ -62,14 +63,24 @@ PEERS = ("IForest", "ECOD")
 DEFAULT_ABLATIONS = ("trim-0.2", "trim-0.3")
 
 
-def resample(y_tr: np.ndarray, seed: int) -> np.ndarray | None:
-    """Indices into the training split with outliers ``SHARE`` of them, or None when the
+def family(method: str) -> str:
+    """``anomaly-vae`` for the detector and its ablations, else the method itself."""
+    return method.split(":")[0]
+
+
+def cache_dir(share: float) -> Path:
+    """Where the rows of one outlier share are cached (``OUT`` for ``SHARE``)."""
+    return OUT if share == SHARE else OUT.with_name(f"contamination-{share:g}")
+
+
+def resample(y_tr: np.ndarray, seed: int, share: float = SHARE) -> np.ndarray | None:
+    """Indices into the training split with outliers ``share`` of them, or None when the
     split has fewer than ``MIN_OUTLIERS`` outliers."""
     outliers, inliers = np.flatnonzero(y_tr == 1), np.flatnonzero(y_tr == 0)
     if len(outliers) < MIN_OUTLIERS:
         return None
-    per_outlier = (1 - SHARE) / SHARE
-    n_out = min(len(outliers), int(MAX_ROWS * SHARE), int(len(inliers) / per_outlier))
+    per_outlier = (1 - share) / share
+    n_out = min(len(outliers), int(MAX_ROWS * share), int(len(inliers) / per_outlier))
     n_in = round(n_out * per_outlier)
     rng = np.random.default_rng(seed)
     pick = np.concatenate(
@@ -78,25 +89,7 @@ def resample(y_tr: np.ndarray, seed: int) -> np.ndarray | None:
     return np.sort(pick)
 
 
-def make(method: str, seed: int, schema: Any) -> Any:
-    """A fresh model of ``method`` (``anomaly-vae[:ablation]``, IForest or ECOD)."""
-    if method.split(":")[0] == "anomaly-vae":
-        from anomaly_vae import TabularDetector
-
-        variant = ABLATIONS[method.split(":", 1)[1]] if ":" in method else {}
-        return TabularDetector(seed=seed, schema=schema, **variant)
-    if method == "IForest":
-        from sklearn.ensemble import IsolationForest
-
-        return IsolationForest(random_state=seed)
-    if method == "ECOD":
-        from pyod.models.ecod import ECOD
-
-        return ECOD()
-    raise ValueError(f"unknown method {method!r}")
-
-
-def evaluate(path: Path, seed: int, methods: list[str], force: bool) -> None:
+def evaluate(path: Path, seed: int, methods: list[str], force: bool, share: float = SHARE) -> None:
     """Fit every method on one set's resampled training rows and cache its test AUROC."""
     import pandas as pd
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -109,16 +102,18 @@ def evaluate(path: Path, seed: int, methods: list[str], force: bool) -> None:
     y = np.asarray(data["y"]).astype(int)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
     name = path.stem.split("_", 1)[1]
-    pick = resample(y_tr, seed)
+    pick = resample(y_tr, seed, share)
     if pick is None:
         return
     schema = infer_schema(pd.DataFrame(x_tr, columns=[f"x{i}" for i in range(x.shape[1])]))
     xs = x_tr[pick]
     for method in methods:
-        cache = OUT / f"{name}__{seed}__{method}.json"
+        cache = cache_dir(share) / f"{name}__{seed}__{method}.json"
         if cache.exists() and not force:
             continue
-        model = make(method, seed, schema)
+        model = _make(method, seed)
+        if family(method) == "anomaly-vae":
+            model.set_params(schema=schema)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -137,13 +132,68 @@ def evaluate(path: Path, seed: int, methods: list[str], force: bool) -> None:
             "auprc": float(average_precision_score(y_te, s)),
             "fit_s": fit_s,
         }
-        OUT.mkdir(parents=True, exist_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(row))
         print(
             f"{name:>14} seed {seed} {method:>22}: AUROC {row['auroc']:.3f} "
             f"({len(xs)} rows, {row['train_outlier_share']:.2f} outliers) fit {fit_s:.1f}s",
             flush=True,
         )
+
+
+def _means(rows: list[dict[str, Any]], sets: list[str]) -> dict[str, Any] | None:
+    """Mean AUROC (points) of ours and the peers over ``sets``, seeds 0-2, and our wins
+    against each peer; None unless every method has every seed of every set."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df = df[df["seed"].isin([0, 1, 2]) & df["method"].isin(["anomaly-vae", *PEERS])]
+    if df.empty:
+        return None
+    counts = df.groupby(["dataset", "method"])["seed"].nunique().unstack()
+    if not all(s in counts.index for s in sets) or (counts.loc[sets] < 3).any().any():
+        return None
+    au = 100 * df.groupby(["dataset", "method"])["auroc"].mean().unstack().loc[sets]
+    return {
+        "mean_auroc": {m: float(au[m].mean()) for m in ("anomaly-vae", *PEERS)},
+        "auroc_wins": {p: int((au["anomaly-vae"] > au[p]).sum()) for p in PEERS},
+    }
+
+
+def share_lines(parts: dict[str, list[str]]) -> tuple[list[str], dict[str, Any]]:
+    """The same sets as the tables come (benchmarks/tabular.py's cached rows) and at each
+    outlier share measured here: markdown rows and their JSON."""
+    from benchmarks.tabular import OUT as TABULAR_OUT
+
+    shares = {
+        SHARE if d == OUT else float(d.name.split("-", 1)[1]): d
+        for d in OUT.parent.glob("contamination*")
+        if d.is_dir()
+    }
+    sources = {"as they come": TABULAR_OUT}
+    sources.update({f"{share:.0%} outliers": shares[share] for share in sorted(shares)})
+    lines = [
+        "",
+        "The same sets with their training rows as they come (the ADBench table's rows) and "
+        "at each outlier share measured (`--share`), mean AUROC:",
+        "",
+        "| training rows | half | sets | ours | IForest | ECOD | wins vs IForest | vs ECOD |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    out: dict[str, Any] = {}
+    for label, d in sources.items():
+        rows = [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+        for part, sets in parts.items():
+            got = _means(rows, sets) if sets else None
+            if got is None:
+                continue
+            out.setdefault(label, {})[part] = got
+            m, w = got["mean_auroc"], got["auroc_wins"]
+            lines.append(
+                f"| {label} | {part} | {len(sets)} | {m['anomaly-vae']:.2f} | {m['IForest']:.2f} | "
+                f"{m['ECOD']:.2f} | {w['IForest']}/{len(sets)} | {w['ECOD']}/{len(sets)} |"
+            )
+    return lines, out
 
 
 def report(command: str) -> str:
@@ -195,6 +245,7 @@ def report(command: str) -> str:
                     "auroc_wins_vs_iforest": int((au.loc[have, v] > au.loc[have, "IForest"]).sum()),
                 }
         summary["halves"][part] = entry
+    by_share, summary["by_share"] = share_lines(parts)
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -259,7 +310,7 @@ def report(command: str) -> str:
             + " | ".join(cells)
             + " |"
         )
-    section = "\n".join(lines) + "\n"
+    section = "\n".join(lines + by_share) + "\n"
     replace_section(RESULTS, HEADING, section)
     return section
 
@@ -271,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="*", help="set names (default: every eligible set)")
     p.add_argument("--methods", nargs="*", help="methods (default: ours, IForest, ECOD, ablations)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument(
+        "--share",
+        type=float,
+        default=SHARE,
+        help=f"outliers' share of the resampled training rows, default {SHARE} (the main "
+        "table; other shares are cached apart and reported in the by-share table)",
+    )
     p.add_argument("--force", action="store_true", help="recompute cached rows")
     p.add_argument("--no-ablations", action="store_true", help="only ours and the peers")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the cache")
@@ -280,15 +338,17 @@ def main(argv: list[str] | None = None) -> int:
         *PEERS,
         *(() if args.no_ablations else (f"anomaly-vae:{a}" for a in DEFAULT_ABLATIONS)),
     ]
+    if not 0.0 < args.share < 1.0:
+        p.error(f"--share must be in (0, 1), got {args.share}")
     for m in methods:
-        if m.split(":")[0] != "anomaly-vae" and m not in PEERS:
+        if family(m) != "anomaly-vae" and m not in PEERS:
             p.error(f"unknown method {m!r}: anomaly-vae[:ablation], {', '.join(PEERS)}")
         if ":" in m and m.split(":", 1)[1] not in ABLATIONS:
             p.error(f"unknown ablation {m!r}: one of {', '.join(ABLATIONS)}")
     if not args.report_only:
         for path in list_sets(args.datasets):
             for seed in args.seeds:
-                evaluate(path, seed, methods, args.force)
+                evaluate(path, seed, methods, args.force, args.share)
     print(report("python benchmarks/contamination.py"))
     return 0
 
