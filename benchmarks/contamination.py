@@ -17,10 +17,12 @@ leave a column with only 0 and 1, which inference would call boolean and the tes
 would then fail.
 
 Writes benchmarks/RESULTS.md ("## Tabular: a fifth of the training rows outliers") and
-benchmarks/results/contamination.json; rows are cached in benchmarks/results/contamination/.
+benchmarks/results/contamination.json; rows are cached in benchmarks/results/contamination/
+(other shares in contamination-<share>/).
 
     python benchmarks/contamination.py [--datasets cardio musk] [--methods anomaly-vae
-        IForest ECOD anomaly-vae:trim-0.3] [--seeds 0 1 2] [--force] [--no-ablations]
+        IForest ECOD anomaly-vae:trim-0.3] [--seeds 0 1 2] [--share 0.2] [--force]
+        [--no-ablations] [--report-only]
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from benchmarks.tabular import (  # noqa: E402
     _make,
     halves,
     list_sets,
+)
+from benchmarks.tabular import (  # noqa: E402
+    OUT as TABULAR_OUT,
 )
 
 OUT = ROOT / "results" / "contamination"
@@ -151,7 +156,10 @@ def _means(rows: list[dict[str, Any]], sets: list[str]) -> dict[str, Any] | None
     if df.empty:
         return None
     counts = df.groupby(["dataset", "method"])["seed"].nunique().unstack()
-    if not all(s in counts.index for s in sets) or (counts.loc[sets] < 3).any().any():
+    methods = ["anomaly-vae", *PEERS]
+    if not set(methods) <= set(counts.columns) or not set(sets) <= set(counts.index):
+        return None
+    if (counts.loc[sets, methods].fillna(0) < 3).any().any():
         return None
     au = 100 * df.groupby(["dataset", "method"])["auroc"].mean().unstack().loc[sets]
     return {
@@ -163,8 +171,6 @@ def _means(rows: list[dict[str, Any]], sets: list[str]) -> dict[str, Any] | None
 def share_lines(parts: dict[str, list[str]]) -> tuple[list[str], dict[str, Any]]:
     """The same sets as the tables come (benchmarks/tabular.py's cached rows) and at each
     outlier share measured here: markdown rows and their JSON."""
-    from benchmarks.tabular import OUT as TABULAR_OUT
-
     shares = {
         SHARE if d == OUT else float(d.name.split("-", 1)[1]): d
         for d in OUT.parent.glob("contamination*")
