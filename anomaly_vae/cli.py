@@ -203,7 +203,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d["k"],
         help="importance samples per record when scoring (1 = ELBO); by default the fewest of "
-        "8, 16, 32, 64 whose estimates on the calibration rows are as good as 64's",
+        "8, 16, 32, 64 whose estimates on the validation rows are as good as 64's",
     )
     g.add_argument(
         "--alpha",

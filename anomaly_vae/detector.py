@@ -168,8 +168,8 @@ class TabularDetector(Detector):
             1 in 100 more rows flagged ``unreliable``; see
             ``anomaly_vae.scoring.iwae.choose_k``); 64 when no row is held out for
             validation. Detection on ADBench does not rest on K in that range
-            (benchmarks/RESULTS.md), scoring time is about proportional to it. The chosen K is ``sampler_.k``; what was measured is in
-            ``training_["k_choice"]``.
+            (benchmarks/RESULTS.md), and scoring time is about proportional to it. The
+            chosen K is ``sampler_.k``; what was measured is in ``training_["k_choice"]``.
         alpha: target false-positive rate of the conformal threshold.
         contamination: alternatively, the expected outlier fraction; the threshold is
             that quantile of the calibration rows' scores. Overrides ``alpha``.

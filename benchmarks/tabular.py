@@ -103,7 +103,7 @@ ABLATION_TEXT = {
         "1e-2, instead of 2e-3 (lr='auto'; chosen on half A of benchmarks/mixed.py)"
     ),
     "k-16": (
-        "16 importance samples (K) to score and calibrate instead of 64, the same fit: how "
+        "16 importance samples (K) for every model to score and calibrate, the same fit: how "
         "much detection rests on K, which sets the scorer's cost (k=16)"
     ),
     "k-64": (
