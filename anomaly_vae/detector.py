@@ -25,7 +25,7 @@ import torch
 from anomaly_vae.core import Detector
 from anomaly_vae.data.io import read_table
 from anomaly_vae.data.preprocessing import TabularArrays, TabularPreprocessor, check_winsorize
-from anomaly_vae.data.schema import KINDS, Schema, infer_schema
+from anomaly_vae.data.schema import KINDS, Schema, infer_schema, text_columns
 from anomaly_vae.defaults import (
     AUTO_LR,
     BASE_LR,
@@ -105,9 +105,11 @@ def _as_array(X: Any, what: str = "X") -> Any:
 
 
 def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
+    """``X`` (a frame, an array, or a CSV/Parquet path) as a frame whose column names are
+    the text the schema names them by (:func:`text_columns`; an array's are x0, x1, ...)."""
     X = _as_array(X, what)
     if isinstance(X, pd.DataFrame):
-        return X
+        return text_columns(X)
     if isinstance(X, str | Path):
         return read_table(X)
     return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])

@@ -292,6 +292,33 @@ def test_numpy_input_and_boolean_only_table():
     assert np.all(ll <= 0)  # a probability of a discrete record
 
 
+def test_a_frame_made_from_an_array_keeps_its_integer_column_names():
+    """pd.DataFrame(X) names its columns 0..n-1: the schema names them '0'..'n-1', and
+    fit, scoring and explain find them (fit raised KeyError: '0'), with the bits of the
+    same frame under text names; 0 beside '0' is refused, naming it."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 2)))
+    frame[2] = rng.integers(0, 2, 200).astype(float)  # boolean
+    frame[3] = rng.choice(["x", "y"], 200)  # categorical
+    frame[4] = np.arange(200)  # the id
+    kw = {"seed": 0, "k": 4, "max_epochs": 2}
+    det = TabularDetector(id_column="4", **kw).fit(frame)
+    assert det.schema_.names == ["0", "1", "2", "3"]
+    assert [c.kind for c in det.schema_.columns] == ["numeric", "numeric", "boolean", "categorical"]
+    named = frame.rename(columns=str)
+    twin = TabularDetector(id_column="4", **kw).fit(named)
+    assert det.score_samples(frame).tobytes() == twin.score_samples(named).tobytes()
+    scored = det.score(frame.iloc[:3])
+    assert scored["4"].tolist() == [0, 1, 2]  # the id column is carried through
+    assert set(det.explain(frame.iloc[:3], top=1)["feature"]) <= {"0", "1", "2", "3"}
+    clash = frame.assign(**{"0": 1.0})
+    for call in (det.score_samples, TabularDetector(**kw).fit):
+        with pytest.raises(
+            SchemaError, match=r"duplicate column names once written as text: \['0'\]"
+        ):
+            call(clash)
+
+
 def test_integer_coded_columns_are_modelled_as_discrete(tmp_path):
     """A column of a few recurring integers gets a likelihood over its levels (ordinal by
     default, categorical on request): a value off the levels is unusual, samples and

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.data.schema import Schema, describe_rows
+from anomaly_vae.data.schema import Schema, describe_rows, text_columns
 from anomaly_vae.defaults import WINSOR_TAIL
 from anomaly_vae.exceptions import SchemaError, not_fitted
 
@@ -205,6 +205,7 @@ class TabularPreprocessor:
     # ------------------------------------------------------------------ fitting
     def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
         self.schema.check_columns(frame, allow_extra=True)
+        frame = text_columns(frame)
         num_cols = [c.name for c in self.schema.of_kind("numeric")]
         centers, scales = [], []
         for name in num_cols:
@@ -247,6 +248,7 @@ class TabularPreprocessor:
         """
         center, scale = self._check_fitted()
         self.schema.check_columns(frame, allow_extra=allow_extra)
+        frame = text_columns(frame)
         n = frame.shape[0]
         num_specs = self.schema.of_kind("numeric")
         num_names = [c.name for c in num_specs]

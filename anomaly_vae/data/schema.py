@@ -172,6 +172,27 @@ class Schema:
                 raise SchemaError(msg, columns=tuple(unexpected))
 
 
+def text_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each column named by its text, ``str(name)``, as the schema names
+    columns: a frame made from an array (``pd.DataFrame(X)``) has the integers 0..n-1 for
+    names, and the schema's ``'0'`` did not find column ``0``. The frame itself when every
+    name is a string already; otherwise a shallow copy (the data is not copied).
+
+    Raises:
+        SchemaError: two names with the same text, such as ``0`` and ``'0'``.
+    """
+    if all(type(c) is str for c in frame.columns):
+        return frame
+    names = [str(c) for c in frame.columns]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        msg = f"duplicate column names once written as text: {dup}"
+        raise SchemaError(msg, columns=tuple(dup))
+    out = frame.copy(deep=False)
+    out.columns = pd.Index(names, dtype=object)
+    return out
+
+
 def _integer_levels(values: pd.Series, max_levels: int) -> tuple[str, ...] | None:
     """A numeric column's distinct values as decimal strings in numeric order, when they
     are all finite integers, at most ``max_levels`` of them, and each recurs (on average

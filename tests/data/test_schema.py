@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from anomaly_vae.data.preprocessing import TabularPreprocessor
-from anomaly_vae.data.schema import Schema, infer_schema
+from anomaly_vae.data.schema import Schema, infer_schema, text_columns
 from anomaly_vae.exceptions import NotFittedError, SchemaError
 
 
@@ -275,3 +275,18 @@ def test_discrete_columns_are_validated_as_numbers(counts):
 def test_bad_discrete_specs(spec, message):
     with pytest.raises(SchemaError, match=message):
         Schema.from_dict({"columns": [spec]})
+
+
+def test_text_columns_names_columns_by_their_text(frame):
+    assert text_columns(frame) is frame  # text names already: the frame itself
+    numbered = pd.DataFrame(frame.to_numpy())  # names 0..5
+    named = text_columns(numbered)
+    assert named.columns.tolist() == ["0", "1", "2", "3", "4", "5"]
+    assert numbered.columns.tolist() == [0, 1, 2, 3, 4, 5]  # the caller's frame is untouched
+    pre = TabularPreprocessor(infer_schema(numbered, id_column="0")).fit(numbered)
+    a = pre.transform(numbered)
+    b = pre.transform(named)
+    for part in ("num", "num_mask", "cat", "bin", "bin_mask"):
+        assert np.array_equal(getattr(a, part), getattr(b, part))
+    with pytest.raises(SchemaError, match=r"duplicate column names once written as text: \['1'\]"):
+        text_columns(numbered.assign(**{"1": 0}))
