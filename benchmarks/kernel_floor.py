@@ -29,11 +29,8 @@ model's own arithmetic" of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", help="names such as celeba campaign (default: all)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    from benchmarks.results_md import replace_section
-    from benchmarks.tabular import data_dir, list_sets
+    from benchmarks.results_md import command_line, publish
+    from benchmarks.tabular import list_sets, quiet_with_data
 
-    if not data_dir().is_dir():
-        print(f"no tabular data at {data_dir()} (set ANOMALY_VAE_DATA)", file=sys.stderr)
+    if not quiet_with_data():
         return 2
     rows = []
     for path in list_sets(args.datasets):
@@ -192,13 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['ceiling_ratio']:.2f}x",
             flush=True,
         )
-    command = "python benchmarks/kernel_floor.py" + (
-        f" --datasets {' '.join(args.datasets)}" if args.datasets else ""
-    )
-    section, doc = report(rows, command)
-    OUT.write_text(json.dumps(doc, indent=1))
-    replace_section(RESULTS, HEADING, section)
-    print(section)
+    section, doc = report(rows, command_line("kernel_floor.py", args.datasets))
+    publish(RESULTS, HEADING, section, OUT, doc)
     return 0
 
 

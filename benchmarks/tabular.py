@@ -120,10 +120,25 @@ def data_dir() -> Path:
     return base / "tabular"
 
 
+def quiet_with_data() -> bool:
+    """Each tabular script's first step: warnings and Lightning's log silenced, and
+    whether the tabular data is there (where it was looked for is printed when not)."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    if not data_dir().is_dir():
+        print(f"no tabular data at {data_dir()} (set ANOMALY_VAE_DATA)", file=sys.stderr)
+        return False
+    return True
+
+
 def list_sets(names: list[str] | None) -> list[Path]:
     files = sorted(data_dir().glob("*.npz"), key=lambda p: os.path.getsize(p))
     if names:
         wanted = {n.lower() for n in names}
+        known = {f.stem.split("_", 1)[1].lower() for f in files}
+        if wanted - known:
+            msg = f"no tabular set named {sorted(wanted - known)} in {data_dir()}; the sets: {sorted(known)}"
+            raise SystemExit(msg)
         files = [f for f in files if f.stem.split("_", 1)[1].lower() in wanted]
     return files
 
@@ -605,10 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", action="store_true", help="only rewrite RESULTS.md from the cache"
     )
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    if not data_dir().is_dir():
-        print(f"no tabular data at {data_dir()} (set ANOMALY_VAE_DATA)", file=sys.stderr)
+    if not quiet_with_data():
         return 2
     if not args.report_only:
         mismatches = 0
