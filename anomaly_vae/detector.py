@@ -115,6 +115,21 @@ def _as_frame(X: Any, what: str = "X") -> pd.DataFrame:
     return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
 
 
+def split_rows(
+    n: int, seed: int, calibration_fraction: float, validation_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeded split of ``n`` rows a fit makes: (calibration, validation, training)
+    row indices. At most ``MAX_CALIBRATION`` calibration rows, at least one; no validation
+    rows when fewer than 2 training rows would be left."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = min(MAX_CALIBRATION, max(1, round(calibration_fraction * n)))
+    rest = order[n_cal:]
+    n_val = round(validation_fraction * len(rest))
+    if len(rest) - n_val < 2:
+        n_val = 0
+    return order[:n_cal], rest[:n_val], rest[n_val:]
+
+
 class TabularDetector(Detector):
     """Variational-autoencoder outlier detector and density estimator for tables.
 
@@ -412,14 +427,10 @@ class TabularDetector(Detector):
             schema = Schema.from_dict(self.schema)
         schema.check_columns(frame, allow_extra=False)
 
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(frame))
-        n_cal = min(MAX_CALIBRATION, max(1, round(self.calibration_fraction * len(frame))))
-        rest = order[n_cal:]
-        n_val = round(self.validation_fraction * len(rest))
-        if len(rest) - n_val < 2:
-            n_val = 0
-        cal_idx, val_idx, train_idx = order[:n_cal], rest[:n_val], rest[n_val:]
+        cal_idx, val_idx, train_idx = split_rows(
+            len(frame), self.seed, self.calibration_fraction, self.validation_fraction
+        )
+        n_cal, n_val = len(cal_idx), len(val_idx)
 
         pre = TabularPreprocessor(schema, winsorize=self.winsorize).fit(frame.iloc[train_idx])
         arrays = pre.transform(frame, allow_extra=False)
@@ -827,6 +838,19 @@ class TabularDetector(Detector):
         """[N, F] bool, True where a cell is missing, columns in the order of
         :attr:`feature_names_` (numeric, categorical, boolean)."""
         return np.hstack([~arrays.num_mask, arrays.cat < 0, ~arrays.bin_mask])
+
+    def marginal_cells(self, arrays: TabularArrays) -> np.ndarray:
+        """[N, D] float64, NaN where missing: the cells the marginal channel judges each on
+        its own (:class:`~anomaly_vae.scoring.marginal.MarginalTails`). Numeric columns
+        (standardized), integer-coded categorical ones (the level's index: levels are
+        sorted, and a value off them takes the slot above every level) and booleans. Text
+        categorical columns have no order; ``category_channels`` judges them."""
+        discrete = [spec.discrete for spec in self.schema_.of_kind("categorical")]
+        cat = arrays.cat[:, discrete].astype(np.float64)
+        cat[cat < 0] = np.nan
+        num = np.where(arrays.num_mask, arrays.num.astype(np.float64), np.nan)
+        binary = np.where(arrays.bin_mask, arrays.bin.astype(np.float64), np.nan)
+        return np.hstack([num, cat, binary])
 
     def _pattern_calibration(self, pattern: tuple[int, ...]) -> Calibration | None:
         """The calibration for records missing the features ``pattern`` (indices into

@@ -24,7 +24,6 @@ beside log p(x) (probe)" of benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -226,33 +225,22 @@ def report(rows: list[dict[str, Any]], command: str) -> tuple[str, dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--datasets", nargs="+", help="names such as celeba vertebral (default: all)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument(
-        "--report-only", action="store_true", help="rewrite the report from the JSON's rows"
-    )
-    args = p.parse_args(argv)
-    from benchmarks.results_md import command_line, publish
-    from benchmarks.tabular import list_sets, quiet_with_data
+    from benchmarks.results_md import seeded_probe_main
 
-    if not quiet_with_data():
-        return 2
-    rows = json.loads(OUT.read_text())["rows"] if args.report_only else []
-    for path in [] if args.report_only else list_sets(args.datasets):
-        for seed in args.seeds:
-            row = run_one(path, seed)
-            rows.append(row)
-            print(
-                f"{row['set']:>14} seed {seed}: log p(x) {row['log_likelihood']:.1f}, "
-                f"two channels {row['two_channels']:.1f}, ECOD {row['ECOD']:.1f}",
-                flush=True,
-            )
-    section, doc = report(rows, command_line("marginal_channel.py", args.datasets))
-    publish(RESULTS, HEADING, section, OUT, doc)
-    return 0
+    return seeded_probe_main(
+        argv,
+        doc=__doc__,
+        script="marginal_channel.py",
+        out=OUT,
+        results=RESULTS,
+        heading=HEADING,
+        run_one=run_one,
+        line=lambda row: (
+            f"{row['set']:>14} seed {row['seed']}: log p(x) {row['log_likelihood']:.1f}, "
+            f"two channels {row['two_channels']:.1f}, ECOD {row['ECOD']:.1f}"
+        ),
+        report=report,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,44 @@ def publish(results: Path, heading: str, section: str, json_path: Path, doc: Any
 def command_line(script: str, datasets: list[str] | None) -> str:
     """The command that reproduces a run of ``script`` over ``datasets`` (None: all)."""
     return f"python benchmarks/{script}" + (f" --datasets {' '.join(datasets)}" if datasets else "")
+
+
+def seeded_probe_main(
+    argv: list[str] | None,
+    *,
+    doc: str | None,
+    script: str,
+    out: Path,
+    results: Path,
+    heading: str,
+    run_one: Callable[[Path, int], dict[str, Any]],
+    line: Callable[[dict[str, Any]], str],
+    report: Callable[[list[dict[str, Any]], str], tuple[str, dict[str, Any]]],
+) -> int:
+    """The command line of a probe that runs ``run_one(set path, seed)`` over ADBench sets
+    and seeds (``--datasets``, ``--seeds``, ``--report-only`` to rewrite the report from
+    the JSON's rows), prints ``line(row)`` per run and publishes ``report(rows, command)``."""
+    import argparse
+
+    from benchmarks.tabular import list_sets, quiet_with_data
+
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--datasets", nargs="+", help="names such as celeba vertebral (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from the JSON's rows"
+    )
+    args = p.parse_args(argv)
+    if not quiet_with_data():
+        return 2
+    rows = json.loads(out.read_text())["rows"] if args.report_only else []
+    for path in [] if args.report_only else list_sets(args.datasets):
+        for seed in args.seeds:
+            row = run_one(path, seed)
+            rows.append(row)
+            print(line(row), flush=True)
+    section, document = report(rows, command_line(script, args.datasets))
+    publish(results, heading, section, out, document)
+    return 0
