@@ -199,6 +199,15 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "on its own and a record's p-value is Bonferroni's over both",
     )
     g.add_argument(
+        "--marginal-channel",
+        type=float,
+        default=d["marginal_channel"],
+        metavar="W",
+        help="share of the level given to judging each column on its own (its cells' "
+        "empirical tails, ECOD's statistic, beside log p(x)); 0 disables, default "
+        "%(default)s",
+    )
+    g.add_argument(
         "--k",
         type=int,
         default=d["k"],
@@ -592,6 +601,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         discrete_levels=args.discrete_levels,
         discrete_likelihood=args.discrete_likelihood,
         category_channels=args.category_channels,
+        marginal_channel=args.marginal_channel,
         k=args.k,
         alpha=args.alpha,
         contamination=args.contamination,

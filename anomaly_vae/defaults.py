@@ -115,6 +115,7 @@ TABULAR: Final[dict[str, Any]] = {
     "discrete_levels": DISCRETE_LEVELS,
     "discrete_likelihood": "ordinal",
     "category_channels": True,
+    "marginal_channel": 0.35,
     "schema": None,
     "seed": 0,
     "accelerator": "cpu",

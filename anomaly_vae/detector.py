@@ -59,6 +59,7 @@ from anomaly_vae.scoring.iwae import (
     to_device,
     to_numpy,
 )
+from anomaly_vae.scoring.marginal import MarginalTails
 
 #: Calibration rows kept in the bundle (encoded) for records with missing cells: each
 #: missingness pattern is calibrated on them with the same cells removed.
@@ -66,6 +67,11 @@ MAX_PATTERN_ROWS = 2000
 #: Missingness patterns whose calibration is kept in memory at once.
 MAX_PATTERNS = 256
 _ROWS_PREFIX = "calibration_rows."
+_MARGINAL_PREFIX = "marginal_tails."
+
+#: Rows missing the same cells: (log p(x)'s calibration for them, their row indices, the
+#: channel columns' calibrations, the marginal statistic's calibration or None).
+PatternGroup = tuple[Calibration, list[int], dict[str, Calibration], Calibration | None]
 
 __all__ = [
     "DISCRETE_LIKELIHOODS",
@@ -221,6 +227,21 @@ class TabularDetector(Detector):
             ``log_likelihood`` stay the joint log p(x). Tables without a text column
             (integer-coded categories included) are unaffected. It raised contextual
             anomalies' AUROC on benchmarks/mixed.py (RESULTS.md).
+        marginal_channel: the share w of the level given to a test of each column on
+            its own (0 disables it). The joint log p(x) ranks a record by how well the
+            whole row fits; a row whose cells sit in their own columns' tails, each
+            plausible given the others, can fit well, and on some tables (celeba,
+            vertebral) those are the outliers. The marginal statistic is ECOD's, the sum
+            of each observed cell's -log empirical tail probability against the training
+            rows (:class:`~anomaly_vae.scoring.marginal.MarginalTails`; numeric, boolean
+            and integer-coded columns), calibrated on the calibration rows like log
+            p(x). A record's p-value is then the weighted Bonferroni
+            ``min(1, p_joint / w_j, ..., p_marginal / w)``, the record's and each text
+            column's test sharing ``1 - w`` equally: valid for any dependence, so the
+            false-positive rate stays at most ``alpha``. ``score_samples`` and
+            ``log_likelihood`` stay the joint log p(x). 0.35 was chosen on half A of the
+            ADBench sets by a rule written before the figures and checked on half B
+            (benchmarks/marginal_heldout.py, RESULTS.md).
         schema: a :class:`Schema` (or its dict) to use instead of inferring one.
         seed: seeds the split, the initial weights, shuffling and the scorer's samples.
         accelerator, devices, strategy: passed to the Lightning Trainer.
@@ -255,6 +276,7 @@ class TabularDetector(Detector):
         discrete_levels: int = TABULAR["discrete_levels"],
         discrete_likelihood: str = TABULAR["discrete_likelihood"],
         category_channels: bool = TABULAR["category_channels"],
+        marginal_channel: float = TABULAR["marginal_channel"],
         schema: Schema | dict[str, Any] | None = TABULAR["schema"],
         seed: int = TABULAR["seed"],
         accelerator: str = TABULAR["accelerator"],
@@ -285,6 +307,7 @@ class TabularDetector(Detector):
         self.discrete_levels = discrete_levels
         self.discrete_likelihood = discrete_likelihood
         self.category_channels = category_channels
+        self.marginal_channel = marginal_channel
         self.schema = schema
         self.seed = seed
         self.accelerator = accelerator
@@ -332,6 +355,13 @@ class TabularDetector(Detector):
             raise ValueError(msg)
         if not isinstance(self.category_channels, bool | np.bool_):
             msg = f"category_channels must be True or False, got {self.category_channels!r}"
+            raise ValueError(msg)
+        if not (
+            isinstance(self.marginal_channel, numbers.Real)
+            and not isinstance(self.marginal_channel, bool | np.bool_)
+            and 0.0 <= self.marginal_channel < 1.0
+        ):
+            msg = f"marginal_channel must be a number in [0, 1), got {self.marginal_channel!r}"
             raise ValueError(msg)
         if self.beta < 0:
             msg = f"beta must be >= 0, got {self.beta!r}"
@@ -504,10 +534,21 @@ class TabularDetector(Detector):
         #: this process's rank in a distributed (e.g. DDP) fit; 0 otherwise. Every rank
         #: ends with the same weights; only rank 0 should write files.
         self.global_rank_ = rank
+        # the columns' own distributions from the training rows only: the calibration
+        # rows must judge the marginal statistic as new rows are judged
+        self.marginal_weight_ = float(self.marginal_channel)
+        cells = self.marginal_cells(arrays.take(train_idx))
+        self.marginal_: MarginalTails | None = (
+            MarginalTails.fit(cells, seed=self.seed)
+            if self.marginal_weight_ > 0 and cells.shape[1]
+            else None
+        )
         cal_rows = arrays.take(cal_idx)
         self.calibration_rows_: TabularArrays | None = cal_rows.take(slice(0, MAX_PATTERN_ROWS))
         cal = self._score_arrays(cal_rows)
-        self._calibrate_result(cal, alpha=self.alpha, contamination=self.contamination)
+        self._calibrate_result(
+            cal, alpha=self.alpha, contamination=self.contamination, arrays=cal_rows
+        )
         # the features' statistics need no model, so they take every row given (the
         # training, validation and calibration rows): a larger reference is a more
         # powerful two-sample test (with 72% of the rows, a 0.1 sd shift at 1,000 rows
@@ -557,16 +598,25 @@ class TabularDetector(Detector):
 
     # ================================================================== calibration
     def _calibrate_result(
-        self, cal: ScoreResult, *, alpha: float | None, contamination: float | None
+        self,
+        cal: ScoreResult,
+        *,
+        alpha: float | None,
+        contamination: float | None,
+        arrays: TabularArrays,
     ) -> None:
+        """Calibrate log p(x), the channels and the marginal statistic on the calibration
+        rows ``arrays`` and their scores ``cal`` (with contributions)."""
         self._calibrate(cal.log_likelihood, alpha=alpha, contamination=contamination)
         # patterns follow the new rate and rows
         self.__dict__.pop("_pattern_cache", None)
         self.__dict__.pop("_pattern_channels", None)
+        self.__dict__.pop("_pattern_marginal", None)
+        self.marginal_calibration_ = self._marginal_reference(arrays)
         # typical per-feature terms on normal rows, so explain() can say which column is
         # unusually unlikely rather than which column is always costly (many categories)
         self.feature_baseline_ = np.median(cal.contributions, axis=0)
-        self._calibrate_channels(cal)
+        self._calibrate_channels(cal, arrays)
 
     def channel_columns(self) -> list[str]:
         """The columns judged on their own besides the record (see
@@ -575,10 +625,52 @@ class TabularDetector(Detector):
             return []
         return [c.name for c in self.schema_.of_kind("categorical") if not c.discrete]
 
-    def _calibrate_channels(self, cal: ScoreResult) -> None:
+    def _marginal_reference(self, arrays: TabularArrays) -> Calibration | None:
+        """The marginal statistic's conformal reference on the rows ``arrays`` (None
+        without a marginal channel)."""
+        tails = getattr(self, "marginal_", None)
+        if tails is None:
+            return None
+        base = self.calibration_
+        with warnings.catch_warnings():
+            # the joint calibration has already warned about a small or constant set
+            warnings.simplefilter("ignore", CalibrationWarning)
+            return Calibration.fit(
+                -tails.statistic(self.marginal_cells(arrays)),
+                alpha=base.alpha,
+                contamination=base.contamination,
+            )
+
+    def _judged_channels(self) -> bool:
+        """Whether a record's p-value combines tests beside log p(x)'s: text columns'
+        (``category_channels``) or the marginal statistic's (``marginal_channel``)."""
+        return bool(getattr(self, "channels_", None)) or (
+            getattr(self, "marginal_calibration_", None) is not None
+        )
+
+    def _channel_scale(self) -> np.ndarray:
+        """[1 + C (+ 1)]: what each test's p-value is multiplied by before the minimum
+        is taken (the inverse of its share of the level): 1 + C each for log p(x) and
+        the C text columns (Bonferroni); with the marginal channel, whose share is w,
+        (1 + C) / (1 - w) for those and 1 / w for the marginal test."""
+        c = 1 + len(getattr(self, "channels_", {}))
+        if getattr(self, "marginal_calibration_", None) is None:
+            return np.full(c, float(c))
+        w = self.marginal_weight_
+        return np.array([c / (1 - w)] * c + [1 / w])
+
+    def _combine(self, p_all: np.ndarray) -> np.ndarray:
+        """[N, 1 + C (+ 1)] test p-values -> [N] the record's: the weighted Bonferroni
+        ``min(1, min_c p_c * scale_c)`` (:meth:`_channel_scale`)."""
+        if getattr(self, "marginal_calibration_", None) is None:
+            return bonferroni(p_all)
+        return np.minimum(1.0, (p_all * self._channel_scale()).min(axis=1))
+
+    def _calibrate_channels(self, cal: ScoreResult, arrays: TabularArrays) -> None:
         """Each channel column's conformal reference: its contributions [n] on the
-        calibration rows ``cal`` (scored with contributions); in contamination mode also
-        the cut on the log of the combined p-value (``channel_cut_``)."""
+        calibration rows ``cal`` (scored with contributions; ``arrays``, the rows); in
+        contamination mode also the cut on the log of the combined p-value
+        (``channel_cut_``)."""
         names = self.feature_names_
         base = self.calibration_
         with warnings.catch_warnings():
@@ -593,21 +685,29 @@ class TabularDetector(Detector):
                 for name in self.channel_columns()
             }
         self.channel_cut_: float | None = None
-        if not self.channels_:
+        if not self._judged_channels():
             return
         if base.method == "contamination":
             assert base.contamination is not None
-            p = bonferroni(
-                self._channel_p_values(base.p_values(cal.log_likelihood), cal.contributions, [])
+            p = self._combine(
+                self._channel_p_values(
+                    base.p_values(cal.log_likelihood), cal.contributions, [], arrays
+                )
             )
             self.channel_cut_ = float(np.quantile(np.log(p), base.contamination, method="lower"))
         elif self._channels_cut() is None:
-            c = len(self.channels_) + 1
+            tests = ["the record"]
+            if self.channels_:
+                tests.append(f"the categorical columns {', '.join(self.channels_)}")
+            if self.marginal_calibration_ is not None:
+                tests.append(f"the columns on their own (share {self.marginal_weight_:g})")
             assert base.alpha is not None
+            need = math.ceil(self._channel_scale().max() / base.alpha - 1e-9) - 1
             warnings.warn(
-                f"calibration set has {base.n} rows, too few to test {c} channels (the record "
-                f"and the categorical columns {', '.join(self.channels_)}) at alpha="
-                f"{base.alpha} (needs at least {math.ceil(c / base.alpha) - 1}); flags come "
+                f"calibration set has {base.n} rows, too few to test "
+                f"{len(self._channel_scale())} channels ({', '.join(tests[:-1])} and "
+                f"{tests[-1]}) at alpha="
+                f"{base.alpha} (needs at least {need}); flags come "
                 "from log p(x) alone, p-values still combine the channels",
                 CalibrationWarning,
                 stacklevel=3,
@@ -616,47 +716,66 @@ class TabularDetector(Detector):
     def _channel_p_values(
         self,
         p_joint: np.ndarray,
-        contributions: np.ndarray,
-        groups: list[tuple[Calibration, list[int], dict[str, Calibration]]],
+        contributions: np.ndarray | None,
+        groups: list[PatternGroup],
+        arrays: TabularArrays | None,
     ) -> np.ndarray:
-        """[N, 1 + C]: the rows' joint p-values ``p_joint`` [N] and each channel column's
-        conformal p-value of its contribution (``contributions`` [N, F], in the order of
-        :attr:`feature_names_`), a row with missing cells against its pattern's
-        references (``groups``, from :meth:`_pattern_groups`). A missing category
-        contributes 0 nats, more than any observed one, so its p-value is 1."""
+        """[N, 1 + C (+ 1)]: the rows' joint p-values ``p_joint`` [N], each channel
+        column's conformal p-value of its contribution (``contributions`` [N, F], in the
+        order of :attr:`feature_names_`) and, with the marginal channel, the rows'
+        (``arrays``) marginal statistic's; a row with missing cells against its
+        pattern's references (``groups``, from :meth:`_pattern_groups`). A missing
+        category contributes 0 nats, more than any observed one, so its p-value is 1."""
         names = self.feature_names_
-        out = np.ones((len(p_joint), 1 + len(self.channels_)))
+        marginal = getattr(self, "marginal_calibration_", None)
+        out = np.ones((len(p_joint), 1 + len(self.channels_) + (marginal is not None)))
         out[:, 0] = p_joint
         refs: list[tuple[Any, Mapping[str, Calibration]]] = [(slice(None), self.channels_)]
-        refs += [(idx, channels) for _, idx, channels in groups]
+        refs += [(idx, channels) for _, idx, channels, _ in groups]
         for rows, channels in refs:
             for c, name in enumerate(self.channels_, start=1):
                 ref = channels.get(name)
                 if ref is not None:
+                    assert contributions is not None
                     out[rows, c] = ref.p_values(contributions[rows, names.index(name)])
                 else:  # a pattern calibrated without contributions: no evidence
                     out[rows, c] = 1.0
+        if marginal is not None:
+            if arrays is None:
+                msg = (
+                    "this detector judges the columns on their own as well (marginal_channel):"
+                    " its p-values need the rows' encoded arrays"
+                )
+                raise ValueError(msg)
+            assert self.marginal_ is not None
+            stat = self.marginal_.statistic(self.marginal_cells(arrays))
+            out[:, -1] = marginal.p_values(-stat)
+            for _, idx, _, ref in groups:
+                if ref is not None:  # rows missing cells against rows missing the same
+                    out[idx, -1] = ref.p_values(-stat[idx])
         return out
 
     def _channels_cut(self) -> float | None:
         """The log combined p-value a record is flagged at or below (conformal mode) or
         below (contamination mode; ``channel_cut_``); None when flags come from log p(x)
         alone (no channels, or a calibration set too small to test them at alpha)."""
-        channels = getattr(self, "channels_", {})
-        if not channels:
+        if not self._judged_channels():
             return None
         base = self.calibration_
         if base.method == "contamination":
             return self.channel_cut_
         assert base.alpha is not None
-        if (len(channels) + 1) / (base.n + 1) > base.alpha:
+        # the smallest p-value a test can reach, scaled, must be able to reach alpha
+        if self._channel_scale().max() / (base.n + 1) > base.alpha:
             return None
         return math.log(base.alpha)
 
     def _calibrate_on(self, X: Any, *, alpha: float | None, contamination: float | None) -> None:
         arrays = self.preprocessor_.transform(_as_frame(X), allow_extra=True)
         self.calibration_rows_ = arrays.take(slice(0, MAX_PATTERN_ROWS))
-        self._calibrate_result(self._score_arrays(arrays), alpha=alpha, contamination=contamination)
+        self._calibrate_result(
+            self._score_arrays(arrays), alpha=alpha, contamination=contamination, arrays=arrays
+        )
 
     # ================================================================== scoring
 
@@ -749,17 +868,19 @@ class TabularDetector(Detector):
     def p_values(self, X: Any) -> np.ndarray:
         """Split-conformal p-values, [N] in (0, 1]; small means unusual. A row with
         missing cells is compared with calibration rows missing the same cells. With
-        channel columns (``category_channels``), Bonferroni's over log p(x)'s p-value and
-        each text column's (see :meth:`calibrated`)."""
+        channel columns (``category_channels``) or the marginal channel
+        (``marginal_channel``), the weighted Bonferroni over log p(x)'s p-value, each text
+        column's and the marginal statistic's (see :meth:`calibrated`)."""
         self._check_fitted()
         return self._calibrated_rows(X)[1][0]
 
     def decision_function(self, X: Any) -> np.ndarray:
         """log p(x) minus the threshold it is judged by, [N]; negative for outliers. For a
         complete row that is ``score_samples(X) - offset_``; a row with missing cells
-        is judged by its missingness pattern's threshold. A table with channel columns
-        (``category_channels``) is judged by its combined p-value: the decision is then
-        the log of that p-value minus the log of the cut (see :meth:`calibrated`)."""
+        is judged by its missingness pattern's threshold. A detector with channel columns
+        (``category_channels``) or the marginal channel (``marginal_channel``, on by
+        default) judges by its combined p-value: the decision is then the log of that
+        p-value minus the log of the cut (see :meth:`calibrated`)."""
         return self._calibrated_rows(X)[1][2]
 
     def score(
@@ -938,14 +1059,20 @@ class TabularDetector(Detector):
                 for name in channels
                 if contributions is not None
             }
+        # the marginal statistic needs no model: its pattern rows are at hand
+        rows = self.pattern_rows(pattern)
+        found_marginal = None if rows is None else self._marginal_reference(rows)
         cache = self.__dict__.setdefault("_pattern_cache", {})
         chan_cache = self.__dict__.setdefault("_pattern_channels", {})
+        marginal_cache = self.__dict__.setdefault("_pattern_marginal", {})
         if len(cache) >= MAX_PATTERNS:
             oldest = next(iter(cache))
             cache.pop(oldest)
             chan_cache.pop(oldest, None)
+            marginal_cache.pop(oldest, None)
         cache[pattern] = found
         chan_cache[pattern] = found_channels
+        marginal_cache[pattern] = found_marginal
         return found
 
     def calibrated(
@@ -959,15 +1086,18 @@ class TabularDetector(Detector):
         cells against its missingness pattern's calibration (:meth:`_pattern_calibration`).
         Without ``arrays`` every row is taken as complete. A decision is negative exactly
         for the flagged rows: log p(x) minus the threshold it is judged by, or, with
-        channel columns (``category_channels``), the log of the combined p-value minus
-        the log of the cut it is judged by (:meth:`_channels_cut`). A detector with
-        channel columns needs the rows' ``contributions`` [N, F]."""
+        channel columns (``category_channels``) or the marginal channel, the log of the
+        combined p-value minus the log of the cut it is judged by (:meth:`_channels_cut`).
+        A detector with channel columns needs the rows' ``contributions`` [N, F]; one with
+        the marginal channel needs ``arrays``."""
         ll = np.asarray(log_likelihood, dtype=np.float64)
         p, flags, thr, groups = self._joint_calibrated(ll, arrays)
         decision = ll - thr
-        if not getattr(self, "channels_", None):
+        if not self._judged_channels():
             return p, flags, decision
-        if contributions is None or contributions.shape != (len(ll), len(self.feature_names_)):
+        if self.channels_ and (
+            contributions is None or contributions.shape != (len(ll), len(self.feature_names_))
+        ):
             got = None if contributions is None else contributions.shape
             msg = (
                 f"this detector judges the columns {', '.join(self.channels_)} on their own: "
@@ -975,7 +1105,7 @@ class TabularDetector(Detector):
                 f"{len(self.feature_names_)}], got {got}"
             )
             raise ValueError(msg)
-        p = bonferroni(self._channel_p_values(p, contributions, groups))
+        p = self._combine(self._channel_p_values(p, contributions, groups, arrays))
         cut = self._channels_cut()
         if cut is None:
             return p, flags, decision
@@ -993,7 +1123,7 @@ class TabularDetector(Detector):
         np.ndarray,
         np.ndarray,
         np.ndarray,
-        list[tuple[Calibration, list[int], dict[str, Calibration]]],
+        list[PatternGroup],
     ]:
         """log p(x)'s own (p-values, flags, thresholds), [N] each, for log-likelihoods
         ``ll`` [N] of the rows ``arrays`` (a row with missing cells against its pattern's
@@ -1002,7 +1132,7 @@ class TabularDetector(Detector):
         p, flags = cal.p_values(ll), cal.is_outlier(ll)
         thr = np.full(len(ll), cal.threshold)
         groups = self._pattern_groups(arrays, len(ll))
-        for pc, idx, _ in groups:
+        for pc, idx, _, _ in groups:
             p[idx], flags[idx], thr[idx] = (
                 pc.p_values(ll[idx]),
                 pc.is_outlier(ll[idx]),
@@ -1033,13 +1163,11 @@ class TabularDetector(Detector):
         ll = np.asarray(log_likelihood, dtype=np.float64)
         u = np.asarray(u, dtype=np.float64)
         p = self.calibration_.smoothed_p_values(ll, u)
-        for pc, idx, _ in self._pattern_groups(arrays, len(ll)):
+        for pc, idx, _, _ in self._pattern_groups(arrays, len(ll)):
             p[idx] = pc.smoothed_p_values(ll[idx], u[idx])
         return p
 
-    def _pattern_groups(
-        self, arrays: TabularArrays | None, n: int
-    ) -> list[tuple[Calibration, list[int], dict[str, Calibration]]]:
+    def _pattern_groups(self, arrays: TabularArrays | None, n: int) -> list[PatternGroup]:
         """The rows with missing cells, grouped by missingness pattern, each with its
         pattern's calibration and its channel columns' (patterns without one are left
         out: their rows stay on the complete rows' calibration)."""
@@ -1050,11 +1178,18 @@ class TabularDetector(Detector):
         patterns: dict[tuple[int, ...], list[int]] = {}
         for i in incomplete.tolist():
             patterns.setdefault(tuple(np.flatnonzero(missing[i]).tolist()), []).append(i)
-        out = []
+        out: list[PatternGroup] = []
         for pattern, idx in patterns.items():
             pc = self._pattern_calibration(pattern)
             if pc is not None:
-                out.append((pc, idx, self.__dict__.get("_pattern_channels", {}).get(pattern, {})))
+                out.append(
+                    (
+                        pc,
+                        idx,
+                        self.__dict__.get("_pattern_channels", {}).get(pattern, {}),
+                        self.__dict__.get("_pattern_marginal", {}).get(pattern),
+                    )
+                )
         return out
 
     def top_features(
@@ -1073,7 +1208,7 @@ class TabularDetector(Detector):
         top = max(1, min(top, len(names)))
         excess = res.contributions - self.feature_baseline_
         ranked = np.argsort(excess, axis=1, kind="stable")
-        if getattr(self, "channels_", None):
+        if self._judged_channels():
             ranked = self._channels_first(res, arrays, ranked)
         if arrays is None:
             return ranked[:, :top].tolist(), excess
@@ -1084,33 +1219,58 @@ class TabularDetector(Detector):
         self, res: ScoreResult, arrays: TabularArrays | None, ranked: np.ndarray
     ) -> np.ndarray:
         """``ranked`` [N, F] (feature indices, most unusual first by excess nats) with,
-        in each row, the channel columns whose own test flags the record (C times their
-        p-value at or below the cut) while log p(x)'s does not moved to the front,
-        smallest p-value first: the record is flagged because of them alone. Their nats
-        need not show it: the encoder, given a category that does not fit, moves the
-        latent code towards it, and the cost lands on the numeric columns it then
-        reconstructs worse. Other rows keep ``ranked``; so does every row when flags
-        come from log p(x) alone (:meth:`_channels_cut` is None)."""
+        in each row whose own log p(x) test does not flag it, the columns whose test
+        does moved to the front, smallest scaled p-value first: the record is flagged
+        because of them alone. A text channel column names itself; the marginal test
+        names the row's cell deepest in its column's tail. Their nats need not show it:
+        the encoder, given a category that does not fit, moves the latent code towards
+        it, and the cost lands on the numeric columns it then reconstructs worse. Other
+        rows keep ``ranked``; so does every row when flags come from log p(x) alone
+        (:meth:`_channels_cut` is None)."""
         cut = self._channels_cut()
         if cut is None:
             return ranked
         p_joint, _, _, groups = self._joint_calibrated(res.log_likelihood, arrays)
-        p_all = self._channel_p_values(p_joint, res.contributions, groups)
+        p_all = self._channel_p_values(p_joint, res.contributions, groups, arrays)
         with np.errstate(divide="ignore"):
-            margin = np.log(np.minimum(1.0, p_all.shape[1] * p_all)) - cut
+            margin = np.log(np.minimum(1.0, self._channel_scale() * p_all)) - cut
         flags = margin <= 0 if self.calibration_.method == "conformal" else margin < 0
         # only where log p(x)'s own test does not flag the record: where it does, the
         # nats say why, and a category the encoder was pulled away from is a symptom
         flags = flags[:, 1:] & ~flags[:, :1]
         p = p_all[:, 1:]
         names = self.feature_names_
-        columns = np.array([names.index(name) for name in self.channels_])
+        columns = np.tile(
+            np.array([names.index(name) for name in self.channels_], dtype=np.int64), (len(p), 1)
+        )
+        if getattr(self, "marginal_calibration_", None) is not None:
+            assert self.marginal_ is not None
+            assert arrays is not None
+            deepest = self.marginal_.cell_surprise(self.marginal_cells(arrays)).argmax(axis=1)
+            columns = np.hstack([columns, self.marginal_features()[deepest][:, None]])
         out = ranked.copy()
         for i in np.flatnonzero(flags.any(1)):
             ahead = np.flatnonzero(flags[i])
-            first = columns[ahead[np.argsort(p[i, ahead], kind="stable")]]
+            first = list(dict.fromkeys(columns[i, ahead[np.argsort(p[i, ahead], kind="stable")]]))
             out[i] = np.concatenate([first, [j for j in ranked[i] if j not in set(first)]])
         return out
+
+    def marginal_features(self) -> np.ndarray:
+        """[D] indices into :attr:`feature_names_` of :meth:`marginal_cells`' columns."""
+        kinds = self.feature_order_
+        n_num, n_cat = len(kinds[0]), len(kinds[1])
+        discrete = [
+            i for i, spec in enumerate(self.schema_.of_kind("categorical")) if spec.discrete
+        ]
+        n_bin = len(kinds[2])
+        return np.array(
+            [
+                *range(n_num),
+                *(n_num + i for i in discrete),
+                *range(n_num + n_cat, n_num + n_cat + n_bin),
+            ],
+            dtype=np.int64,
+        )
 
     @property
     def feature_names_(self) -> list[str]:
@@ -1281,6 +1441,10 @@ class TabularDetector(Detector):
                 "columns": {name: ref.to_dict() for name, ref in channels.items()},
                 "cut": self.channel_cut_,
             }
+        marginal = getattr(self, "marginal_calibration_", None)
+        if marginal is not None:
+            doc["marginal"] = {"weight": self.marginal_weight_, "reference": marginal.to_dict()}
+            doc.setdefault("channels", {"columns": {}, "cut": self.channel_cut_})
         return doc
 
     def _weights(self) -> dict[str, Any]:
@@ -1291,6 +1455,10 @@ class TabularDetector(Detector):
                 out[_ROWS_PREFIX + name] = torch.from_numpy(
                     np.ascontiguousarray(getattr(rows, name))
                 )
+        tails = getattr(self, "marginal_", None)
+        if tails is not None:
+            for name, value in tails.to_dict().items():
+                out[_MARGINAL_PREFIX + name] = torch.from_numpy(np.ascontiguousarray(value))
         return out
 
     def _restore(self, docs: dict[str, Any], weights: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -1302,6 +1470,11 @@ class TabularDetector(Detector):
         self.calibration_rows_ = (
             TabularArrays(**{name: t.numpy() for name, t in rows.items()}) if rows else None
         )
+        tails = {
+            k[len(_MARGINAL_PREFIX) :]: weights.pop(k).numpy()
+            for k in list(weights)
+            if k.startswith(_MARGINAL_PREFIX)
+        }
         self.schema_ = Schema.from_dict(docs["schema.json"])
         self.n_features_in_ = len(self.schema_.columns)
         self.preprocessor_ = TabularPreprocessor.from_dict(self.schema_, docs["preprocessing.json"])
@@ -1320,3 +1493,26 @@ class TabularDetector(Detector):
                 raise ValueError(msg)
         self.channels_ = {name: Calibration.from_dict(d) for name, d in channels["columns"].items()}
         self.channel_cut_ = None if channels["cut"] is None else float(channels["cut"])
+        # a bundle from before the marginal channel (or without it) has neither part
+        marginal = docs["calibration.json"].get("marginal")
+        if (marginal is None) != (not tails):
+            msg = (
+                "the bundle's marginal channel is incomplete: calibration.json "
+                f"{'has' if marginal else 'lacks'} its reference, the weights "
+                f"{'have' if tails else 'lack'} its tails"
+            )
+            raise ValueError(msg)
+        self.marginal_ = MarginalTails.from_dict(tails) if tails else None
+        self.marginal_weight_ = 0.0 if marginal is None else float(marginal["weight"])
+        self.marginal_calibration_ = (
+            None if marginal is None else Calibration.from_dict(marginal["reference"])
+        )
+        if self.marginal_ is not None and self.marginal_.n_columns != len(self.marginal_features()):
+            msg = (
+                f"the bundle's marginal tails have {self.marginal_.n_columns} columns, the "
+                f"schema {len(self.marginal_features())}"
+            )
+            raise ValueError(msg)
+        if marginal is not None and not 0 < self.marginal_weight_ < 1:
+            msg = f"calibration.json: marginal weight must be in (0, 1), got {marginal['weight']!r}"
+            raise ValueError(msg)

@@ -87,6 +87,10 @@ class LoadedModel:
             "id_column": det.schema_.id_column,
             # text columns judged on their own: p_value and is_outlier combine them
             "channel_columns": list(getattr(det, "channels_", {})),
+            # the share of alpha given to judging each column on its own (0: none)
+            "marginal_channel": (
+                det.marginal_weight_ if getattr(det, "marginal_calibration_", None) else 0.0
+            ),
             "calibration": det.calibration_.summary(),
         }
 

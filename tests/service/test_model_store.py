@@ -140,4 +140,5 @@ def test_readyz_reports_a_model_that_fails_to_load_as_degraded(fitted, tmp_path)
         assert c.post("/v1/models/reload", headers=auth).status_code == 200
         assert "degraded" not in c.get("/readyz").json()
         assert c.get("/v1/models").json()["loaded"]["channel_columns"] == ["color"]
+        assert c.get("/v1/models").json()["loaded"]["marginal_channel"] == 0.35
         assert "anomaly_vae_model_load_failing 0.0" in c.get("/metrics").text
