@@ -661,10 +661,23 @@ class TabularDetector(Detector):
 
     def _combine(self, p_all: np.ndarray) -> np.ndarray:
         """[N, 1 + C (+ 1)] test p-values -> [N] the record's: the weighted Bonferroni
-        ``min(1, min_c p_c * scale_c)`` (:meth:`_channel_scale`)."""
+        ``min(1, min_c p_c * scale_c)`` (:meth:`_channel_scale`), with the marginal
+        channel raised to at least the largest scaled floor ``max_c scale_c / (n + 1)``.
+
+        Why the floor: a conformal p-value is at least 1 / (n + 1), so each test's scaled
+        p-value stops at its own floor, and the floors differ with the shares. Below the
+        largest of them, which test a record's p-value came from says nothing about how
+        unusual it is: unfloored, every normal row at the marginal test's floor (2.86 /
+        (n + 1)) would rank ahead of every record beyond all calibration rows by log p(x)
+        when a text column makes the joint test's floor 3.08 / (n + 1). Floored, they tie,
+        and ties are for log p(x) to break. A larger p-value is still valid, and the flags
+        do not move: the cut (alpha) is at or above the floor whenever flags use the
+        combined p-value (:meth:`_channels_cut`)."""
         if getattr(self, "marginal_calibration_", None) is None:
             return bonferroni(p_all)
-        return np.minimum(1.0, (p_all * self._channel_scale()).min(axis=1))
+        scale = self._channel_scale()
+        floor = scale.max() / (self.calibration_.n + 1)
+        return np.minimum(1.0, np.maximum((p_all * scale).min(axis=1), floor))
 
     def _calibrate_channels(self, cal: ScoreResult, arrays: TabularArrays) -> None:
         """Each channel column's conformal reference: its contributions [n] on the

@@ -40,7 +40,10 @@ def hand_p_values(det: TabularDetector, frame: pd.DataFrame) -> np.ndarray:
     stat = det.marginal_.statistic(det.marginal_cells(arrays))
     p_marginal = det.marginal_calibration_.p_values(-stat)
     w = det.marginal_weight_
-    return np.minimum(1.0, np.minimum(p_joint / (1 - w), p_marginal / w))
+    p = np.minimum(p_joint / (1 - w), p_marginal / w)
+    # below what both tests resolve, a tie: the larger scaled floor
+    floor = max(1 / (1 - w), 1 / w) / (det.calibration_.n + 1)
+    return np.minimum(1.0, np.maximum(p, floor))
 
 
 def test_p_value_is_the_weighted_bonferroni_of_the_two_tests(det):
@@ -53,6 +56,25 @@ def test_p_value_is_the_weighted_bonferroni_of_the_two_tests(det):
     np.testing.assert_array_equal(decision < 0, out["is_outlier"].to_numpy())
     # log p(x) itself is untouched
     np.testing.assert_array_equal(out["log_likelihood"].to_numpy(), det.score_samples(frame))
+
+
+def test_rows_beyond_what_both_tests_resolve_tie_and_flags_do_not_move(det):
+    """Far out in every column and off the joint pattern: both tests at their floors. The
+    combined p-value stops at the larger scaled floor for all of them, so log p(x) orders
+    them (the benchmarks' ranking), and flags are the unfloored p-value's at alpha."""
+    frame = correlated(300, 12)
+    frame.loc[:4, "x0"] = [8.0, 9.0, 10.0, 11.0, 12.0]
+    frame.loc[:4, "x3"] = -8.0
+    out = det.score(frame)
+    floor = (1 / det.marginal_weight_) / (det.calibration_.n + 1)
+    np.testing.assert_allclose(out["p_value"].iloc[:5], floor, rtol=1e-12)
+    assert (out["p_value"] >= floor * (1 - 1e-12)).all()
+    assert out["is_outlier"].iloc[:5].all()
+    arrays = det.encode_rows(frame)
+    res = det.score_encoded(arrays, contributions=True)
+    p_all = det._channel_p_values(det.calibration_.p_values(res.log_likelihood), None, [], arrays)
+    unfloored = (p_all * det._channel_scale()).min(axis=1)
+    np.testing.assert_array_equal(out["is_outlier"].to_numpy(), unfloored <= det.alpha)
 
 
 def test_fitted_on_the_training_rows_and_calibrated_on_the_calibration_rows(det):

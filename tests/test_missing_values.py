@@ -40,14 +40,17 @@ def test_p_values_of_incomplete_rows_are_calibrated_on_the_same_pattern(fitted, 
 def joint_and_color_p(det: TabularDetector, frame: pd.DataFrame) -> np.ndarray:
     """Complete rows' p-values as the detector's channels define them: the weighted
     Bonferroni over log p(x)'s and the color's conformal p-values against the calibration
-    rows (sharing 1 - w) and the marginal statistic's (w)."""
+    rows (sharing 1 - w) and the marginal statistic's (w), at least the larger scaled
+    floor."""
     ll = det.score_samples(frame)
     color = det.contributions(frame)["color"].to_numpy()
     p = np.column_stack([det.calibration_.p_values(ll), det.channels_["color"].p_values(color)])
     w = det.marginal_weight_
     stat = det.marginal_.statistic(det.marginal_cells(det.encode_rows(frame)))
     p_marginal = det.marginal_calibration_.p_values(-stat)
-    return np.minimum(1.0, np.minimum(2 * p.min(1) / (1 - w), p_marginal / w))
+    combined = np.minimum(2 * p.min(1) / (1 - w), p_marginal / w)
+    floor = max(2 / (1 - w), 1 / w) / (det.calibration_.n + 1)  # the larger scaled floor
+    return np.minimum(1.0, np.maximum(combined, floor))
 
 
 def test_a_missing_numeric_cell_recalibrates_the_category_channel_too(fitted, normal):
