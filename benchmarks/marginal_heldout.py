@@ -58,15 +58,6 @@ WEIGHTS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 PEERS = ("IForest", "ECOD")
 
 
-def ranked(p: np.ndarray, ll: np.ndarray) -> np.ndarray:
-    """An anomaly score [N] that orders rows by p-value ascending, ties by log p(x)
-    ascending (higher = more anomalous)."""
-    order = np.lexsort((ll, p))
-    rank = np.empty(len(p))
-    rank[order] = np.arange(len(p))[::-1]
-    return rank
-
-
 def run_one(path: Path, seed: int) -> dict[str, Any]:
     """AUROC and AUPRC x100 of the default's p-value, the marginal statistic alone and
     each weighted combination, on one set and seed."""
@@ -77,7 +68,7 @@ def run_one(path: Path, seed: int) -> dict[str, Any]:
     from anomaly_vae.exceptions import CalibrationWarning
     from anomaly_vae.scoring.calibration import Calibration
     from anomaly_vae.scoring.marginal import MarginalTails
-    from benchmarks.tabular import _make
+    from benchmarks.tabular import _make, ranked
 
     data = np.load(path, allow_pickle=False)
     x = np.asarray(data["X"], dtype=np.float64)
