@@ -279,9 +279,10 @@ def report(command: str) -> str:
         "every method fits the same rows, peers at library defaults. The detector is at its "
         "defaults, with the schema inferred from the whole training split (a subsample can "
         "leave a column with only 0 and 1, which inference would take for boolean). The last "
-        "columns are ablations: `no-marginal` is the default without its marginal channel, "
-        "and every other one that detector (marginal_channel=0, as they were measured) with "
-        "one choice changed, its change in the half table against `no-marginal`: "
+        "columns are ablations: `no-marginal` is the default without its marginal channel "
+        "(its change in the half table: it minus the default), and every other one that "
+        "detector (marginal_channel=0, as they were measured) with one choice changed (its "
+        "change: it minus `no-marginal`): "
         + "; ".join(
             f"`{v.split(':', 1)[1]}`: {ABLATION_TEXT.get(v.split(':', 1)[1], v)}" for v in variants
         )
