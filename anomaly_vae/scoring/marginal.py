@@ -66,24 +66,35 @@ class MarginalTails:
     def n_columns(self) -> int:
         return int(self.values.shape[1])
 
-    def cell_surprise(self, x: np.ndarray) -> np.ndarray:
-        """[N, D] nats: each observed cell's tail surprise t_j(x) (0 where missing, and
-        in a column with no training value)."""
+    def tail_counts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For rows ``x`` [N, D] (NaN: missing): ``le`` and ``ge`` [N, D] int64, each
+        cell's kept training values at or below it and at or above it, and ``observed``
+        [N, D] bool, whether the cell counts (present, in a column with training values;
+        ``le`` and ``ge`` are 0 where it does not)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_columns:
             msg = f"expected rows of shape [N, {self.n_columns}], got shape {x.shape}"
             raise ValueError(msg)
-        out = np.zeros(x.shape)
+        le = np.zeros(x.shape, dtype=np.int64)
+        ge = np.zeros(x.shape, dtype=np.int64)
+        observed = np.zeros(x.shape, dtype=bool)
         for j, n in enumerate(self.counts.tolist()):
             if n == 0:
                 continue
             ref = self.values[:n, j]
             col = x[:, j]
             obs = ~np.isnan(col)
-            le = np.searchsorted(ref, col[obs], side="right")
-            ge = n - np.searchsorted(ref, col[obs], side="left")
-            out[obs, j] = np.log(n + 1) - np.log(np.minimum(le, ge) + 1)
-        return out
+            le[obs, j] = np.searchsorted(ref, col[obs], side="right")
+            ge[obs, j] = n - np.searchsorted(ref, col[obs], side="left")
+            observed[:, j] = obs
+        return le, ge, observed
+
+    def cell_surprise(self, x: np.ndarray) -> np.ndarray:
+        """[N, D] nats: each observed cell's tail surprise t_j(x) (0 where missing, and
+        in a column with no training value)."""
+        le, ge, observed = self.tail_counts(x)
+        surprise = np.log(self.counts + 1) - np.log(np.minimum(le, ge) + 1)
+        return np.where(observed, surprise, 0.0)
 
     def statistic(self, x: np.ndarray) -> np.ndarray:
         """[N] nats: the sum of a row's cell surprises; higher is more unusual."""

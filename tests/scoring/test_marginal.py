@@ -19,6 +19,23 @@ def test_cell_surprise_counts_the_smaller_tail_with_the_cell_itself():
     assert tails.cell_surprise(np.array([[5.0]]))[0, 0] == pytest.approx(np.log(10 / 6))
 
 
+def test_tail_counts_per_cell_with_missing_cells_and_an_empty_column():
+    train = np.array([[1.0, np.nan], [2.0, np.nan], [2.0, np.nan], [4.0, np.nan]])
+    tails = MarginalTails.fit(train)
+    x = np.array([[2.0, 1.0], [np.nan, 1.0], [0.0, np.nan], [9.0, 0.0]])
+    le, ge, observed = tails.tail_counts(x)
+    # column 0: values 1, 2, 2, 4; column 1 has none, so no cell of it counts
+    np.testing.assert_array_equal(le[:, 0], [3, 0, 0, 4])
+    np.testing.assert_array_equal(ge[:, 0], [3, 0, 4, 0])
+    np.testing.assert_array_equal(
+        observed, [[True, False], [False, False], [True, False], [True, False]]
+    )
+    assert le.dtype == ge.dtype == np.int64
+    assert not le[:, 1].any() and not ge[:, 1].any()
+    with pytest.raises(ValueError, match=r"expected rows of shape \[N, 2\], got shape \(3,\)"):
+        tails.tail_counts(np.zeros(3))
+
+
 def test_statistic_is_invariant_to_a_monotone_recoding():
     rng = np.random.default_rng(0)
     train, test = rng.normal(size=(300, 3)), rng.normal(size=(50, 3))
