@@ -103,7 +103,7 @@ def evaluate(path: Path, seed: int, methods: list[str], force: bool, share: floa
     from sklearn.model_selection import train_test_split
 
     from anomaly_vae.data.schema import infer_schema
-    from benchmarks.skew_tails import ecod_inductive, probe_scores
+    from benchmarks.skew_tails import ecod_inductive, probe_scores, rebuilt_channel
 
     data = np.load(path, allow_pickle=False)
     x = np.asarray(data["X"], dtype=np.float64)
@@ -157,7 +157,9 @@ def evaluate(path: Path, seed: int, methods: list[str], force: bool, share: floa
             alone = model.marginal_.statistic(cells)
             row["auroc_marginal_alone"] = float(roc_auc_score(y_te, alone))
             # ECOD's tail rule instead, alone and combined as the channel is (a probe)
-            probe = probe_scores(model, xs, x_te, seed)
+            tails, cal_cells = rebuilt_channel(model, xs, seed)
+            ll = model.score(x_te)["log_likelihood"].to_numpy()
+            probe = probe_scores(model, tails, cal_cells, cells, ll)
             row["auroc_skew_tails_alone"] = float(roc_auc_score(y_te, probe["alone"]))
             row["auroc_skew_tails_combined"] = float(roc_auc_score(y_te, probe["combined"]))
         cache.parent.mkdir(parents=True, exist_ok=True)

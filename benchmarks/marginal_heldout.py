@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +70,7 @@ def run_one(path: Path, seed: int) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    from anomaly_vae.detector import split_rows
-    from anomaly_vae.exceptions import CalibrationWarning
-    from anomaly_vae.scoring.calibration import Calibration
-    from anomaly_vae.scoring.marginal import MarginalTails
-    from benchmarks.skew_tails import probe_scores
+    from benchmarks.skew_tails import calibrated, probe_scores, rebuilt_channel
     from benchmarks.tabular import _make, ranked
 
     data = np.load(path, allow_pickle=False)
@@ -87,23 +82,17 @@ def run_one(path: Path, seed: int) -> dict[str, Any]:
     ll = scored["log_likelihood"].to_numpy()
     # ADBench has no text column and no missing cell: log p(x)'s own conformal p-value
     p_joint = det.calibration_.p_values(ll)
-    cal_idx, _, train_idx = split_rows(
-        len(x_tr), seed, det.calibration_fraction, det.validation_fraction
-    )
-    cells = det.marginal_cells(det.preprocessor_.transform_matrix(x_tr))
-    tails = MarginalTails.fit(cells[train_idx], seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        ref = Calibration.fit(-tails.statistic(cells[cal_idx]), alpha=det.alpha)
-    stat_te = tails.statistic(det.marginal_cells(det.preprocessor_.transform_matrix(x_te)))
+    tails, cal_cells = rebuilt_channel(det, x_tr, seed)
+    ref = calibrated(tails.statistic(cal_cells), det.alpha)
+    cells_te = det.marginal_cells(det.preprocessor_.transform_matrix(x_te))
+    stat_te = tails.statistic(cells_te)
     p_marginal = ref.p_values(-stat_te)
     if det.marginal_ is not None:  # the detector's own channel is this one
-        np.testing.assert_array_equal(det.marginal_.values, tails.values)
         np.testing.assert_array_equal(det.marginal_calibration_.reference, ref.reference)
     row: dict[str, Any] = {"set": path.stem.split("_", 1)[1], "seed": seed}
     scores = {"joint_p": ranked(p_joint, ll), "marginal": stat_te}
     # a probe beside the built design: ECOD's tail rule (benchmarks/skew_tails.py)
-    probe = probe_scores(det, x_tr, x_te, seed)
+    probe = probe_scores(det, tails, cal_cells, cells_te, ll)
     scores["skew_alone"], scores["skew floored"] = probe["alone"], probe["combined"]
     floor_n = det.calibration_.n + 1
     for w in WEIGHTS:

@@ -18,6 +18,7 @@ built statistic, on the same fits, so a later change of the channel has its evid
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -49,19 +50,12 @@ def skew_tail_statistic(tails: MarginalTails, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def probe_scores(det: Any, x_fit: np.ndarray, x_te: np.ndarray, seed: int) -> dict[str, Any]:
-    """For a fitted default detector ``det`` (no text column, no missing cell: ADBench),
-    fitted on ``x_fit`` [N, D] with ``seed``: the skew-tail statistic alone on ``x_te``
-    [M, D] and combined with log p(x) as the detector combines its channel (weighted
-    Bonferroni at ``WEIGHT``, floored, ties by log p(x)), each [M], higher is more
-    anomalous. The statistic is fitted on the detector's own training rows and
-    calibrated on its own calibration rows."""
-    import warnings
-
+def rebuilt_channel(det: Any, x_fit: np.ndarray, seed: int) -> tuple[MarginalTails, np.ndarray]:
+    """The fitted detector ``det``'s marginal tails rebuilt from the rows it was fitted
+    on, ``x_fit`` [N, D], with its ``seed``: its own split (``split_rows``) and kept
+    training rows, checked against its own channel where it has one. Returns the tails
+    and the cells of its calibration rows [n_cal, D]."""
     from anomaly_vae.detector import split_rows
-    from anomaly_vae.exceptions import CalibrationWarning
-    from anomaly_vae.scoring.calibration import Calibration
-    from benchmarks.tabular import ranked
 
     cal_idx, _, train_idx = split_rows(
         len(x_fit), seed, det.calibration_fraction, det.validation_fraction
@@ -70,11 +64,33 @@ def probe_scores(det: Any, x_fit: np.ndarray, x_te: np.ndarray, seed: int) -> di
     tails = MarginalTails.fit(cells[train_idx], seed=seed)
     if det.marginal_ is not None:  # the same kept rows as the detector's own channel
         np.testing.assert_array_equal(det.marginal_.values, tails.values)
+    return tails, cells[cal_idx]
+
+
+def calibrated(statistic: np.ndarray, alpha: float) -> Any:
+    """A conformal reference for a statistic (higher: more unusual) on calibration rows
+    [n], as the detector builds its channel's, small-sample warning silenced."""
+    from anomaly_vae.exceptions import CalibrationWarning
+    from anomaly_vae.scoring.calibration import Calibration
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        ref = Calibration.fit(-skew_tail_statistic(tails, cells[cal_idx]), alpha=det.alpha)
-    stat = skew_tail_statistic(tails, det.marginal_cells(det.preprocessor_.transform_matrix(x_te)))
-    ll = det.score(x_te)["log_likelihood"].to_numpy()
+        return Calibration.fit(-statistic, alpha=alpha)
+
+
+def probe_scores(
+    det: Any, tails: MarginalTails, cal_cells: np.ndarray, cells: np.ndarray, ll: np.ndarray
+) -> dict[str, Any]:
+    """For a fitted default detector ``det`` (no text column, no missing cell: ADBench),
+    its rebuilt ``tails`` and calibration cells ``cal_cells`` (:func:`rebuilt_channel`),
+    and test rows' ``cells`` [M, D] and log p(x) ``ll`` [M]: the skew-tail statistic
+    alone and combined with log p(x) as the detector combines its channel (weighted
+    Bonferroni at ``WEIGHT``, floored, ties by log p(x)), each [M], higher is more
+    anomalous."""
+    from benchmarks.tabular import ranked
+
+    ref = calibrated(skew_tail_statistic(tails, cal_cells), det.alpha)
+    stat = skew_tail_statistic(tails, cells)
     p_joint = det.calibration_.p_values(ll)
     p = np.minimum(1.0, np.minimum(p_joint / (1 - WEIGHT), ref.p_values(-stat) / WEIGHT))
     floor = max(1 / (1 - WEIGHT), 1 / WEIGHT) / (det.calibration_.n + 1)
